@@ -1,0 +1,60 @@
+"""kuprobe: write Linux kprobes and uprobes from Python, the way a kernel module does.
+
+Registered probes run live (a BCC-compiled eBPF program on a real kernel probe, events
+delivered to the Python handlers) — see ``kuprobe.live`` — and the same objects run on the
+reference model of the kernel's trap semantics, ``kuprobe.model.Machine``.
+"""
+
+from kuprobe.errors import ProbeError
+from kuprobe.live.api import (
+    disable_kprobe,
+    enable_kprobe,
+    register_kprobe,
+    register_kprobes,
+    register_kretprobe,
+    register_kretprobes,
+    register_uprobe,
+    unregister_kprobe,
+    unregister_kprobes,
+    unregister_kretprobe,
+    unregister_kretprobes,
+    unregister_uprobe,
+)
+from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
+from kuprobe.regs import (
+    PtRegs,
+    instruction_pointer,
+    regs_get_kernel_argument,
+    regs_get_kernel_stack_nth,
+    regs_return_value,
+    user_stack_pointer,
+)
+from kuprobe.task import current
+
+__all__ = [
+    "Kprobe",
+    "Kretprobe",
+    "KretprobeInstance",
+    "ProbeError",
+    "PtRegs",
+    "Uprobe",
+    "UprobeConsumer",
+    "current",
+    "disable_kprobe",
+    "enable_kprobe",
+    "instruction_pointer",
+    "register_kprobe",
+    "register_kprobes",
+    "register_kretprobe",
+    "register_kretprobes",
+    "register_uprobe",
+    "regs_get_kernel_argument",
+    "regs_get_kernel_stack_nth",
+    "regs_return_value",
+    "unregister_kprobe",
+    "unregister_kprobes",
+    "unregister_kretprobe",
+    "unregister_kretprobes",
+    "unregister_uprobe",
+    "user_stack_pointer",
+]

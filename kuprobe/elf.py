@@ -1,0 +1,202 @@
+"""ELF files through pyelftools: arch, PIE, symbols, virtual address -> file offset, USDT notes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection, SymbolTableSection
+
+from kuprobe.errors import ProbeError
+
+# e_machine -> our arch name (the kernel's names for them)
+_ARCHES = {("EM_X86_64", 64): "x86_64", ("EM_386", 32): "i386", ("EM_AARCH64", 64): "arm64"}
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    value: int  # virtual address (st_value)
+    size: int
+    type: str  # STT_FUNC, STT_OBJECT …
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One PT_LOAD program header."""
+
+    vaddr: int
+    offset: int
+    filesz: int
+    memsz: int
+    flags: int  # PF_X=1, PF_W=2, PF_R=4
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.flags & 1)
+
+
+@dataclass(frozen=True)
+class UsdtNote:
+    """One ``stapsdt`` note: a USDT probe site and its semaphore."""
+
+    provider: str
+    name: str
+    pc: int  # virtual address of the probe site
+    semaphore: int  # virtual address of the semaphore, 0 if none
+    args: str
+
+
+class ElfImage:
+    """An ELF file read once: what uprobes and the model need of it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fh = open(path, "rb")  # noqa: SIM115 (kept open for lazy reads)
+        except FileNotFoundError as e:
+            raise ProbeError(errno.ENOENT, f"{path}: no such file", hint="check the path") from e
+        except IsADirectoryError as e:
+            raise ProbeError(errno.EISDIR, f"{path}: is a directory, not an ELF file") from e
+        except PermissionError as e:
+            raise ProbeError(errno.EACCES, f"{path}: cannot read it") from e
+        try:
+            self.elf = ELFFile(self._fh)
+        except ELFError as e:
+            self._fh.close()
+            raise ProbeError(errno.ENOEXEC, f"{path}: not an ELF file ({e})") from e
+        st = os.fstat(self._fh.fileno())
+        self.inode = (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ElfImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @cached_property
+    def arch(self) -> str:
+        key = (self.elf["e_machine"], self.elf.elfclass)
+        try:
+            return _ARCHES[key]
+        except KeyError:
+            raise ProbeError(
+                errno.ENOEXEC,
+                f"{self.path}: {key[0]} ({key[1]}-bit) is not an arch kuprobe knows "
+                f"(x86_64, i386, arm64)",
+            ) from None
+
+    @property
+    def bits(self) -> int:
+        return int(self.elf.elfclass)
+
+    @cached_property
+    def is_pie(self) -> bool:
+        """ET_DYN: position independent (a PIE executable or a shared object)."""
+        return bool(self.elf["e_type"] == "ET_DYN")
+
+    @property
+    def entry(self) -> int:
+        return int(self.elf["e_entry"])
+
+    @cached_property
+    def segments(self) -> tuple[Segment, ...]:
+        return tuple(
+            Segment(
+                vaddr=s["p_vaddr"],
+                offset=s["p_offset"],
+                filesz=s["p_filesz"],
+                memsz=s["p_memsz"],
+                flags=s["p_flags"],
+            )
+            for s in self.elf.iter_segments()
+            if s["p_type"] == "PT_LOAD"
+        )
+
+    @cached_property
+    def symbols(self) -> dict[str, Symbol]:
+        """Defined symbols of .symtab, else .dynsym (a stripped file keeps only the latter)."""
+        found: dict[str, Symbol] = {}
+        for secname in (".dynsym", ".symtab"):  # .symtab wins where both name a symbol
+            sec = self.elf.get_section_by_name(secname)
+            if not isinstance(sec, SymbolTableSection):
+                continue
+            for sym in sec.iter_symbols():
+                if not sym.name or sym["st_shndx"] == "SHN_UNDEF":
+                    continue
+                kind = sym["st_info"]["type"]
+                if kind not in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE", "STT_GNU_IFUNC"):
+                    continue
+                found[sym.name] = Symbol(sym.name, sym["st_value"], sym["st_size"], kind)
+        return found
+
+    def symbol(self, name: str) -> Symbol:
+        try:
+            return self.symbols[name]
+        except KeyError:
+            raise ProbeError(
+                errno.ENOENT,
+                f"{self.path}: no symbol {name!r}",
+                hint="list symbols with `nm -D` / `nm`; a stripped file keeps only .dynsym, "
+                "or probe a file offset instead",
+            ) from None
+
+    def vaddr_to_offset(self, vaddr: int) -> int:
+        """File offset of a virtual address: ``vaddr - p_vaddr + p_offset`` of its PT_LOAD."""
+        for seg in self.segments:
+            if seg.vaddr <= vaddr < seg.vaddr + seg.filesz:
+                return vaddr - seg.vaddr + seg.offset
+        raise ProbeError(errno.EINVAL, f"{self.path}: address {vaddr:#x} is in no loaded segment")
+
+    def offset_to_vaddr(self, offset: int) -> int:
+        for seg in self.segments:
+            if seg.offset <= offset < seg.offset + seg.filesz:
+                return offset - seg.offset + seg.vaddr
+        raise ProbeError(errno.EINVAL, f"{self.path}: file offset {offset:#x} is not loaded")
+
+    def executable_offset(self, offset: int) -> bool:
+        return any(
+            s.executable and s.offset <= offset < s.offset + s.filesz for s in self.segments
+        )
+
+    def read(self, offset: int, size: int) -> bytes:
+        self._fh.seek(offset)
+        return self._fh.read(size)
+
+    def read_vaddr(self, vaddr: int, size: int) -> bytes:
+        return self.read(self.vaddr_to_offset(vaddr), size)
+
+    def symbol_at(self, vaddr: int) -> Symbol | None:
+        """The function containing ``vaddr``, if any."""
+        for sym in self.symbols.values():
+            if sym.type == "STT_FUNC" and sym.value <= vaddr < sym.value + max(sym.size, 1):
+                return sym
+        return None
+
+    @cached_property
+    def usdt_notes(self) -> tuple[UsdtNote, ...]:
+        """The ``.note.stapsdt`` entries (systemtap's SDT format, v3)."""
+        notes: list[UsdtNote] = []
+        word = "<Q" if self.bits == 64 else "<I"
+        w = 8 if self.bits == 64 else 4
+        for sec in self.elf.iter_sections():
+            if not isinstance(sec, NoteSection) or sec.name != ".note.stapsdt":
+                continue
+            for note in sec.iter_notes():
+                if note["n_name"] != "stapsdt" or note["n_type"] != 3:
+                    continue
+                desc = note["n_desc"]
+                raw = desc.encode("latin-1") if isinstance(desc, str) else bytes(desc)
+                pc = struct.unpack_from(word, raw, 0)[0]
+                sem = struct.unpack_from(word, raw, 2 * w)[0]
+                provider, name, args = raw[3 * w :].split(b"\0")[:3]
+                notes.append(UsdtNote(provider.decode(), name.decode(), pc, sem, args.decode()))
+        return tuple(notes)

@@ -1,0 +1,186 @@
+"""The probe objects: ``struct kprobe``, ``struct kretprobe``, uprobes and their consumers.
+
+The same objects register on the live kernel (``kuprobe.live``) and on the reference model
+(``kuprobe.model``). Field names and handler signatures are the kernel's
+(include/linux/kprobes.h, include/linux/uprobes.h). Counters are read-only for users: the
+backend that holds the probe updates them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kuprobe.regs import PtRegs
+    from kuprobe.task import Task
+
+# include/linux/kprobes.h
+KPROBE_FLAG_GONE = 1
+KPROBE_FLAG_DISABLED = 2
+KPROBE_FLAG_OPTIMIZED = 4
+KPROBE_FLAG_FTRACE = 8
+# include/linux/uprobes.h: what a consumer's handler may return
+UPROBE_HANDLER_REMOVE = 1
+# kernel/kprobes.c: register_kretprobe() refuses a larger per-instance data area
+KRETPROBE_MAX_DATA_SIZE = 4096
+
+PreHandler = Callable[["Kprobe", "PtRegs"], int]
+PostHandler = Callable[["Kprobe", "PtRegs", int], None]
+FaultHandler = Callable[["Kprobe", "PtRegs", int], int]
+RetHandler = Callable[["KretprobeInstance", "PtRegs"], int]
+UprobeHandler = Callable[["UprobeConsumer", "PtRegs"], int]
+UretprobeHandler = Callable[["UprobeConsumer", int, "PtRegs"], int]
+UprobeFilter = Callable[["UprobeConsumer", "Task"], bool]
+
+
+@dataclass(eq=False)
+class _Counted:
+    """Counters the holding backend updates; users read them."""
+
+    _hits: int = field(default=0, init=False, repr=False)
+    _nmissed: int = field(default=0, init=False, repr=False)
+    _lost: int = field(default=0, init=False, repr=False)
+    _handler_errors: int = field(default=0, init=False, repr=False)
+    # The backend (live or a model Machine) this object is registered with, or None.
+    _owner: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def hits(self) -> int:
+        """How many times the probe fired (exact: counted where the trap is taken)."""
+        return self._hits
+
+    @property
+    def nmissed(self) -> int:
+        """Hits whose handlers did not run (reentrancy, an empty kretprobe pool …)."""
+        return self._nmissed
+
+    @property
+    def lost(self) -> int:
+        """Events that fired but could not be delivered to Python (buffer full)."""
+        return self._lost
+
+    @property
+    def handler_errors(self) -> int:
+        """Handler calls that raised (each is reported; dispatch goes on)."""
+        return self._handler_errors
+
+    @property
+    def registered(self) -> bool:
+        return self._owner is not None
+
+
+@dataclass(eq=False)
+class Kprobe(_Counted):
+    """``struct kprobe``: a breakpoint on a kernel instruction.
+
+    Give ``symbol_name`` (+ ``offset``) or ``addr``, not both. ``pre_handler(p, regs)`` runs
+    before the probed instruction, ``post_handler(p, regs, flags)`` after it is single-stepped,
+    ``fault_handler(p, regs, trapnr)`` if a handler faults.
+    """
+
+    symbol_name: str | None = None
+    offset: int = 0
+    addr: int | None = None
+    pre_handler: PreHandler | None = None
+    post_handler: PostHandler | None = None
+    fault_handler: FaultHandler | None = None
+    flags: int = 0
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @property
+    def disabled(self) -> bool:
+        return bool(self.flags & KPROBE_FLAG_DISABLED)
+
+
+@dataclass(eq=False)
+class Kretprobe(_Counted):
+    """``struct kretprobe``: a probe on a function's return (and, optionally, its entry).
+
+    ``entry_handler(ri, regs)`` runs at entry; a nonzero return means no ``handler`` for this
+    call. ``handler(ri, regs)`` runs at return. ``maxactive`` instances may be in flight at once
+    (0: the kernel's default); a call finding none free counts in ``nmissed``.
+    """
+
+    symbol_name: str | None = None
+    offset: int = 0
+    addr: int | None = None
+    handler: RetHandler | None = None
+    entry_handler: RetHandler | None = None
+    maxactive: int = 0
+    data_size: int = 0
+    flags: int = 0
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@dataclass(eq=False)
+class KretprobeInstance:
+    """``struct kretprobe_instance``: one call in flight, shared by entry and return handler."""
+
+    rp: Kretprobe
+    data: bytearray
+    ret_addr: int = 0
+    task: Task | None = None
+
+
+@dataclass(eq=False)
+class UprobeConsumer:
+    """``struct uprobe_consumer``: what a uprobe calls.
+
+    ``handler(uc, regs)`` at the breakpoint, ``ret_handler(uc, func, regs)`` when the probed
+    function returns (a uretprobe), ``filter(uc, task)``: whether this consumer wants calls in
+    that task. A handler returning ``UPROBE_HANDLER_REMOVE`` asks for no more calls from that
+    process.
+    """
+
+    handler: UprobeHandler | None = None
+    ret_handler: UretprobeHandler | None = None
+    filter: UprobeFilter | None = None
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@dataclass(eq=False)
+class Uprobe(_Counted):
+    """A user-space probe: (inode, offset) of an executable file, and one consumer.
+
+    ``offset`` alone is a file offset. With ``symbol_name`` it counts from the symbol's start
+    and must fall on an instruction boundary. ``pid`` limits the probe to one process (in the
+    kernel). ``ref_ctr_offset`` is the file offset of a USDT semaphore the kernel increments
+    while the probe is registered.
+    """
+
+    path: str = ""
+    offset: int | None = None
+    symbol_name: str | None = None
+    ref_ctr_offset: int = 0
+    consumer: UprobeConsumer | None = None
+    pid: int | None = None
+    _ret_hits: int = field(default=0, init=False, repr=False)
+    # Resolved at register time: (st_dev, st_ino) and the file offset of the probed insn.
+    _inode: tuple[int, int] | None = field(default=None, init=False, repr=False)
+    _file_offset: int | None = field(default=None, init=False, repr=False)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @property
+    def ret_hits(self) -> int:
+        """How many times the probed function returned (the uretprobe fired)."""
+        return self._ret_hits
+
+    @property
+    def inode(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the probed file once registered: the kernel's identity."""
+        return self._inode
+
+    @property
+    def file_offset(self) -> int | None:
+        """The probed instruction's offset in the file, once registered."""
+        return self._file_offset
