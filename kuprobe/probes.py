@@ -46,19 +46,28 @@ class _Counted:
     # The backend (live or a model Machine) this object is registered with, or None.
     _owner: Any = field(default=None, init=False, repr=False)
 
+    def _refresh(self) -> None:
+        """Bring counters up to date while registered (the live backend reads its maps)."""
+        sync = getattr(self._owner, "sync_counters", None)
+        if sync is not None:
+            sync(self)
+
     @property
     def hits(self) -> int:
         """How many times the probe fired (exact: counted where the trap is taken)."""
+        self._refresh()
         return self._hits
 
     @property
     def nmissed(self) -> int:
         """Hits whose handlers did not run (reentrancy, an empty kretprobe pool …)."""
+        self._refresh()
         return self._nmissed
 
     @property
     def lost(self) -> int:
         """Events that fired but could not be delivered to Python (buffer full)."""
+        self._refresh()
         return self._lost
 
     @property
@@ -173,6 +182,7 @@ class Uprobe(_Counted):
     @property
     def ret_hits(self) -> int:
         """How many times the probed function returned (the uretprobe fired)."""
+        self._refresh()
         return self._ret_hits
 
     @property

@@ -80,11 +80,12 @@ class PtRegs:
     """
 
     layout: ClassVar[RegLayout]
-    __slots__ = ("_raw", "_stack", "_vals")
+    __slots__ = ("_raw", "_stack", "_ts", "_vals")
 
     _vals: list[int] | None
     _raw: Any
     _stack: tuple[int, ...] | None
+    _ts: int
 
     def __init__(self, values: Sequence[int] | None = None, stack: Sequence[int] = ()) -> None:
         n = len(self.layout.fields)
@@ -94,6 +95,7 @@ class PtRegs:
         self._vals = vals
         self._raw = None
         self._stack = tuple(int(w) for w in stack)
+        self._ts = 0
 
     @staticmethod
     def of(arch: str, values: Sequence[int] | None = None, stack: Sequence[int] = ()) -> PtRegs:
@@ -107,6 +109,11 @@ class PtRegs:
     @property
     def arch(self) -> str:
         return self.layout.arch
+
+    @property
+    def ts(self) -> int:
+        """When the trap was taken, in ns (live: bpf_ktime_get_ns(), CLOCK_MONOTONIC); 0 if unknown."""
+        return self._ts
 
     @property
     def stack(self) -> tuple[int, ...]:

@@ -1,0 +1,62 @@
+/* A pool of probe programs compiled as one BCC module: one program per slot, each attached
+ * to one kernel kprobe/kretprobe/uprobe/uretprobe perf event. What a slot does is read from
+ * its kuprobe_cfg entry, so registering a probe costs an attach, not a compile.
+ *
+ * Parameters (compile-time -D, integers only, filled by kuprobe/live/codegen.py):
+ *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS
+ * and the KUPROBE_SLOT(n) lines after the marker below. */
+#include <uapi/linux/ptrace.h>
+#include "kuprobe_event.h"
+
+BPF_ARRAY(kuprobe_cfg, struct kuprobe_slot_cfg, KUPROBE_NSLOTS);
+BPF_PERCPU_ARRAY(kuprobe_counts, struct kuprobe_counts, KUPROBE_NSLOTS);
+BPF_HASH(kuprobe_removed, struct kuprobe_removed_key, __u8, 4096);
+BPF_RINGBUF_OUTPUT(kuprobe_events, KUPROBE_RINGBUF_PAGES);
+
+static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
+{
+	struct kuprobe_slot_cfg *cfg = kuprobe_cfg.lookup(&slot);
+	if (!cfg)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (cfg->tgid && cfg->tgid != tgid)
+		return 0;
+	__u32 flags = cfg->flags;
+	if (flags & KUPROBE_CFG_REMOVABLE) {
+		struct kuprobe_removed_key key = {.slot = slot, .tgid = tgid};
+		if (kuprobe_removed.lookup(&key))
+			return 0;
+	}
+	struct kuprobe_counts *c = kuprobe_counts.lookup(&slot);
+	if (!c)
+		return 0;
+	c->hits++;
+	if (!(flags & KUPROBE_CFG_STREAM))
+		return 0;
+	struct kuprobe_event *e = kuprobe_events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		c->lost++;
+		return 0;
+	}
+	e->slot = slot;
+	e->flags = (flags & KUPROBE_CFG_RET) ? KUPROBE_EV_RET : 0;
+	e->ts = bpf_ktime_get_ns();
+	e->func_ip = bpf_get_func_ip(ctx);
+	e->pid_tgid = pid_tgid;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_probe_read_kernel(e->regs, sizeof(e->regs), ctx);
+	void *sp = (void *)PT_REGS_SP(ctx);
+	long err = (flags & KUPROBE_CFG_KERNEL)
+		? bpf_probe_read_kernel(e->stack, sizeof(e->stack), sp)
+		: bpf_probe_read_user(e->stack, sizeof(e->stack), sp);
+	if (err)
+		e->flags |= KUPROBE_EV_NOSTACK;
+	kuprobe_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+#define KUPROBE_SLOT(n) \
+	int kuprobe_slot_##n(struct pt_regs *ctx) { return kuprobe_fire(ctx, n); }
+
+/* KUPROBE_SLOTS */

@@ -1,0 +1,228 @@
+"""Probes made from specs, registered live, and what their handlers record.
+
+The handlers run on the live backend's dispatcher thread and only do single-writer updates
+of plain containers (an int, a list slot, a dict entry): the display reads copies of them
+and never takes a lock the event path could wait on.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from kuprobe.dashboard import LATENCY_BOUNDS, LATENCY_BUCKETS, ProbeSample, Sample
+from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
+from kuprobe.regs import PtRegs
+from kuprobe.spec import ProbeSpec, format_value
+from kuprobe.task import Task, current
+
+MAX_DEPTH = 64  # kernel/events/uprobes.c: MAX_URETPROBE_DEPTH; entries kept per thread
+_STALE_THREADS = 4096  # forget entry stacks (threads that exited mid-call) beyond this
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as ``kuprobe trace`` prints it."""
+
+    ts: int  # ns, CLOCK_MONOTONIC
+    task: Task
+    watch: Watch
+    returned: bool
+    values: tuple[str, ...]
+    latency_ns: int | None
+
+
+EventSink = Callable[[Event], None]
+
+
+def _ts(regs: PtRegs) -> int:
+    # The live snapshot's own timestamp (bpf_ktime_get_ns at the trap); the time the
+    # handler ran if the backend does not give one.
+    ts = getattr(regs, "ts", None)
+    return int(ts) if ts is not None else time.monotonic_ns()
+
+
+@dataclass(eq=False)
+class Watch:
+    """One spec's probe and the statistics its handlers keep."""
+
+    spec: ProbeSpec
+    pid: int | None = None
+    sink: EventSink | None = None
+    probe: Any = None
+    hist: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
+    tasks: dict[tuple[int, str], int] = field(default_factory=dict)
+    _starts: dict[int, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.probe = self._make_probe()
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    # --- building the probe object ---
+
+    def _make_probe(self) -> Kprobe | Kretprobe | Uprobe:
+        spec = self.spec
+        if spec.kind == "k":
+            return Kprobe(symbol_name=spec.symbol, offset=spec.offset, pre_handler=self._kp_pre)
+        if spec.kind == "kr":
+            return Kretprobe(
+                symbol_name=spec.symbol, handler=self._kr_ret, entry_handler=self._kr_entry
+            )
+        consumer = UprobeConsumer(
+            handler=self._u_entry, ret_handler=self._u_ret if spec.is_return else None
+        )
+        return Uprobe(
+            path=spec.path or "",
+            offset=spec.offset,
+            symbol_name=spec.symbol,
+            consumer=consumer,
+            pid=self.pid,
+        )
+
+    # --- handlers (dispatcher thread) ---
+
+    def _kp_pre(self, _p: Kprobe, regs: PtRegs) -> int:
+        self._entry(regs, record=False)
+        return 0
+
+    def _kr_entry(self, _ri: KretprobeInstance, regs: PtRegs) -> int:
+        self._entry(regs, record=True)
+        return 0
+
+    def _kr_ret(self, _ri: KretprobeInstance, regs: PtRegs) -> int:
+        self._return(regs)
+        return 0
+
+    def _u_entry(self, _uc: UprobeConsumer, regs: PtRegs) -> int:
+        self._entry(regs, record=self.spec.is_return)
+        return 0
+
+    def _u_ret(self, _uc: UprobeConsumer, _func: int, regs: PtRegs) -> int:
+        self._return(regs)
+        return 0
+
+    def _entry(self, regs: PtRegs, *, record: bool) -> None:
+        task = current()
+        if self.pid is not None and task.pid != self.pid:
+            return  # kprobes have no pid filter in the kernel: filter here
+        if record:
+            ts = _ts(regs)
+            starts = self._starts.get(task.tid)
+            if starts is None:
+                if len(self._starts) >= _STALE_THREADS:
+                    self._starts.clear()
+                starts = self._starts[task.tid] = []
+            if len(starts) < MAX_DEPTH:
+                starts.append(ts)
+            return  # a return probe is counted and printed at the return
+        self._count(task)
+        if self.sink is not None:
+            self.sink(Event(_ts(regs), task, self, False, self._values(regs), None))
+
+    def _return(self, regs: PtRegs) -> None:
+        task = current()
+        if self.pid is not None and task.pid != self.pid:
+            return
+        ts = _ts(regs)
+        latency = None
+        starts = self._starts.get(task.tid)
+        if starts:
+            latency = max(ts - starts.pop(), 0)
+            self.hist[bisect_right(LATENCY_BOUNDS, latency)] += 1
+        self._count(task)
+        if self.sink is not None:
+            self.sink(Event(ts, task, self, True, self._values(regs), latency))
+
+    def _count(self, task: Task) -> None:
+        key = (task.pid, task.comm)
+        self.tasks[key] = self.tasks.get(key, 0) + 1
+
+    def _values(self, regs: PtRegs) -> tuple[str, ...]:
+        user = not self.spec.is_kernel
+        return tuple(format_value(regs, a, user=user) for a in self.spec.args)
+
+    # --- reading (any thread) ---
+
+    def sample(self) -> ProbeSample:
+        p = self.probe
+        hits = p.ret_hits if isinstance(p, Uprobe) and self.spec.is_return else p.hits
+        return ProbeSample(
+            label=self.label,
+            is_return=self.spec.is_return,
+            hits=hits,
+            nmissed=getattr(p, "nmissed", 0),
+            lost=p.lost,
+            handler_errors=p.handler_errors,
+            latency=tuple(self.hist) if self.spec.is_return else None,
+        )
+
+
+def _register(probe: Any) -> None:
+    import kuprobe
+
+    if isinstance(probe, Kprobe):
+        kuprobe.register_kprobe(probe)
+    elif isinstance(probe, Kretprobe):
+        kuprobe.register_kretprobe(probe)
+    else:
+        kuprobe.register_uprobe(probe)
+
+
+def _unregister(probe: Any) -> None:
+    import kuprobe
+
+    if isinstance(probe, Kprobe):
+        kuprobe.unregister_kprobe(probe)
+    elif isinstance(probe, Kretprobe):
+        kuprobe.unregister_kretprobe(probe)
+    else:
+        kuprobe.unregister_uprobe(probe)
+
+
+class Session:
+    """A set of watches registered together (all or none) and a source of samples."""
+
+    def __init__(self, watches: Sequence[Watch]) -> None:
+        self.watches = tuple(watches)
+        self._registered: list[Watch] = []
+
+    def register(self) -> None:
+        """Register every probe; on a refusal unregister those done and re-raise."""
+        try:
+            for w in self.watches:
+                _register(w.probe)
+                self._registered.append(w)
+        except BaseException:
+            self.unregister()
+            raise
+
+    def unregister(self) -> None:
+        """Unregister in reverse order; afterwards no handler runs and counters are final."""
+        while self._registered:
+            _unregister(self._registered.pop().probe)
+
+    @contextmanager
+    def active(self) -> Iterator[Session]:
+        self.register()
+        try:
+            yield self
+        finally:
+            self.unregister()
+
+    def sample(self) -> Sample:
+        tasks: dict[tuple[int, str], int] = {}
+        for w in self.watches:
+            for key, n in w.tasks.copy().items():  # dict.copy(): atomic under the GIL
+                tasks[key] = tasks.get(key, 0) + n
+        return Sample(
+            time=time.monotonic(),
+            probes=tuple(w.sample() for w in self.watches),
+            tasks=tasks,
+        )

@@ -1,0 +1,112 @@
+"""The kernel's registration functions, on the live kernel (include/linux/kprobes.h,
+include/linux/uprobes.h). One backend per process, made on first use; every probe is
+unregistered on interpreter exit and on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from kuprobe.live.backend import LiveBackend
+from kuprobe.probes import Kprobe, Kretprobe, Uprobe
+
+_backend: LiveBackend | None = None
+_backend_lock = threading.Lock()
+
+
+def backend() -> LiveBackend:
+    """The process's live backend (made on first use, with its exit hooks)."""
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = LiveBackend()
+            atexit.register(_shutdown)
+            _install_signal_handlers()
+        return _backend
+
+
+def _shutdown() -> None:
+    if _backend is not None:
+        _backend.shutdown()
+
+
+def _install_signal_handlers() -> None:
+    """SIGINT/SIGTERM unregister everything first, then do what they did before."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals can only be handled on the main thread; atexit still cleans up
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: FrameType | None, previous: Any = previous) -> None:
+            _shutdown()
+            if callable(previous):
+                previous(sig, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(sig, signal.SIG_DFL)
+                signal.raise_signal(sig)
+
+        signal.signal(signum, handler)
+
+
+def register_kprobe(p: Kprobe) -> None:
+    """Arm ``p`` on the live kernel; raises ProbeError with the kernel's errno."""
+    backend().register_kprobes([p])
+
+
+def register_kprobes(kps: Sequence[Kprobe]) -> None:
+    """All or none, as the kernel's register_kprobes()."""
+    backend().register_kprobes(list(kps))
+
+
+def unregister_kprobe(p: Kprobe) -> None:
+    """Disarm ``p``; returns once every event recorded for it has been handled."""
+    backend().unregister(p)
+
+
+def unregister_kprobes(kps: Sequence[Kprobe]) -> None:
+    backend().unregister_many(list(kps))
+
+
+def enable_kprobe(p: Kprobe) -> None:
+    backend().set_enabled(p, True)
+
+
+def disable_kprobe(p: Kprobe) -> None:
+    backend().set_enabled(p, False)
+
+
+def register_kretprobe(rp: Kretprobe) -> None:
+    backend().register_kretprobes([rp])
+
+
+def register_kretprobes(rps: Sequence[Kretprobe]) -> None:
+    """All or none, as the kernel's register_kretprobes()."""
+    backend().register_kretprobes(list(rps))
+
+
+def unregister_kretprobe(rp: Kretprobe) -> None:
+    backend().unregister(rp)
+
+
+def unregister_kretprobes(rps: Sequence[Kretprobe]) -> None:
+    backend().unregister_many(list(rps))
+
+
+def register_uprobe(up: Uprobe) -> None:
+    """Arm ``up`` on (inode, offset) of its file; its consumer's handlers get the events."""
+    backend().register_uprobe(up)
+
+
+def unregister_uprobe(up: Uprobe) -> None:
+    """Disarm ``up``; returns with every recorded event handled and final counters."""
+    backend().unregister(up)
+
+
+def unregister_uprobes(ups: Sequence[Uprobe]) -> None:
+    """Disarm several at once: the kernel's grace periods run in parallel."""
+    backend().unregister_many(list(ups))

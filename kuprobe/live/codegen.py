@@ -1,0 +1,65 @@
+"""Fills the BPF C templates in ``bpf_programs/``: integers only, never a user string.
+
+The only text Python adds to C is ``KUPROBE_SLOT(n)`` lines and ``-D NAME=INTEGER`` flags,
+each checked here; symbols, paths and pids reach the kernel through perf_event_open(2), not
+through C.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf_programs"
+POOL_TEMPLATE = "probe_pool.bpf.c"
+SLOT_MARKER = "/* KUPROBE_SLOTS */"
+MAX_SLOTS = 1024
+
+
+def _bpf_dir() -> Path:
+    env = os.environ.get("KUPROBE_BPF_DIR")
+    return Path(env) if env else BPF_DIR
+
+
+@dataclass(frozen=True)
+class PoolSource:
+    """A rendered pool module: its C text and the compile flags that parameterise it."""
+
+    text: str
+    cflags: tuple[str, ...]
+    nslots: int
+
+    @staticmethod
+    def slot_function(n: int) -> str:
+        return f"kuprobe_slot_{_checked_int('slot', n, 0, MAX_SLOTS - 1)}"
+
+
+def _checked_int(name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} is outside {lo}..{hi}")
+    return value
+
+
+def render_pool(*, nslots: int, ringbuf_pages: int, nregs: int) -> PoolSource:
+    """The pool module with ``nslots`` programs and a ring buffer of ``ringbuf_pages`` pages."""
+    nslots = _checked_int("nslots", nslots, 1, MAX_SLOTS)
+    ringbuf_pages = _checked_int("ringbuf_pages", ringbuf_pages, 1, 1 << 16)
+    if ringbuf_pages & (ringbuf_pages - 1):
+        raise ValueError(f"ringbuf_pages={ringbuf_pages} must be a power of two")
+    nregs = _checked_int("nregs", nregs, 1, 64)
+    bpf_dir = _bpf_dir()
+    template = (bpf_dir / POOL_TEMPLATE).read_text()
+    if SLOT_MARKER not in template:
+        raise RuntimeError(f"{bpf_dir / POOL_TEMPLATE}: the {SLOT_MARKER} marker is missing")
+    slots = "\n".join(f"KUPROBE_SLOT({n})" for n in range(nslots))
+    text = template.replace(SLOT_MARKER, slots, 1)
+    cflags = (
+        f"-I{bpf_dir}",
+        f"-DKUPROBE_NSLOTS={nslots}",
+        f"-DKUPROBE_RINGBUF_PAGES={ringbuf_pages}",
+        f"-DKUPROBE_NREGS={nregs}",
+    )
+    return PoolSource(text=text, cflags=cflags, nslots=nslots)

@@ -1,0 +1,106 @@
+"""The event layout of bpf_programs/kuprobe_event.h, mirrored field by field.
+
+``EVENT_FIELDS`` is what tests/unit/test_event_layout.py compares with the C header;
+``decoder_for(arch)`` turns an event's bytes into (pt_regs values, stack words) lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+
+from kuprobe.regs import I386, STACK_WORDS, X86_64, PtRegs, regs_class
+
+# bpf_programs/kuprobe_event.h
+KUPROBE_STACK_BYTES = 128
+KUPROBE_CFG_STREAM = 0x1
+KUPROBE_CFG_RET = 0x2
+KUPROBE_CFG_KERNEL = 0x4
+KUPROBE_CFG_REMOVABLE = 0x8
+KUPROBE_EV_RET = 0x1
+KUPROBE_EV_NOSTACK = 0x2
+
+# struct pt_regs of the host, in 64-bit words: arch/x86/include/asm/ptrace.h (x86_64)
+HOST_NREGS = {"x86_64": len(X86_64.fields)}
+
+
+def host_arch() -> str:
+    return os.uname().machine
+
+
+def host_nregs() -> int:
+    try:
+        return HOST_NREGS[host_arch()]
+    except KeyError:
+        raise OSError(
+            95, f"kuprobe's live backend supports x86_64 hosts; this is {host_arch()}"
+        ) from None
+
+
+# (name, struct format) in the header's order; offsets follow from natural alignment.
+EVENT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("slot", "I"),
+    ("flags", "I"),
+    ("ts", "Q"),
+    ("func_ip", "Q"),
+    ("pid_tgid", "Q"),
+    ("comm", "16s"),
+    ("regs", f"{len(X86_64.fields)}Q"),
+    ("stack", f"{KUPROBE_STACK_BYTES}s"),
+)
+EVENT_FORMAT = "<" + "".join(fmt for _n, fmt in EVENT_FIELDS)
+EVENT_SIZE = struct.calcsize(EVENT_FORMAT)
+HEAD = struct.Struct("<IIQQ")  # slot, flags, ts, func_ip
+TASK = struct.Struct("<Q16s")  # pid_tgid, comm
+TASK_OFFSET = HEAD.size
+REGS_OFFSET = TASK_OFFSET + TASK.size
+STACK_OFFSET = REGS_OFFSET + 8 * len(X86_64.fields)
+assert STACK_OFFSET + KUPROBE_STACK_BYTES == EVENT_SIZE
+
+_X86_64_REGS = struct.Struct(f"<{len(X86_64.fields)}Q")
+_STACK64 = struct.Struct(f"<{STACK_WORDS}Q")
+_STACK32 = struct.Struct(f"<{STACK_WORDS}I")
+_M32 = 0xFFFFFFFF
+
+Decoder = Callable[[bytes, int], tuple[list[int], tuple[int, ...]]]
+
+
+def _decode_x86_64(buf: bytes, off: int) -> tuple[list[int], tuple[int, ...]]:
+    vals = list(_X86_64_REGS.unpack_from(buf, off + REGS_OFFSET))
+    return vals, _STACK64.unpack_from(buf, off + STACK_OFFSET)
+
+
+_I386_FROM_64 = tuple(
+    X86_64.fields.index(name) if name in X86_64.fields else -1 for name in I386.fields
+)
+
+
+def _decode_i386(buf: bytes, off: int) -> tuple[list[int], tuple[int, ...]]:
+    """A 32-bit task on x86_64: the 64-bit pt_regs, renamed and truncated to i386's.
+
+    ds/es/fs/gs are not in the 64-bit frame and read 0.
+    """
+    r = _X86_64_REGS.unpack_from(buf, off + REGS_OFFSET)
+    vals = [r[i] & _M32 if i >= 0 else 0 for i in _I386_FROM_64]
+    return vals, _STACK32.unpack_from(buf, off + STACK_OFFSET)
+
+
+DECODERS: dict[str, Decoder] = {"x86_64": _decode_x86_64, "i386": _decode_i386}
+
+
+def regs_factory(arch: str) -> Callable[[bytes, int, int], PtRegs]:
+    """A fast constructor of lazy PtRegs snapshots for events of ``arch`` tasks."""
+    cls = regs_class(arch)
+    decoder = DECODERS[arch]
+    new = object.__new__
+
+    def make(buf: bytes, off: int, ts: int) -> PtRegs:
+        r = new(cls)
+        r._vals = None
+        r._stack = None
+        r._raw = (decoder, buf, off)
+        r._ts = ts
+        return r
+
+    return make

@@ -1,0 +1,223 @@
+"""perf_event_open(2) for kprobe and uprobe PMUs, and the tracefs corner kretprobes need.
+
+Probes attach as perf events of the ``kprobe``/``uprobe`` PMUs (kernel/trace/trace_event_perf.c:
+perf_kprobe_init(), perf_uprobe_init()): the kernel removes them when the fd closes, even
+after SIGKILL, so nothing is left behind. Only a kretprobe with its own ``maxactive`` needs a
+tracefs event (the PMU has no maxactive field); those are named ``kuprobe_<pid>_<n>`` in the
+``kuprobe`` group and stale ones are removed at start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# arch/x86/entry/syscalls/syscall_64.tbl, arch/arm64 (asm-generic/unistd.h)
+_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[os.uname().machine]
+
+# include/uapi/linux/perf_event.h
+PERF_TYPE_TRACEPOINT = 2
+PERF_SAMPLE_RAW = 1 << 10
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_DISABLE = 0x2401
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+
+PMU_DIR = Path("/sys/bus/event_source/devices")
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+TRACEFS_GROUP = "kuprobe"
+_EVENT_NAME = re.compile(r"^kuprobe_(\d+)_(\d+)$")
+
+
+class PerfEventAttr(ctypes.Structure):
+    """``struct perf_event_attr`` up to config2 (PERF_ATTR_SIZE_VER1 = 72 bytes)."""
+
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64),
+        ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32),
+        ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64),  # kprobe_func / uprobe_path
+        ("config2", ctypes.c_uint64),  # probe_offset / kprobe_addr
+    )
+
+
+def pmu_type(name: str) -> int | None:
+    """The dynamic PMU type of ``kprobe`` or ``uprobe``; None when the kernel has none."""
+    try:
+        return int((PMU_DIR / name / "type").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _format_bit(pmu: str, field: str) -> int:
+    """``config:N`` from the PMU's format directory: where the kernel wants that flag."""
+    text = (PMU_DIR / pmu / "format" / field).read_text().strip()
+    m = re.fullmatch(r"config:(\d+)(?:-\d+)?", text)
+    if not m:
+        raise OSError(errno.EINVAL, f"unexpected {pmu} format for {field}: {text!r}")
+    return int(m.group(1))
+
+
+def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int) -> int:
+    fd = _libc.syscall(
+        _NR_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
+def ioctl(fd: int, request: int, arg: int = 0) -> None:
+    if _libc.ioctl(fd, ctypes.c_ulong(request), ctypes.c_ulong(arg)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _open_probe(
+    pmu: str,
+    *,
+    config1: bytes | None,
+    config2: int,
+    retprobe: bool,
+    extra_config: int,
+    pid: int,
+) -> int:
+    ptype = pmu_type(pmu)
+    if ptype is None:
+        raise OSError(errno.EOPNOTSUPP, f"the kernel has no {pmu} PMU")
+    attr = PerfEventAttr()
+    attr.type = ptype
+    attr.size = ctypes.sizeof(PerfEventAttr)
+    attr.config = extra_config | ((1 << _format_bit(pmu, "retprobe")) if retprobe else 0)
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    keep = ctypes.create_string_buffer(config1) if config1 is not None else None
+    attr.config1 = ctypes.addressof(keep) if keep is not None else 0
+    attr.config2 = config2
+    # A system-wide probe is opened on cpu 0 with pid -1: the BPF program runs on every CPU.
+    return perf_event_open(attr, pid if pid > 0 else -1, -1 if pid > 0 else 0)
+
+
+def open_uprobe(path: str, offset: int, *, retprobe: bool, pid: int, ref_ctr_offset: int) -> int:
+    """A uprobe/uretprobe perf event on (path, file offset)."""
+    extra = 0
+    if ref_ctr_offset:
+        extra = ref_ctr_offset << _format_bit("uprobe", "ref_ctr_offset")
+    return _open_probe(
+        "uprobe",
+        config1=os.fsencode(path),
+        config2=offset,
+        retprobe=retprobe,
+        extra_config=extra,
+        pid=pid,
+    )
+
+
+def open_kprobe(symbol: str | None, offset_or_addr: int, *, retprobe: bool) -> int:
+    """A kprobe/kretprobe perf event on symbol+offset, or on an address (symbol None)."""
+    return _open_probe(
+        "kprobe",
+        config1=symbol.encode() if symbol is not None else None,
+        config2=offset_or_addr,
+        retprobe=retprobe,
+        extra_config=0,
+        pid=-1,
+    )
+
+
+def attach_bpf(perf_fd: int, prog_fd: int, *, enable: bool = True) -> None:
+    ioctl(perf_fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+    if enable:
+        ioctl(perf_fd, PERF_EVENT_IOC_ENABLE)
+
+
+# --- tracefs (kretprobes with maxactive only) -----------------------------------------
+
+
+def tracefs() -> Path | None:
+    for p in TRACEFS_CANDIDATES:
+        if (p / "kprobe_events").exists() or (p / "uprobe_events").exists():
+            return p
+    return None
+
+
+def _write_events(line: str) -> None:
+    root = tracefs()
+    if root is None:
+        raise OSError(errno.ENOENT, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
+    fd = os.open(root / "kprobe_events", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def create_kretprobe_event(name: str, target: str, maxactive: int) -> int:
+    """Create ``r<maxactive>:kuprobe/<name> <target>``; returns its tracepoint id."""
+    if not _EVENT_NAME.match(name):
+        raise ValueError(f"bad event name {name!r}")
+    _write_events(f"r{maxactive}:{TRACEFS_GROUP}/{name} {target}")
+    root = tracefs()
+    assert root is not None
+    return int((root / "events" / TRACEFS_GROUP / name / "id").read_text())
+
+
+def remove_kprobe_event(name: str) -> None:
+    _write_events(f"-:{TRACEFS_GROUP}/{name}")
+
+
+def open_tracepoint(tp_id: int) -> int:
+    attr = PerfEventAttr()
+    attr.type = PERF_TYPE_TRACEPOINT
+    attr.size = ctypes.sizeof(PerfEventAttr)
+    attr.config = tp_id
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    return perf_event_open(attr, -1, 0)
+
+
+def kprobe_profile() -> dict[str, tuple[int, int]]:
+    """``kprobe_profile``: event name -> (hits, nmissed)."""
+    root = tracefs()
+    if root is None or not (root / "kprobe_profile").exists():
+        return {}
+    out: dict[str, tuple[int, int]] = {}
+    for line in (root / "kprobe_profile").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out[parts[0]] = (int(parts[1]), int(parts[2]))
+    return out
+
+
+def remove_stale_events() -> list[str]:
+    """Remove ``kuprobe/kuprobe_<pid>_<n>`` events whose creating process is gone."""
+    root = tracefs()
+    removed: list[str] = []
+    if root is None or not (root / "kprobe_events").exists():
+        return removed
+    for line in (root / "kprobe_events").read_text().splitlines():
+        m = re.match(rf"^[pr]\d*:{TRACEFS_GROUP}/(\S+)", line)
+        if not m:
+            continue
+        name = m.group(1)
+        em = _EVENT_NAME.match(name)
+        if em and not Path(f"/proc/{em.group(1)}").exists():
+            try:
+                remove_kprobe_event(name)
+                removed.append(name)
+            except OSError:
+                pass  # busy: still open somewhere; left for the next start
+    return removed

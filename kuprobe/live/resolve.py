@@ -1,0 +1,105 @@
+"""Where a uprobe goes: (inode, file offset) from a path and symbol+offset or a file offset.
+
+As the kernel does for kprobes (kernel/kprobes.c: _kprobe_addr(), check_kprobe_address_safe()
+and arch/x86/kernel/kprobes/core.c: can_probe()), a symbol+offset must stay inside the symbol
+and fall on an instruction boundary decoded from its start.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+
+from kuprobe.elf import ElfImage
+from kuprobe.errors import ProbeError
+from kuprobe.insn import is_boundary
+
+# What a C or assembler symbol may be called (GNU as: letters, digits, _ . $; @ for versions).
+SYMBOL_RE = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$@]*$")
+SUPPORTED_LIVE_ARCHES = {"x86_64": ("x86_64", "i386")}
+
+
+@dataclass(frozen=True)
+class UprobeTarget:
+    path: str  # absolute, symlinks resolved
+    inode: tuple[int, int]
+    offset: int  # file offset of the probed instruction
+    arch: str  # of the probed file: the trapped task's register layout
+    vaddr: int  # the link-time virtual address (before any PIE load bias)
+
+
+def check_symbol_name(name: object, what: str = "symbol_name") -> str:
+    if not isinstance(name, str) or not SYMBOL_RE.match(name) or len(name) > 512:
+        raise ProbeError(
+            errno.EINVAL,
+            f"{what} {name!r} is not a symbol name (letters, digits, _ . $ @)",
+        )
+    return name
+
+
+def check_offset(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProbeError(errno.EINVAL, f"{what} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ProbeError(errno.EINVAL, f"{what} {value} is negative")
+    return value
+
+
+def resolve_uprobe(
+    path: str, *, symbol_name: str | None, offset: int | None, host_arch: str
+) -> UprobeTarget:
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise ProbeError(errno.EINVAL, "a Uprobe needs the path of an executable file")
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
+        raise ProbeError(errno.ENOENT, f"{path}: no such file", hint="check the path")
+    with ElfImage(real) as elf:
+        arch = elf.arch
+        if arch not in SUPPORTED_LIVE_ARCHES.get(host_arch, ()):
+            raise ProbeError(
+                errno.ENOEXEC,
+                f"{path} is an {arch} program; this {host_arch} kernel runs only "
+                f"{' and '.join(SUPPORTED_LIVE_ARCHES.get(host_arch, ()))} programs",
+                hint="use kuprobe.model.Machine to run it in the model",
+            )
+        if symbol_name is not None:
+            check_symbol_name(symbol_name)
+            off = check_offset(offset or 0, "offset")
+            sym = elf.symbol(symbol_name)
+            if sym.size and off >= sym.size:
+                raise ProbeError(
+                    errno.EINVAL,
+                    f"{symbol_name}+{off:#x} is past the end of {symbol_name} "
+                    f"({sym.size:#x} bytes)",
+                )
+            vaddr = sym.value + off
+            if off and sym.size:
+                code = elf.read_vaddr(sym.value, sym.size)
+                if not is_boundary(arch, code, off):
+                    raise ProbeError(
+                        errno.EILSEQ,
+                        f"{symbol_name}+{off:#x} is inside an instruction",
+                        hint=f"disassemble with `objdump -d --disassemble={symbol_name} {path}`",
+                    )
+            file_off = elf.vaddr_to_offset(vaddr)
+        else:
+            if offset is None:
+                raise ProbeError(errno.EINVAL, "a Uprobe needs symbol_name, offset, or both")
+            file_off = check_offset(offset, "offset")
+            vaddr = elf.offset_to_vaddr(file_off)
+            sym = elf.symbol_at(vaddr)
+            if sym is not None and vaddr != sym.value:
+                code = elf.read_vaddr(sym.value, sym.size)
+                if not is_boundary(arch, code, vaddr - sym.value):
+                    raise ProbeError(
+                        errno.EILSEQ,
+                        f"file offset {file_off:#x} is inside an instruction "
+                        f"({sym.name}+{vaddr - sym.value:#x})",
+                    )
+        if not elf.executable_offset(file_off):
+            raise ProbeError(
+                errno.EINVAL, f"{path}: file offset {file_off:#x} is not in executable code"
+            )
+        return UprobeTarget(real, elf.inode, file_off, arch, vaddr)

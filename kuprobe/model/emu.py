@@ -1,0 +1,207 @@
+"""The emulator shim over Unicorn: memory, registers, running code, traps and faults.
+
+This is the only module that imports unicorn. It knows nothing about probes: the Machine
+gives it two callbacks, one for a CPU exception (``int3``, the single-step trap …) and one
+for an access to memory that is not mapped, and both run synchronously inside the emulation,
+so they may change registers, map memory, or run more code (nested :meth:`Emu.run`), as a
+kernel trap handler may.
+
+An arch names its Unicorn arch, mode and registers as data (``uc_arch = "X86"``,
+``uc_regs = {"ax": "RAX", …}``); the constants are looked up here, so a new arch needs no
+change to this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import unicorn
+from unicorn import arm64_const, x86_const
+
+PAGE_SIZE = 0x1000
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+PROT_ALL = PROT_READ | PROT_WRITE | PROT_EXEC
+
+# Unicorn's register constants per Unicorn arch (the arch file gives the names).
+_CONST_MODULES: dict[str, Any] = {"X86": x86_const, "ARM64": arm64_const}
+_REG_PREFIX = {"X86": "UC_X86_REG_", "ARM64": "UC_ARM64_REG_"}
+_PERMS = {
+    PROT_READ: unicorn.UC_PROT_READ,
+    PROT_WRITE: unicorn.UC_PROT_WRITE,
+    PROT_EXEC: unicorn.UC_PROT_EXEC,
+}
+# The kinds of access the unmapped-memory callback reports.
+_ACCESS = {
+    unicorn.UC_MEM_READ_UNMAPPED: "read",
+    unicorn.UC_MEM_WRITE_UNMAPPED: "write",
+    unicorn.UC_MEM_FETCH_UNMAPPED: "fetch",
+    unicorn.UC_MEM_READ_PROT: "read",
+    unicorn.UC_MEM_WRITE_PROT: "write",
+    unicorn.UC_MEM_FETCH_PROT: "fetch",
+}
+
+InterruptCallback = Callable[[int], None]
+# (access "read"|"write"|"fetch", address, size) -> True: retry the access (memory was mapped)
+UnmappedCallback = Callable[[str, int, int], bool]
+
+
+class EmuError(Exception):
+    """The emulated CPU stopped on something nobody handled (bad fetch, bad access …)."""
+
+    def __init__(self, message: str, *, pc: int = 0) -> None:
+        super().__init__(message)
+        self.pc = pc
+
+
+def page_floor(addr: int) -> int:
+    return addr & ~(PAGE_SIZE - 1)
+
+
+def page_ceil(addr: int) -> int:
+    return (addr + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+class Emu:
+    """One emulated CPU and its memory."""
+
+    def __init__(self, uc_arch: str, uc_mode: str, regs: Mapping[str, str | None]) -> None:
+        self.uc = unicorn.Uc(getattr(unicorn, f"UC_ARCH_{uc_arch}"), getattr(unicorn, uc_mode))
+        consts = _CONST_MODULES[uc_arch]
+        prefix = _REG_PREFIX[uc_arch]
+        # pt_regs field -> unicorn register id (None: a field the CPU has no register for)
+        self.reg_ids: dict[str, int | None] = {
+            name: (getattr(consts, prefix + uc) if uc else None) for name, uc in regs.items()
+        }
+        self._batch_names = [n for n, r in self.reg_ids.items() if r is not None]
+        self._batch_ids = [r for r in self.reg_ids.values() if r is not None]
+        self._on_interrupt: InterruptCallback | None = None
+        self._on_unmapped: UnmappedCallback | None = None
+        self._pending: BaseException | None = None
+        self.uc.hook_add(unicorn.UC_HOOK_INTR, self._intr_hook)
+        self.uc.hook_add(
+            unicorn.UC_HOOK_MEM_UNMAPPED | unicorn.UC_HOOK_MEM_PROT, self._unmapped_hook
+        )
+
+    # --- callbacks ----------------------------------------------------------------------
+
+    def set_callbacks(self, on_interrupt: InterruptCallback, on_unmapped: UnmappedCallback) -> None:
+        self._on_interrupt = on_interrupt
+        self._on_unmapped = on_unmapped
+
+    def _intr_hook(self, uc: Any, intno: int, _user: Any) -> None:
+        try:
+            assert self._on_interrupt is not None
+            self._on_interrupt(intno)
+        except BaseException as e:  # re-raised by run(): unicorn would swallow it
+            self._pending = e
+            uc.emu_stop()
+
+    def _unmapped_hook(
+        self, uc: Any, access: int, addr: int, size: int, _value: int, _user: Any
+    ) -> bool:
+        try:
+            assert self._on_unmapped is not None
+            return self._on_unmapped(_ACCESS.get(access, "read"), addr, size)
+        except BaseException as e:
+            self._pending = e
+            uc.emu_stop()
+            return False
+
+    # --- running ------------------------------------------------------------------------
+
+    def run(self, begin: int, until: int, count: int = 0) -> None:
+        """Run from ``begin`` until the pc reaches ``until`` (or ``count`` instructions).
+
+        An exception raised by a callback stops the CPU and is raised here; an access nobody
+        mapped raises :class:`EmuError`.
+        """
+        try:
+            self.uc.emu_start(begin, until, count=count)
+        except unicorn.UcError as e:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                raise pending from None
+            raise EmuError(str(e), pc=self.pc) from e
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending
+
+    def stop(self) -> None:
+        self.uc.emu_stop()
+
+    # --- registers ----------------------------------------------------------------------
+
+    @property
+    def pc(self) -> int:
+        return int(self.uc.reg_read(self._pc_id))
+
+    def set_pc_reg(self, name: str) -> None:
+        rid = self.reg_ids[name]
+        assert rid is not None
+        self._pc_id = rid
+
+    def read_regs(self) -> dict[str, int]:
+        """Every register the arch names, by its pt_regs field name."""
+        vals = self.uc.reg_read_batch(self._batch_ids)
+        return dict(zip(self._batch_names, vals, strict=True))
+
+    def read_reg(self, name: str) -> int:
+        rid = self.reg_ids[name]
+        return 0 if rid is None else int(self.uc.reg_read(rid))
+
+    def write_reg(self, name: str, value: int) -> None:
+        rid = self.reg_ids[name]
+        if rid is not None:
+            self.uc.reg_write(rid, value)
+
+    def write_regs(self, values: Mapping[str, int]) -> None:
+        ids, vals = [], []
+        for name, v in values.items():
+            rid = self.reg_ids[name]
+            if rid is not None:
+                ids.append(rid)
+                vals.append(v)
+        if ids:
+            self.uc.reg_write_batch(list(zip(ids, vals, strict=True)))
+
+    def context_save(self) -> Any:
+        return self.uc.context_save()
+
+    def context_restore(self, ctx: Any) -> None:
+        self.uc.context_restore(ctx)
+
+    # --- memory -------------------------------------------------------------------------
+
+    def map(self, addr: int, size: int, prot: int = PROT_ALL) -> None:
+        perms = 0
+        for bit, uc_bit in _PERMS.items():
+            if prot & bit:
+                perms |= uc_bit
+        self.uc.mem_map(addr, size, perms)
+
+    def unmap(self, addr: int, size: int) -> None:
+        self.uc.mem_unmap(addr, size)
+
+    def regions(self) -> list[tuple[int, int]]:
+        """Mapped [start, end) ranges."""
+        return [(b, e + 1) for b, e, _p in self.uc.mem_regions()]
+
+    def is_mapped(self, addr: int) -> bool:
+        return any(b <= addr < e for b, e in self.regions())
+
+    def read(self, addr: int, size: int) -> bytes:
+        try:
+            return bytes(self.uc.mem_read(addr, size))
+        except unicorn.UcError as e:
+            raise EmuError(f"cannot read {size} bytes at {addr:#x}: {e}", pc=addr) from e
+
+    def write(self, addr: int, data: bytes) -> None:
+        try:
+            self.uc.mem_write(addr, bytes(data))
+        except unicorn.UcError as e:
+            raise EmuError(f"cannot write {len(data)} bytes at {addr:#x}: {e}", pc=addr) from e
+
+    def read_words(self, addr: int, count: int, word: int) -> Sequence[int]:
+        raw = self.read(addr, count * word)
+        return [int.from_bytes(raw[i : i + word], "little") for i in range(0, len(raw), word)]

@@ -1,0 +1,254 @@
+"""Probe specs as people type them: ``k:sym[+off]``, ``kr:sym``, ``u:/path:sym[+off]``,
+``u:/path:0xOFFSET``, ``ur:/path:sym``, each optionally followed by what to print.
+
+``parse_spec`` only reads the text (``SpecError`` on a mistake); ``check_spec`` also opens the
+ELF file of a uprobe spec, so a missing file or symbol is reported before anything attaches.
+What a probe prints is read from the register snapshot of each event: ``argN`` by the
+function's calling convention, ``retval`` on a return probe, or a register by the kernel's
+name for it (``di``, ``ax``, ``x0`` …); ``:x`` after a name prints it in hex.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from kuprobe.regs import LAYOUTS, PtRegs, regs_get_kernel_argument, regs_get_kernel_stack_nth
+
+Kind = Literal["k", "kr", "u", "ur"]
+
+# bpftrace's long names are accepted too.
+_KINDS: dict[str, Kind] = {
+    "k": "k",
+    "kprobe": "k",
+    "kr": "kr",
+    "kretprobe": "kr",
+    "u": "u",
+    "uprobe": "u",
+    "ur": "ur",
+    "uretprobe": "ur",
+}
+_SYMBOL = re.compile(r"[A-Za-z_.$][\w.$@]*")
+_ARG = re.compile(r"(?P<name>[a-z_][a-z0-9_]*)(?::(?P<fmt>[a-z]+))?")
+_ARGN = re.compile(r"arg(\d+)")
+MAX_ARG = 11  # arg0 .. arg11: registers and then the captured stack words
+_REGISTERS = frozenset(f for layout in LAYOUTS.values() for f in layout.fields)
+
+EXAMPLES = """\
+  k:do_sys_openat2              kernel function entry
+  k:do_sys_openat2+4            an instruction 4 bytes into it
+  kr:do_sys_openat2 retval      kernel function return, printing the return value
+  u:/bin/bash:readline          user function entry (path to the executable or library)
+  u:/bin/bash:readline+8        an instruction 8 bytes into the function
+  u:/bin/bash:0x8f0a0           a file offset in the executable
+  ur:/bin/bash:readline retval  user function return
+  'u:/bin/bash:readline arg0 di:x'
+                                print the first argument, and %rdi in hex"""
+
+
+class SpecError(ValueError):
+    """A probe spec that cannot be read; the message says what is wrong and shows the form."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One value to print for each event."""
+
+    name: str  # "arg0" … , "retval" or a register name
+    hex: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.name}:x" if self.hex else self.name
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One parsed spec. ``symbol`` is None for a raw file offset (``u:/path:0x…``)."""
+
+    kind: Kind
+    path: str | None
+    symbol: str | None
+    offset: int
+    args: tuple[Arg, ...] = ()
+
+    @property
+    def is_return(self) -> bool:
+        return self.kind in ("kr", "ur")
+
+    @property
+    def is_kernel(self) -> bool:
+        return self.kind in ("k", "kr")
+
+    @property
+    def target(self) -> str:
+        """``sym``, ``sym+0x10`` or ``0x8f0a0``: where in the file or the kernel."""
+        if self.symbol is None:
+            return f"{self.offset:#x}"
+        return f"{self.symbol}+{self.offset:#x}" if self.offset else self.symbol
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: the file's base name instead of its path."""
+        if self.path is None:
+            return f"{self.kind}:{self.target}"
+        return f"{self.kind}:{os.path.basename(self.path)}:{self.target}"
+
+    def __str__(self) -> str:
+        head = f"{self.kind}:{self.target}" if self.path is None else (
+            f"{self.kind}:{self.path}:{self.target}"
+        )
+        return " ".join([head, *map(str, self.args)])
+
+
+def _number(text: str, spec: str, what: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise SpecError(f"{spec!r}: {what} {text!r} is not a number (use 16 or 0x10)") from None
+    if value < 0:
+        raise SpecError(f"{spec!r}: {what} must not be negative")
+    return value
+
+
+def _symbol_offset(text: str, spec: str) -> tuple[str, int]:
+    sym, plus, off = text.partition("+")
+    if not sym:
+        raise SpecError(f"{spec!r}: no function name (e.g. 'k:do_sys_openat2')")
+    if not _SYMBOL.fullmatch(sym):
+        raise SpecError(f"{spec!r}: {sym!r} is not a symbol name")
+    if not plus:
+        return sym, 0
+    if not off:
+        raise SpecError(f"{spec!r}: nothing after '+' (e.g. '{sym}+4')")
+    return sym, _number(off, spec, "offset")
+
+
+def _parse_arg(token: str, spec: str, kind: Kind) -> Arg:
+    m = _ARG.fullmatch(token)
+    if not m:
+        raise SpecError(f"{spec!r}: cannot read {token!r} (print argN, retval or a register)")
+    name, fmt = m.group("name"), m.group("fmt")
+    if fmt not in (None, "x", "d"):
+        raise SpecError(f"{spec!r}: unknown format ':{fmt}' in {token!r} (use :x or :d)")
+    if name == "retval":
+        if kind not in ("kr", "ur"):
+            raise SpecError(
+                f"{spec!r}: retval exists only on a return probe (kr:/ur:), not on {kind}:"
+            )
+    elif n := _ARGN.fullmatch(name):
+        if int(n.group(1)) > MAX_ARG:
+            raise SpecError(f"{spec!r}: {name} is out of range (arg0 … arg{MAX_ARG})")
+    elif name not in _REGISTERS:
+        raise SpecError(
+            f"{spec!r}: {token!r} is not argN, retval or a register name (di, ax, x0 …)"
+        )
+    return Arg(name, hex=fmt == "x")
+
+
+def parse_spec(text: str) -> ProbeSpec:
+    """Read one spec; whitespace-separated words after the first are the values to print."""
+    words = text.split()
+    if not words:
+        raise SpecError("empty probe spec (e.g. 'u:/bin/bash:readline')")
+    head, rest = words[0], words[1:]
+    prefix, colon, body = head.partition(":")
+    if not colon:
+        raise SpecError(
+            f"{head!r}: a spec starts with k:, kr:, u: or ur: (e.g. 'u:/bin/bash:readline')"
+        )
+    kind = _KINDS.get(prefix)
+    if kind is None:
+        raise SpecError(f"{head!r}: unknown probe type {prefix!r} (use k, kr, u or ur)")
+    path: str | None = None
+    symbol: str | None
+    if kind in ("u", "ur"):
+        path, colon, where = body.rpartition(":")
+        if not colon or not path:
+            raise SpecError(
+                f"{head!r}: a uprobe needs a file and a place: '{prefix}:/path/to/prog:function'"
+            )
+        if not where:
+            raise SpecError(f"{head!r}: no function or offset after {path!r}")
+        if where[0].isdigit():
+            symbol, offset = None, _number(where, head, "file offset")
+        else:
+            symbol, offset = _symbol_offset(where, head)
+        path = os.path.abspath(path)
+    else:
+        if not body:
+            raise SpecError(f"{head!r}: no function name (e.g. '{prefix}:do_sys_openat2')")
+        symbol, offset = _symbol_offset(body, head)
+    if kind in ("kr", "ur") and (offset or symbol is None):
+        raise SpecError(
+            f"{head!r}: a return probe goes on a function's entry; drop the offset "
+            f"(e.g. '{prefix}:{'' if path is None else path + ':'}{symbol or 'function'}')"
+        )
+    args = tuple(_parse_arg(w, head, kind) for w in rest)
+    return ProbeSpec(kind=kind, path=path, symbol=symbol, offset=offset, args=args)
+
+
+def check_spec(spec: ProbeSpec) -> str:
+    """Open a uprobe spec's file: it must be an ELF of a known arch with that symbol.
+
+    Returns the arch ("x86_64" for kernel specs: the running kernel's). Raises ``SpecError``.
+    """
+    from kuprobe.elf import ElfImage
+    from kuprobe.errors import ProbeError
+
+    if spec.path is None:
+        return _host_arch()
+    try:
+        with ElfImage(spec.path) as image:
+            arch = image.arch
+            if spec.symbol is not None:
+                sym = image.symbol(spec.symbol)
+                if sym.size and spec.offset >= sym.size:
+                    raise SpecError(
+                        f"{spec}: offset {spec.offset:#x} is past the end of {spec.symbol} "
+                        f"({sym.size:#x} bytes)"
+                    )
+            elif not image.executable_offset(spec.offset):
+                raise SpecError(f"{spec}: file offset {spec.offset:#x} is not in executable code")
+    except ProbeError as e:
+        text = f"{e.strerror}" + (f" ({e.hint})" if e.hint else "")
+        raise SpecError(text) from e
+    for arg in spec.args:
+        if arg.name in _REGISTERS and arg.name not in LAYOUTS[arch].fields:
+            raise SpecError(f"{spec}: {arch} has no register {arg.name!r}")
+    return arch
+
+
+def _host_arch() -> str:
+    machine = os.uname().machine
+    return {"aarch64": "arm64", "i686": "i386"}.get(machine, machine)
+
+
+def fetch(regs: PtRegs, arg: Arg, *, user: bool) -> int:
+    """The value of ``arg`` in a snapshot taken at the probe (entry or return).
+
+    ``argN`` follows the calling convention of the probed code: the kernel's
+    (regs_get_kernel_argument) for a kprobe, the user ABI for a uprobe — on i386 that is
+    cdecl, all on the stack above the return address. On a return probe ``argN`` is only what
+    is left in those registers.
+    """
+    name = arg.name
+    if name == "retval":
+        return int(getattr(regs, regs.layout.retval))
+    if m := _ARGN.fullmatch(name):
+        n = int(m.group(1))
+        if user and regs.arch == "i386":
+            return regs_get_kernel_stack_nth(regs, n + 1)
+        return regs_get_kernel_argument(regs, n)
+    return int(getattr(regs, name))
+
+
+def format_value(regs: PtRegs, arg: Arg, *, user: bool) -> str:
+    value = fetch(regs, arg, user=user)
+    if arg.hex:
+        return f"{arg.name}={value:#x}"
+    bits = regs.layout.word_bits
+    if value >> (bits - 1):  # print negative numbers as such; pointers read better in :x
+        value -= 1 << bits
+    return f"{arg.name}={value}"

@@ -1,0 +1,304 @@
+"""The guest image: resolved from its inputs, built once, cached under a key of those inputs.
+
+An image is three files in ``<cache>/images/<key>/``: ``vmlinux`` (the Debian kernel,
+uncompressed, booted through PVH), ``initrd.cpio`` (see ``_initramfs``) and ``root.ext4``
+(a Debian 12 root made by mmdebstrap with the packages ``vagrant/provision.sh`` names, the
+kernel's modules and headers, configured by that same script). The key hashes the kernel
+package and version, the apt sources, the provisioning script, the initramfs script and
+``IMAGE_FORMAT``: change any and the next ``kuprobe vm build`` makes a new image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kuprobe.vm import _initramfs
+from kuprobe.vm._host import Stopwatch, VmError, capture, require_tool, run_logged, say
+from kuprobe.vm._kernel import extract_vmlinux
+
+# Bump when the builder below changes what it puts in an image.
+IMAGE_FORMAT = 1
+SUITE = "bookworm"
+KERNEL_META = "linux-image-amd64"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROVISION = PROJECT_ROOT / "vagrant" / "provision.sh"
+SOURCES_FILES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+# Left out of the guest root: documentation and translations (smaller image, faster mke2fs).
+DPKG_EXCLUDES = (
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+)
+
+
+def cache_dir() -> Path:
+    """``$KUPROBE_VM_CACHE``, else /var/cache/kuprobe/vm for root, else ~/.cache/kuprobe/vm."""
+    env = os.environ.get("KUPROBE_VM_CACHE")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/kuprobe/vm")
+    return Path.home() / ".cache" / "kuprobe" / "vm"
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """Everything an image is made from; its hash is the image's key."""
+
+    kernel_release: str  # e.g. 6.1.0-56-amd64 (uname -r in the guest)
+    kernel_version: str  # the Debian package version, e.g. 6.1.192-2
+    suite: str
+    sources: str  # the apt sources the guest is built from
+    provision_sha256: str
+    init_sha256: str
+    image_format: int = IMAGE_FORMAT
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def kernel_package(self) -> str:
+        return f"linux-image-{self.kernel_release}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _host_sources() -> Path:
+    for path in SOURCES_FILES:
+        if path.is_file() and path.read_text().strip():
+            return path
+    raise VmError("no Debian apt sources on this host (/etc/apt/sources.list.d/debian.sources)")
+
+
+def resolve_inputs() -> ImageInputs:
+    """The inputs of the image to use now, from the host's apt lists (no network)."""
+    require_tool("apt-cache")
+    depends = capture(["apt-cache", "depends", "--important", KERNEL_META])
+    releases = [
+        line.split("linux-image-", 1)[1].strip()
+        for line in depends.splitlines()
+        if line.strip().startswith("Depends: linux-image-")
+    ]
+    if not releases:
+        raise VmError(
+            f"the apt lists name no kernel for {KERNEL_META}: run `apt-get update` "
+            "(scripts/setup-vm.sh does)"
+        )
+    release = releases[0]
+    policy = capture(["apt-cache", "policy", f"linux-image-{release}"])
+    version = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in policy.splitlines()
+            if line.strip().startswith("Candidate:")
+        ),
+        "(none)",
+    )
+    if version == "(none)":
+        raise VmError(f"linux-image-{release} has no installable version: run `apt-get update`")
+    return ImageInputs(
+        kernel_release=release,
+        kernel_version=version,
+        suite=SUITE,
+        sources=_host_sources().read_text(),
+        provision_sha256=_sha256(PROVISION.read_bytes()),
+        init_sha256=_sha256(_initramfs.INIT_SCRIPT.encode()),
+    )
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built image's files."""
+
+    path: Path
+    kernel_release: str
+
+    @property
+    def vmlinux(self) -> Path:
+        return self.path / "vmlinux"
+
+    @property
+    def initrd(self) -> Path:
+        return self.path / "initrd.cpio"
+
+    @property
+    def root(self) -> Path:
+        return self.path / "root.ext4"
+
+    @classmethod
+    def load(cls, path: Path) -> Image:
+        manifest = json.loads((path / "manifest.json").read_text())
+        return cls(path=path, kernel_release=str(manifest["inputs"]["kernel_release"]))
+
+
+def cached_image(inputs: ImageInputs, cache: Path | None = None) -> Image | None:
+    """The built image for `inputs`, if the cache has it."""
+    path = (cache or cache_dir()) / "images" / inputs.key
+    return Image.load(path) if (path / "manifest.json").is_file() else None
+
+
+def newest_image(cache: Path | None = None) -> Image | None:
+    """The most recently built image, whatever its inputs (when they cannot be resolved)."""
+    images = (cache or cache_dir()) / "images"
+    built = sorted(images.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    return Image.load(built[-1].parent) if built else None
+
+
+def ensure_image(*, rebuild: bool = False, cache: Path | None = None) -> Image:
+    """The image for the current inputs, building it if the cache lacks it."""
+    cache = cache or cache_dir()
+    try:
+        inputs = resolve_inputs()
+    except VmError as exc:
+        fallback = None if rebuild else newest_image(cache)
+        if fallback is None:
+            raise
+        say(f"cannot resolve the image inputs ({exc}); using the newest image {fallback.path}")
+        return fallback
+    image = None if rebuild else cached_image(inputs, cache)
+    if image is not None:
+        say(f"image {inputs.key} (kernel {inputs.kernel_release}) cached in {image.path}")
+        return image
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        say(f"waiting for the build lock {cache / '.lock'}")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        image = None if rebuild else cached_image(inputs, cache)
+        if image is None:  # nobody built it while we waited
+            image = _build(inputs, cache)
+    return image
+
+
+def _download_kernel(inputs: ImageInputs, cache: Path, log: Path) -> Path:
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    name = f"{inputs.kernel_package}_{inputs.kernel_version}_amd64.deb".replace(":", "%3a")
+    deb = debs / name
+    if not deb.is_file():
+        say(f"downloading {inputs.kernel_package} {inputs.kernel_version}")
+        pkg = f"{inputs.kernel_package}={inputs.kernel_version}"
+        run_logged(["sh", "-c", f'cd "{debs}" && apt-get download -q "{pkg}"'], log=log)
+    if not deb.is_file():
+        raise VmError(f"apt-get download did not produce {deb}")
+    return deb
+
+
+def _download_wheels(dest: Path, log: Path) -> None:
+    """pip wheels for the guest's Python 3.11, fetched on the host so the guest root needs
+    no network of its own."""
+    reqs = capture(["sh", str(PROVISION), "pip-requirements"]).split()
+    argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest)]
+    argv += ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
+    for platform in ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux1_x86_64"):
+        argv += ["--platform", platform]
+    run_logged([*argv, *reqs], log=log)
+
+
+def _mmdebstrap(inputs: ImageInputs, root: Path, work: Path, log: Path) -> None:
+    require_tool("mmdebstrap")
+    packages = capture(["sh", str(PROVISION), "packages", inputs.kernel_release]).split()
+    sources = work / "guest.sources"
+    sources.write_text(inputs.sources)
+    argv = [
+        "mmdebstrap",
+        "--variant=essential",
+        "--mode=root",
+        "--format=directory",
+        "--include=" + ",".join(packages),
+        "--aptopt=Acquire::Check-Valid-Until false",
+        "--aptopt=Acquire::Languages none",
+        *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
+        f"--customize-hook=copy-in {PROVISION} {work / 'wheels'} /tmp",
+        '--customize-hook=chroot "$1" env KUPROBE_WHEELS=/tmp/wheels sh /tmp/provision.sh '
+        "configure",
+        '--customize-hook=rm -rf "$1"/tmp/wheels "$1"/tmp/provision.sh "$1"/var/cache/apt/*.bin',
+        inputs.suite,
+        str(root),
+        str(sources),
+    ]
+    run_logged(argv, log=log, show=lambda line: line.startswith("I: "))
+
+
+def _add_kernel(deb: Path, root: Path, work: Path, kver: str, log: Path) -> None:
+    """The kernel's modules and /boot files into the root; dpkg -x goes to a side directory
+    because unpacking over a merged-/usr root would replace its /lib symlink."""
+    unpacked = work / "kernel"
+    run_logged(["dpkg-deb", "-x", str(deb), str(unpacked)], log=log)
+    modules = unpacked / "lib" / "modules" / kver
+    shutil.copytree(modules, root / "usr/lib/modules" / kver, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(unpacked / "boot", root / "boot", symlinks=True, dirs_exist_ok=True)
+    run_logged(["chroot", str(root), "depmod", kver], log=log)
+    extract_vmlinux(unpacked / "boot" / f"vmlinuz-{kver}", work / "out" / "vmlinux")
+    # The guest's own copy: tests decode the probed functions' real bytes from it.
+    shutil.copy2(work / "out" / "vmlinux", root / "boot" / f"vmlinux-{kver}")
+    build = root / "usr/lib/modules" / kver / "build"
+    if not build.is_symlink() and not build.exists():
+        raise VmError(f"linux-headers-{kver} did not make /lib/modules/{kver}/build")
+
+
+def _du_bytes(path: Path) -> int:
+    return int(capture(["du", "-sb", "--apparent-size", str(path)]).split()[0])
+
+
+def _mke2fs(root: Path, out: Path, log: Path) -> None:
+    require_tool("mke2fs")
+    size_mb = _du_bytes(root) * 12 // 10 // 2**20 + 64
+    run_logged(
+        [
+            "mke2fs", "-q", "-t", "ext4", "-O", "^has_journal", "-m", "0",
+            "-L", "kuprobe-root", "-E", "root_owner=0:0", "-d", str(root),
+            str(out), f"{size_mb}M",
+        ],
+        log=log,
+    )  # fmt: skip
+
+
+def _build(inputs: ImageInputs, cache: Path) -> Image:
+    clock = Stopwatch()
+    images = cache / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"build-{inputs.key}-", dir=cache))
+    log = work / "build.log"
+    say(f"building image {inputs.key}: Debian {inputs.suite}, kernel {inputs.kernel_release} "
+        f"{inputs.kernel_version} (log: {log})")  # fmt: skip
+    try:
+        (work / "out").mkdir()
+        (work / "wheels").mkdir()
+        deb = _download_kernel(inputs, cache, log)
+        _download_wheels(work / "wheels", log)
+        say(f"[{clock}] mmdebstrap: the guest root")
+        root = work / "root"
+        _mmdebstrap(inputs, root, work, log)
+        say(f"[{clock}] kernel modules, vmlinux, initramfs")
+        _add_kernel(deb, root, work, inputs.kernel_release, log)
+        modules = _initramfs.build_initramfs(
+            root, inputs.kernel_release, work / "out" / "initrd.cpio"
+        )
+        say(f"[{clock}] mke2fs: the root image ({_du_bytes(root) // 2**20} MiB of files)")
+        _mke2fs(root, work / "out" / "root.ext4", log)
+        manifest = {"inputs": asdict(inputs), "key": inputs.key, "initramfs_modules": modules}
+        (work / "out" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.copy2(log, work / "out" / "build.log")
+        final = images / inputs.key
+        if final.exists():
+            shutil.rmtree(final)
+        (work / "out").rename(final)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
+    say(f"[{clock}] image {inputs.key} built in {final}")
+    return Image.load(final)

@@ -1,0 +1,83 @@
+#!/bin/sh
+# Provisioning of the kuprobe kprobe VM: a Debian 12 system whose kernel has kprobes, with BCC,
+# the kernel's own headers, pytest and kuprobe's Python dependencies.
+#
+# One script, two users:
+#   - Vagrant runs it with no argument inside the Debian 12 box (`vagrant up`);
+#   - the offline runner (`kuprobe vm build`, kuprobe/vm/image.py) asks it for the package list
+#     (`packages KVER`), has mmdebstrap install those into the guest root, then runs
+#     `configure` chrooted in that root.
+#
+# Usage:
+#   provision.sh                 Vagrant: install packages for the running kernel, configure
+#   provision.sh packages KVER   print the Debian packages the guest needs, one per line
+#   provision.sh pip-requirements  print the pip requirements `configure` installs
+#   provision.sh configure       inside the guest root: pip wheels, mount points, settings
+#
+# Environment: KUPROBE_WHEELS=DIR installs the pip requirements from DIR only (no index):
+# the offline runner downloads them on the host, so the guest root needs no network.
+set -eu
+
+# pip requirements that Debian 12 does not meet (python3-capstone is 4.0; kuprobe needs 5).
+PIP_REQUIREMENTS="capstone>=5.0"
+
+packages() {
+    kver=$1
+    cat <<EOF
+linux-headers-$kver
+python3
+python3-bpfcc
+python3-pytest
+python3-pyelftools
+python3-rich
+python3-pyroute2
+python3-unicorn
+python3-pip
+busybox-static
+kmod
+iproute2
+procps
+EOF
+}
+
+configure() {
+    say "pip: $PIP_REQUIREMENTS"
+    if [ -n "${KUPROBE_WHEELS:-}" ]; then
+        # shellcheck disable=SC2086
+        python3 -m pip install -q --root-user-action=ignore --break-system-packages \
+            --no-index --find-links "$KUPROBE_WHEELS" $PIP_REQUIREMENTS
+    else
+        # shellcheck disable=SC2086
+        python3 -m pip install -q --root-user-action=ignore --break-system-packages \
+            $PIP_REQUIREMENTS
+    fi
+    mkdir -p /sys/kernel/tracing /sys/kernel/debug /sys/fs/bpf
+    # BCC finds the headers through /lib/modules/$(uname -r)/build (linux-headers-* makes it).
+    echo "kuprobe-vm" >/etc/hostname
+}
+
+vagrant() {
+    kver=$(uname -r)
+    say "kernel $kver"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2046
+    apt-get install -y -q --no-install-recommends $(packages "$kver")
+    configure
+    # systemd mounts tracefs and debugfs; bpffs is mounted here for BCC's pinned maps.
+    mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+    say "done: cd /kuprobe && sudo python3 -m pytest -m vm tests/vm"
+}
+
+say() { printf '[provision] %s\n' "$*" >&2; }
+
+case "${1:-vagrant}" in
+    packages) packages "$2" ;;
+    pip-requirements) echo "$PIP_REQUIREMENTS" ;;
+    configure) configure ;;
+    vagrant) vagrant ;;
+    *)
+        say "unknown command: $1 (packages KVER | pip-requirements | configure | vagrant)"
+        exit 2
+        ;;
+esac
