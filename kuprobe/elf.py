@@ -163,9 +163,7 @@ class ElfImage:
         raise ProbeError(errno.EINVAL, f"{self.path}: file offset {offset:#x} is not loaded")
 
     def executable_offset(self, offset: int) -> bool:
-        return any(
-            s.executable and s.offset <= offset < s.offset + s.filesz for s in self.segments
-        )
+        return any(s.executable and s.offset <= offset < s.offset + s.filesz for s in self.segments)
 
     def read(self, offset: int, size: int) -> bytes:
         self._fh.seek(offset)
@@ -191,7 +189,7 @@ class ElfImage:
             if not isinstance(sec, NoteSection) or sec.name != ".note.stapsdt":
                 continue
             for note in sec.iter_notes():
-                if note["n_name"] != "stapsdt" or note["n_type"] != 3:
+                if note["n_name"] != "stapsdt" or note["n_type"] not in (3, "NT_STAPSDT"):
                     continue
                 desc = note["n_desc"]
                 raw = desc.encode("latin-1") if isinstance(desc, str) else bytes(desc)

@@ -33,9 +33,28 @@ class RegLayout:
 X86_64 = RegLayout(
     arch="x86_64",
     fields=(
-        "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8",
-        "ax", "cx", "dx", "si", "di", "orig_ax", "ip", "cs", "flags", "sp", "ss",
-    ),  # fmt: skip
+        "r15",
+        "r14",
+        "r13",
+        "r12",
+        "bp",
+        "bx",
+        "r11",
+        "r10",
+        "r9",
+        "r8",
+        "ax",
+        "cx",
+        "dx",
+        "si",
+        "di",
+        "orig_ax",
+        "ip",
+        "cs",
+        "flags",
+        "sp",
+        "ss",
+    ),
     word_bits=64,
     ip="ip",
     sp="sp",
@@ -47,9 +66,24 @@ X86_64 = RegLayout(
 I386 = RegLayout(
     arch="i386",
     fields=(
-        "bx", "cx", "dx", "si", "di", "bp", "ax", "ds", "es", "fs", "gs",
-        "orig_ax", "ip", "cs", "flags", "sp", "ss",
-    ),  # fmt: skip
+        "bx",
+        "cx",
+        "dx",
+        "si",
+        "di",
+        "bp",
+        "ax",
+        "ds",
+        "es",
+        "fs",
+        "gs",
+        "orig_ax",
+        "ip",
+        "cs",
+        "flags",
+        "sp",
+        "ss",
+    ),
     word_bits=32,
     ip="ip",
     sp="sp",
@@ -112,7 +146,7 @@ class PtRegs:
 
     @property
     def ts(self) -> int:
-        """When the trap was taken, in ns (live: bpf_ktime_get_ns(), CLOCK_MONOTONIC); 0 if unknown."""
+        """When the trap was taken in ns (live: bpf_ktime_get_ns(), CLOCK_MONOTONIC), else 0."""
         return self._ts
 
     @property

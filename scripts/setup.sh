@@ -43,7 +43,7 @@ apt_update() {
 }
 
 if ! have_build_tree; then
-	apt_update
+	compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null || apt_update
 	if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
 		missing+=("linux-headers-$release")
 	elif ! dpkg-query -W -f='${Status}' linux-headers-amd64 2>/dev/null | grep -q "install ok installed"; then

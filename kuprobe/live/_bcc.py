@@ -67,7 +67,7 @@ def compile_module(text: str, cflags: list[str]) -> Any:
     bpf_cls = import_bcc()
     _prepare_env()
     try:
-        return bpf_cls(text=text, cflags=cflags)
+        return bpf_cls(text=text.encode(), cflags=cflags)
     except Exception as e:  # BCC raises bare Exception on compile failure
         raise ProbeError(errno.EINVAL, f"BPF compile failed: {e}") from e
 

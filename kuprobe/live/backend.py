@@ -39,6 +39,7 @@ from kuprobe.probes import (
     Uprobe,
     _Counted,
 )
+from kuprobe.regs import instruction_pointer
 from kuprobe.task import Task
 
 log = logging.getLogger("kuprobe")
@@ -182,18 +183,22 @@ class LiveBackend:
             try:
                 entry_flags = (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE) if handler else 0
                 entry = self._attach_slot(
-                    reg, pool, flags=entry_flags, tgid=pid,
+                    reg,
+                    pool,
+                    flags=entry_flags,
+                    tgid=pid,
                     handler=self._uprobe_handler(up, pool, reg, make_regs) if handler else None,
                     open_event=open_uprobe(False),
-                )  # fmt: skip
+                )
                 if ret_handler:
                     self._attach_slot(
-                        reg, pool,
+                        reg,
+                        pool,
                         flags=KUPROBE_CFG_STREAM | KUPROBE_CFG_RET | KUPROBE_CFG_REMOVABLE,
                         tgid=pid,
                         handler=self._uretprobe_handler(up, make_regs),
                         open_event=open_uprobe(True),
-                    )  # fmt: skip
+                    )
                 del entry
             except OSError as e:
                 self._rollback(reg)
@@ -217,17 +222,22 @@ class LiveBackend:
         assert uc is not None and uc.handler is not None
         handler, filt = uc.handler, uc.filter
         report = self._reporter(up)
+        removed: set[int] = set()
 
         def on_hit(chunk: bytes, off: int, flags: int, ts: int, func_ip: int, task: Task) -> None:
+            if removed and task.pid in removed:
+                return  # recorded before the kernel-side removal took effect
             try:
                 if filt is not None and not filt(uc, task):
                     return
                 ret = handler(uc, make_regs(chunk, off, ts))
-            except Exception as e:  # noqa: BLE001 - reported and counted, dispatch goes on
+            except Exception as e:
                 report(e)
                 return
             if ret and ret & UPROBE_HANDLER_REMOVE:
-                # include/linux/uprobes.h: no more calls of this consumer in that process.
+                # kernel/events/uprobes.c: handler_chain() -> unapply_uprobe(): no more calls
+                # of this consumer in that process.
+                removed.add(task.pid)
                 for att in reg.attaches:
                     att.pool.mark_removed(att.slot, task.pid)
 
@@ -246,7 +256,7 @@ class LiveBackend:
                 if filt is not None and not filt(uc, task):
                     return
                 ret_handler(uc, func_ip, make_regs(chunk, off, ts))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 report(e)
 
         return on_ret
@@ -257,8 +267,9 @@ class LiveBackend:
             if probe._handler_errors == 1:
                 log.error(
                     "handler of %r raised; counted in handler_errors, dispatch goes on",
-                    probe, exc_info=e,
-                )  # fmt: skip
+                    probe,
+                    exc_info=e,
+                )
 
         return report
 
@@ -282,6 +293,7 @@ class LiveBackend:
 
     def register_kprobes(self, kps: Sequence[Kprobe]) -> None:
         with self._lock:
+            self._prevalidate(kps, Kprobe)
             done: list[Kprobe] = []
             try:
                 for kp in kps:
@@ -291,6 +303,16 @@ class LiveBackend:
                 for kp in reversed(done):
                     self.unregister(kp)
                 raise
+
+    def _prevalidate(self, probes: Sequence[Kprobe | Kretprobe], kind: type) -> None:
+        """Check every probe of a batch before arming any (all or nothing)."""
+        if len({id(p) for p in probes}) != len(probes):
+            raise ProbeError(errno.EINVAL, "the same probe object appears twice in the batch")
+        for p in probes:
+            if not isinstance(p, kind):
+                raise TypeError(f"expected {kind.__name__}, not {type(p).__name__}")
+            self._claim(p)
+            self._check_kprobe_target(p)
 
     def _register_kprobe(self, kp: Kprobe) -> None:
         if not isinstance(kp, Kprobe):
@@ -319,17 +341,19 @@ class LiveBackend:
             def handler(chunk: bytes, off_: int, fl: int, ts: int, ip: int, task: Task) -> None:
                 try:
                     pre(kp, make_regs(chunk, off_, ts))
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     report(e)
 
         try:
             self._attach_slot(
-                reg, pool,
-                flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM if pre else 0), tgid=0,
+                reg,
+                pool,
+                flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM if pre else 0),
+                tgid=0,
                 handler=handler,
-                open_event=lambda: perf.open_kprobe(sym, off if sym else off, retprobe=False),
+                open_event=lambda: perf.open_kprobe(sym, off, retprobe=False),
                 enable=not kp.flags & KPROBE_FLAG_DISABLED,
-            )  # fmt: skip
+            )
         except OSError as e:
             self._rollback(reg)
             raise _attach_error(e, kp, _kname(sym, off)) from e
@@ -341,6 +365,7 @@ class LiveBackend:
 
     def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
         with self._lock:
+            self._prevalidate(rps, Kretprobe)
             done: list[Kretprobe] = []
             try:
                 for rp in rps:
@@ -374,10 +399,13 @@ class LiveBackend:
         try:
             if want_entry:
                 self._attach_slot(
-                    reg, pool, flags=KUPROBE_CFG_KERNEL | KUPROBE_CFG_STREAM, tgid=0,
+                    reg,
+                    pool,
+                    flags=KUPROBE_CFG_KERNEL | KUPROBE_CFG_STREAM,
+                    tgid=0,
                     handler=entry_h,
                     open_event=lambda: perf.open_kprobe(sym, off, retprobe=False),
-                )  # fmt: skip
+                )
             open_ret: Callable[[], int]
             if rp.maxactive:
                 self._remove_stale_events()
@@ -393,11 +421,15 @@ class LiveBackend:
             else:
                 open_ret = lambda: perf.open_kprobe(sym, off, retprobe=True)  # noqa: E731
             self._attach_slot(
-                reg, pool,
-                flags=KUPROBE_CFG_KERNEL | KUPROBE_CFG_RET
+                reg,
+                pool,
+                flags=KUPROBE_CFG_KERNEL
+                | KUPROBE_CFG_RET
                 | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0),
-                tgid=0, handler=ret_h, open_event=open_ret,
-            )  # fmt: skip
+                tgid=0,
+                handler=ret_h,
+                open_event=open_ret,
+            )
         except OSError as e:
             self._rollback(reg)
             raise _attach_error(e, rp, target) from e
@@ -420,7 +452,7 @@ class LiveBackend:
                 try:
                     if entry_handler(ri, make_regs(chunk, off, ts)):  # type: ignore[arg-type]
                         ri = None  # kernel/kprobes.c: nonzero -> no return handler this call
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     report(e)
                     ri = None
             in_flight.setdefault(task.tid, []).append(ri)
@@ -434,11 +466,11 @@ class LiveBackend:
                     return
             else:
                 ri = KretprobeInstance(rp, bytearray(rp.data_size), 0, task)
-            ri.ret_addr = regs.ip
+            ri.ret_addr = instruction_pointer(regs)
             if handler is not None:
                 try:
                     handler(ri, regs)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     report(e)
 
         return on_entry, (on_ret if handler is not None or entry_handler is not None else None)

@@ -108,9 +108,11 @@ class Dispatcher:
 
     def _task(self, key: tuple[int, bytes]) -> Task:
         pid_tgid, comm = key
-        task = Task(pid_tgid >> 32, pid_tgid & 0xFFFFFFFF, comm.split(b"\0", 1)[0].decode(
-            "utf-8", "replace"
-        ))
+        task = Task(
+            pid_tgid >> 32,
+            pid_tgid & 0xFFFFFFFF,
+            comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        )
         if len(self._tasks) >= _TASK_CACHE_MAX:
             self._tasks.clear()
         self._tasks[key] = task

@@ -71,9 +71,7 @@ def _format_bit(pmu: str, field: str) -> int:
 
 
 def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int) -> int:
-    fd = _libc.syscall(
-        _NR_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC
-    )
+    fd = _libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -157,7 +155,9 @@ def tracefs() -> Path | None:
 def _write_events(line: str) -> None:
     root = tracefs()
     if root is None:
-        raise OSError(errno.ENOENT, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
+        raise OSError(
+            errno.ENOENT, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+        )
     fd = os.open(root / "kprobe_events", os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, line.encode() + b"\n")

@@ -31,10 +31,10 @@ class ProbePool:
         )
         self.nslots = nslots
         self.bpf: Any = _bcc.compile_module(src.text, list(src.cflags))
-        self._cfg = self.bpf["kuprobe_cfg"]
-        self._counts = self.bpf["kuprobe_counts"]
-        self._removed = self.bpf["kuprobe_removed"]
-        rb = self.bpf["kuprobe_events"]
+        self._cfg = self.bpf[b"kuprobe_cfg"]
+        self._counts = self.bpf[b"kuprobe_counts"]
+        self._removed = self.bpf[b"kuprobe_removed"]
+        rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
         self._prog_fds: dict[int, int] = {}
@@ -52,7 +52,9 @@ class ProbePool:
         slot = self._free.pop()
         try:
             if slot not in self._prog_fds:
-                fn = self.bpf.load_func(PoolSource.slot_function(slot), _bcc.kprobe_prog_type())
+                fn = self.bpf.load_func(
+                    PoolSource.slot_function(slot).encode(), _bcc.kprobe_prog_type()
+                )
                 self._prog_fds[slot] = int(fn.fd)
             self._baseline[slot] = self._read_counts(slot)
             self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, tgid)

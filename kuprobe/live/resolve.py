@@ -31,7 +31,7 @@ class UprobeTarget:
 
 
 def check_symbol_name(name: object, what: str = "symbol_name") -> str:
-    if not isinstance(name, str) or not SYMBOL_RE.match(name) or len(name) > 512:
+    if not isinstance(name, str) or not SYMBOL_RE.fullmatch(name) or len(name) > 512:
         raise ProbeError(
             errno.EINVAL,
             f"{what} {name!r} is not a symbol name (letters, digits, _ . $ @)",
@@ -89,14 +89,14 @@ def resolve_uprobe(
                 raise ProbeError(errno.EINVAL, "a Uprobe needs symbol_name, offset, or both")
             file_off = check_offset(offset, "offset")
             vaddr = elf.offset_to_vaddr(file_off)
-            sym = elf.symbol_at(vaddr)
-            if sym is not None and vaddr != sym.value:
-                code = elf.read_vaddr(sym.value, sym.size)
-                if not is_boundary(arch, code, vaddr - sym.value):
+            within = elf.symbol_at(vaddr)
+            if within is not None and vaddr != within.value:
+                code = elf.read_vaddr(within.value, within.size)
+                if not is_boundary(arch, code, vaddr - within.value):
                     raise ProbeError(
                         errno.EILSEQ,
                         f"file offset {file_off:#x} is inside an instruction "
-                        f"({sym.name}+{vaddr - sym.value:#x})",
+                        f"({within.name}+{vaddr - within.value:#x})",
                     )
         if not elf.executable_offset(file_off):
             raise ProbeError(

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole suite: lint, types, then pytest (unit, model, live, vm). Fails if any test marked
+# `live` was skipped on a machine that can run them (root, BPF, uprobes): a skip there would
+# hide a broken live path.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+py=.venv/bin/python
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+step "ruff"
+.venv/bin/ruff check kuprobe tests benchmarks
+step "mypy --strict"
+.venv/bin/mypy kuprobe
+
+step "pytest"
+junit=$(mktemp --suffix=.xml)
+set +e
+$py -m pytest -p no:cacheprovider --junitxml="$junit" "$@"
+rc=$?
+set -e
+if [ $rc -ne 0 ]; then
+	exit $rc
+fi
+
+step "live tests skipped on a capable machine?"
+$py - "$junit" <<'PY'
+import os, sys
+import xml.etree.ElementTree as ET
+from kuprobe.doctor import live_uprobes_possible
+
+ok, why = live_uprobes_possible()
+root = ET.parse(sys.argv[1]).getroot()
+skipped_live = []
+ran_live = 0
+for case in root.iter("testcase"):
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    if props.get("live") != "1":
+        continue
+    if case.find("skipped") is not None:
+        skipped_live.append(f'{case.get("classname")}::{case.get("name")}')
+    else:
+        ran_live += 1
+print(f"    live tests run: {ran_live}, skipped: {len(skipped_live)}")
+if ok and skipped_live:
+    print("error: this machine can run live tests, yet these were skipped:", file=sys.stderr)
+    for name in skipped_live:
+        print(f"    {name}", file=sys.stderr)
+    sys.exit(1)
+if ok and ran_live == 0:
+    print("error: this machine can run live tests, yet none ran", file=sys.stderr)
+    sys.exit(1)
+if not ok:
+    print(f"    (live tests cannot run here: {why})")
+PY

@@ -1,0 +1,74 @@
+"""Running the probe targets for live tests: a process that waits until its probes are armed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from kuprobe.elf import ElfImage
+
+
+class Target:
+    """``target wait FUNC N ARG``: started, prints its pid, runs when ``go()`` is called."""
+
+    def __init__(self, exe: Path, func: str, n: int, arg: int = 0) -> None:
+        self.exe = exe
+        self.proc = subprocess.Popen(
+            [str(exe), "wait", func, str(n), str(arg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        assert line[0] == "ready", line
+        self.pid = int(line[1])
+
+    def go(self) -> str:
+        out, _ = self.proc.communicate("go\n", timeout=60)
+        assert self.proc.returncode == 0, out
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def read_mem(self, vaddr: int, size: int) -> bytes:
+        """Bytes of the live process at ``vaddr`` (where an armed uprobe shows its int3)."""
+        with open(f"/proc/{self.pid}/mem", "rb") as f:
+            f.seek(vaddr)
+            return f.read(size)
+
+    def load_base(self) -> int:
+        """Where the executable's first PT_LOAD (file offset 0) is mapped."""
+        real = str(self.exe.resolve())
+        with open(f"/proc/{self.pid}/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[5] == real and int(parts[2], 16) == 0:
+                    return int(parts[0].split("-")[0], 16)
+        raise AssertionError(f"{real} not mapped in {self.pid}")
+
+    def runtime_address(self, symbol: str) -> int:
+        with ElfImage(str(self.exe)) as elf:
+            value = elf.symbols[symbol].value
+            first = min(s.vaddr for s in elf.segments)
+            return value - first + self.load_base() if elf.is_pie else value
+
+
+def run(exe: Path, func: str, n: int, arg: int = 0) -> str:
+    out = subprocess.run(
+        [str(exe), func, str(n), str(arg)], capture_output=True, text=True, check=True, timeout=60
+    )
+    return out.stdout
+
+
+def symbol_value(exe: Path, name: str) -> int:
+    with ElfImage(str(exe)) as elf:
+        return elf.symbols[name].value
+
+
+def file_offset_of(exe: Path, name: str) -> int:
+    with ElfImage(str(exe)) as elf:
+        return elf.vaddr_to_offset(elf.symbols[name].value)

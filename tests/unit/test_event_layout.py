@@ -1,0 +1,93 @@
+"""kuprobe/live/events.py against bpf_programs/kuprobe_event.h, field by field.
+
+The C side is compiled by gcc here (offsetof/sizeof of the real header), so a field added,
+moved or resized on one side only fails this test.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+from kuprobe.live import events
+from kuprobe.live.codegen import BPF_DIR
+from kuprobe.regs import X86_64
+
+PROBE = r"""
+#include <stdio.h>
+#include <stddef.h>
+#include <linux/types.h>
+#include "kuprobe_event.h"
+#define F(name) printf(#name " %zu %zu\n", offsetof(struct kuprobe_event, name), \
+                       sizeof(((struct kuprobe_event *)0)->name));
+int main(void) {
+    F(slot) F(flags) F(ts) F(func_ip) F(pid_tgid) F(comm) F(regs) F(stack)
+    printf("size %zu 0\n", sizeof(struct kuprobe_event));
+    printf("cfg %zu %zu\n", sizeof(struct kuprobe_slot_cfg), sizeof(struct kuprobe_counts));
+    printf("consts %d %d %d %d %d %d %d\n", KUPROBE_CFG_STREAM, KUPROBE_CFG_RET,
+           KUPROBE_CFG_KERNEL, KUPROBE_CFG_REMOVABLE, KUPROBE_EV_RET, KUPROBE_EV_NOSTACK,
+           KUPROBE_STACK_BYTES);
+    return 0;
+}
+"""
+
+
+def _c_layout(tmp_path: Path) -> dict[str, tuple[int, int]]:
+    src = tmp_path / "layout.c"
+    src.write_text(PROBE)
+    exe = tmp_path / "layout"
+    subprocess.run(
+        ["gcc", f"-I{BPF_DIR}", f"-DKUPROBE_NREGS={len(X86_64.fields)}", "-o", exe, src],
+        check=True,
+    )
+    out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        name, *nums = line.split()
+        rows[name] = tuple(int(n) for n in nums)
+    return rows  # type: ignore[return-value]
+
+
+def test_event_fields_match_header(tmp_path: Path) -> None:
+    c = _c_layout(tmp_path)
+    offset = 0
+    for name, fmt in events.EVENT_FIELDS:
+        size = struct.calcsize("<" + fmt)
+        assert c[name] == (offset, size), f"{name}: C {c[name]} vs Python {(offset, size)}"
+        offset += size
+    assert c["size"][0] == events.EVENT_SIZE == offset
+
+
+def test_constants_match_header(tmp_path: Path) -> None:
+    c = _c_layout(tmp_path)
+    assert c["consts"] == (
+        events.KUPROBE_CFG_STREAM,
+        events.KUPROBE_CFG_RET,
+        events.KUPROBE_CFG_KERNEL,
+        events.KUPROBE_CFG_REMOVABLE,
+        events.KUPROBE_EV_RET,
+        events.KUPROBE_EV_NOSTACK,
+        events.KUPROBE_STACK_BYTES,
+    )
+    assert c["cfg"] == (8, 16)
+
+
+def test_offsets_used_by_the_dispatcher() -> None:
+    assert events.HEAD.size == events.TASK_OFFSET
+    assert events.TASK_OFFSET + events.TASK.size == events.REGS_OFFSET
+
+
+def test_i386_view_of_a_64bit_frame() -> None:
+    vals = list(range(1, len(X86_64.fields) + 1))
+    vals[X86_64.fields.index("ax")] = 0xFFFFFFFF_FFFFFFFE
+    raw = bytearray(events.EVENT_SIZE)
+    struct.pack_into(f"<{len(vals)}Q", raw, events.REGS_OFFSET, *vals)
+    struct.pack_into("<16I", raw, events.STACK_OFFSET, *range(100, 116))
+    r = events.regs_factory("i386")(bytes(raw), 0, 5)
+    assert r.ax == 0xFFFFFFFE  # truncated to 32 bits
+    assert r.bx == X86_64.fields.index("bx") + 1
+    assert r.ip == X86_64.fields.index("ip") + 1
+    assert r.ds == r.es == r.fs == r.gs == 0  # not in the 64-bit frame
+    assert r.stack[:3] == (100, 101, 102)
+    assert r.ts == 5
