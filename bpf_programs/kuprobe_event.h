@@ -10,6 +10,7 @@
 #define KUPROBE_CFG_RET       0x2 /* attached as a return probe */
 #define KUPROBE_CFG_KERNEL    0x4 /* a kprobe: the stack is kernel memory */
 #define KUPROBE_CFG_REMOVABLE 0x8 /* honour UPROBE_HANDLER_REMOVE per process */
+#define KUPROBE_CFG_OFF       0x10 /* being unregistered: count and record nothing */
 
 /* struct kuprobe_event.flags */
 #define KUPROBE_EV_RET     0x1 /* a return event */

@@ -18,14 +18,16 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 	struct kuprobe_slot_cfg *cfg = kuprobe_cfg.lookup(&slot);
 	if (!cfg)
 		return 0;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	if (cfg->tgid && cfg->tgid != tgid)
-		return 0;
 	__u32 flags = cfg->flags;
-	if (flags & KUPROBE_CFG_REMOVABLE) {
+	if (flags & KUPROBE_CFG_OFF)
+		return 0;
+	/* The count-only fast path reads nothing more: one array lookup and an increment. */
+	if (cfg->tgid || (flags & KUPROBE_CFG_REMOVABLE)) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		if (cfg->tgid && cfg->tgid != tgid)
+			return 0;
 		struct kuprobe_removed_key key = {.slot = slot, .tgid = tgid};
-		if (kuprobe_removed.lookup(&key))
+		if ((flags & KUPROBE_CFG_REMOVABLE) && kuprobe_removed.lookup(&key))
 			return 0;
 	}
 	struct kuprobe_counts *c = kuprobe_counts.lookup(&slot);
@@ -43,7 +45,7 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 	e->flags = (flags & KUPROBE_CFG_RET) ? KUPROBE_EV_RET : 0;
 	e->ts = bpf_ktime_get_ns();
 	e->func_ip = bpf_get_func_ip(ctx);
-	e->pid_tgid = pid_tgid;
+	e->pid_tgid = bpf_get_current_pid_tgid();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel(e->regs, sizeof(e->regs), ctx);
 	void *sp = (void *)PT_REGS_SP(ctx);

@@ -116,9 +116,11 @@ class PtRegs:
     layout: ClassVar[RegLayout]
     __slots__ = ("_raw", "_stack", "_ts", "_vals")
 
-    _vals: list[int] | None
+    # A model snapshot sets _vals, _stack and _ts; a live one only _raw, and decodes the rest
+    # on first read (most handlers read two or three fields of ~300 bytes).
+    _vals: list[int]
     _raw: Any
-    _stack: tuple[int, ...] | None
+    _stack: tuple[int, ...]
     _ts: int
 
     def __init__(self, values: Sequence[int] | None = None, stack: Sequence[int] = ()) -> None:
@@ -127,7 +129,6 @@ class PtRegs:
         if len(vals) != n:
             raise ValueError(f"{self.layout.arch} pt_regs has {n} fields, got {len(vals)}")
         self._vals = vals
-        self._raw = None
         self._stack = tuple(int(w) for w in stack)
         self._ts = 0
 
@@ -147,25 +148,33 @@ class PtRegs:
     @property
     def ts(self) -> int:
         """When the trap was taken in ns (live: bpf_ktime_get_ns(), CLOCK_MONOTONIC), else 0."""
-        return self._ts
+        try:
+            return self._ts
+        except AttributeError:
+            return int(self._raw[3])
 
     @property
     def stack(self) -> tuple[int, ...]:
         """``STACK_WORDS`` words read upwards from the stack pointer at the trap."""
-        if self._stack is None:
+        try:
+            return self._stack
+        except AttributeError:
             self._decode()
-        assert self._stack is not None
-        return self._stack
+            return self._stack
 
     def _decode(self) -> list[int]:
-        """Decode lazily from a live event (see ``kuprobe.live.events``)."""
-        decoder, buf, off = self._raw
+        """Decode a live snapshot on first read (``_raw``: decoder, buffer, offset, ts)."""
+        decoder, buf, off, ts = self._raw
         self._vals, self._stack = decoder(buf, off)
+        self._ts = ts
         return self._vals
 
     def values(self) -> list[int]:
         """All fields, in pt_regs order."""
-        return list(self._vals if self._vals is not None else self._decode())
+        try:
+            return list(self._vals)
+        except AttributeError:
+            return list(self._decode())
 
     def as_dict(self) -> dict[str, int]:
         return dict(zip(self.layout.fields, self.values(), strict=True))
@@ -184,14 +193,15 @@ class PtRegs:
 
 def _field(index: int, mask: int) -> property:
     def get(self: PtRegs) -> int:
-        vals = self._vals
-        if vals is None:
-            vals = self._decode()
-        return vals[index]
+        try:
+            return self._vals[index]
+        except AttributeError:
+            return self._decode()[index]
 
     def put(self: PtRegs, value: int) -> None:
-        vals = self._vals
-        if vals is None:
+        try:
+            vals = self._vals
+        except AttributeError:
             vals = self._decode()
         vals[index] = int(value) & mask
 

@@ -9,7 +9,8 @@
 #     `configure` chrooted in that root.
 #
 # Usage:
-#   provision.sh                 Vagrant: install packages for the running kernel, configure
+#   provision.sh kernel          Vagrant, first: the newest Debian 12 kernel (then reboot)
+#   provision.sh [vagrant]       Vagrant: install packages for the running kernel, configure
 #   provision.sh packages KVER   print the Debian packages the guest needs, one per line
 #   provision.sh pip-requirements  print the pip requirements `configure` installs
 #   provision.sh configure       inside the guest root: pip wheels, mount points, settings
@@ -35,6 +36,7 @@ python3-unicorn
 python3-pip
 busybox-static
 kmod
+mount
 iproute2
 procps
 EOF
@@ -56,6 +58,14 @@ configure() {
     echo "kuprobe-vm" >/etc/hostname
 }
 
+kernel() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # The archive keeps headers only for its current kernel ABI: install that kernel (and
+    # reboot into it: Vagrant's `reboot: true`).
+    apt-get install -y -q --no-install-recommends linux-image-amd64
+}
+
 vagrant() {
     kver=$(uname -r)
     say "kernel $kver"
@@ -66,7 +76,14 @@ vagrant() {
     configure
     # systemd mounts tracefs and debugfs; bpffs is mounted here for BCC's pinned maps.
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-    say "done: cd /kuprobe && sudo python3 -m pytest -m vm tests/vm"
+    # The uncompressed kernel image, as the offline runner's guest has it (tests decode the
+    # probed functions' bytes from it).
+    if [ -d /kuprobe/kuprobe ] && [ ! -f "/boot/vmlinux-$kver" ]; then
+        PYTHONPATH=/kuprobe python3 -c 'import sys; from pathlib import Path
+from kuprobe.vm._kernel import extract_vmlinux
+extract_vmlinux(Path(sys.argv[1]), Path(sys.argv[2]))' "/boot/vmlinuz-$kver" "/boot/vmlinux-$kver"
+    fi
+    say "done: cd /kuprobe && sudo PYTHONPATH=/kuprobe python3 -m pytest -m vm tests/vm"
 }
 
 say() { printf '[provision] %s\n' "$*" >&2; }
@@ -75,9 +92,10 @@ case "${1:-vagrant}" in
     packages) packages "$2" ;;
     pip-requirements) echo "$PIP_REQUIREMENTS" ;;
     configure) configure ;;
+    kernel) kernel ;;
     vagrant) vagrant ;;
     *)
-        say "unknown command: $1 (packages KVER | pip-requirements | configure | vagrant)"
+        say "unknown command: $1 (packages KVER | pip-requirements | configure | kernel | vagrant)"
         exit 2
         ;;
 esac

@@ -5,7 +5,6 @@ unregistered on interpreter exit and on SIGINT/SIGTERM.
 
 from __future__ import annotations
 
-import atexit
 import signal
 import threading
 from collections.abc import Sequence
@@ -24,8 +23,7 @@ def backend() -> LiveBackend:
     global _backend
     with _backend_lock:
         if _backend is None:
-            _backend = LiveBackend()
-            atexit.register(_shutdown)
+            _backend = LiveBackend()  # registers its own atexit hook
             _install_signal_handlers()
         return _backend
 

@@ -8,9 +8,12 @@ event reaches its handler, and then reads the final counters.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +29,7 @@ from kuprobe.live.events import (
     KUPROBE_CFG_RET,
     KUPROBE_CFG_STREAM,
     host_arch,
+    live_regs_parts,
     regs_factory,
 )
 from kuprobe.live.pool import ProbePool
@@ -46,6 +50,8 @@ log = logging.getLogger("kuprobe")
 AnyProbe = Kprobe | Kretprobe | Uprobe
 # kernel/kprobes.c: register_kretprobe() default maxactive (max(10, 2 * num_possible_cpus()))
 KRETPROBE_DEFAULT_MAXACTIVE = max(10, 2 * (os.cpu_count() or 1))
+FIRST_POOL_SLOTS = 32
+LATER_POOL_SLOTS = 128
 
 
 @dataclass
@@ -74,6 +80,8 @@ class LiveBackend:
         self.dispatcher = Dispatcher()
         self._event_seq = 0
         self._stale_checked = False
+        self._reaper: subprocess.Popen[bytes] | None = None
+        atexit.register(self.shutdown)
 
     # --- capabilities --------------------------------------------------------------
 
@@ -108,9 +116,15 @@ class LiveBackend:
         for pool in self._pools:
             if pool.free_slots >= n:
                 return pool
-        pool = ProbePool()
+        # A small first pool compiles faster (it matters under emulation: ~15x), later ones
+        # are larger.
+        pool = ProbePool(nslots=FIRST_POOL_SLOTS if not self._pools else LATER_POOL_SLOTS)
         self._pools.append(pool)
         self.dispatcher.add_pool(pool)
+        # BCC registers its own atexit cleanup per module, and atexit runs last-in first-out:
+        # ours must run first, while the maps are still open.
+        atexit.unregister(self.shutdown)
+        atexit.register(self.shutdown)
         return pool
 
     # --- registration --------------------------------------------------------------
@@ -187,7 +201,7 @@ class LiveBackend:
                     pool,
                     flags=entry_flags,
                     tgid=pid,
-                    handler=self._uprobe_handler(up, pool, reg, make_regs) if handler else None,
+                    handler=self._uprobe_handler(up, pool, reg, target.arch) if handler else None,
                     open_event=open_uprobe(False),
                 )
                 if ret_handler:
@@ -216,21 +230,26 @@ class LiveBackend:
         up: Uprobe,
         pool: ProbePool,
         reg: _Registration,
-        make_regs: Callable[[bytes, int, int], Any],
+        arch: str,
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.handler is not None
         handler, filt = uc.handler, uc.filter
         report = self._reporter(up)
         removed: set[int] = set()
+        regs_cls, decoder = live_regs_parts(arch)
+        new = object.__new__
 
-        def on_hit(chunk: bytes, off: int, flags: int, ts: int, func_ip: int, task: Task) -> None:
+        def on_hit(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
+            # The hottest path of the live side: regs_factory() inlined.
             if removed and task.pid in removed:
                 return  # recorded before the kernel-side removal took effect
             try:
                 if filt is not None and not filt(uc, task):
                     return
-                ret = handler(uc, make_regs(chunk, off, ts))
+                regs = new(regs_cls)
+                regs._raw = (decoder, chunk, off, ts)
+                ret = handler(uc, regs)
             except Exception as e:
                 report(e)
                 return
@@ -244,14 +263,14 @@ class LiveBackend:
         return on_hit
 
     def _uretprobe_handler(
-        self, up: Uprobe, make_regs: Callable[[bytes, int, int], Any]
+        self, up: Uprobe, make_regs: Callable[[memoryview, int, int], Any]
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.ret_handler is not None
         ret_handler, filt = uc.ret_handler, uc.filter
         report = self._reporter(up)
 
-        def on_ret(chunk: bytes, off: int, flags: int, ts: int, func_ip: int, task: Task) -> None:
+        def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
             try:
                 if filt is not None and not filt(uc, task):
                     return
@@ -338,7 +357,7 @@ class LiveBackend:
         if pre is not None:
             report = self._reporter(kp)
 
-            def handler(chunk: bytes, off_: int, fl: int, ts: int, ip: int, task: Task) -> None:
+            def handler(chunk: memoryview, off_: int, ts: int, ip: int, task: Task) -> None:
                 try:
                     pre(kp, make_regs(chunk, off_, ts))
                 except Exception as e:
@@ -352,8 +371,9 @@ class LiveBackend:
                 tgid=0,
                 handler=handler,
                 open_event=lambda: perf.open_kprobe(sym, off, retprobe=False),
-                enable=not kp.flags & KPROBE_FLAG_DISABLED,
             )
+            if kp.flags & KPROBE_FLAG_DISABLED:  # registered disabled, as the kernel allows
+                pool.set_off(reg.attaches[0].slot, True)
         except OSError as e:
             self._rollback(reg)
             raise _attach_error(e, kp, _kname(sym, off)) from e
@@ -415,6 +435,7 @@ class LiveBackend:
                     raise ProbeError(
                         errno.EINVAL, "a kretprobe with maxactive needs symbol_name", probe=rp
                     )
+                self._start_reaper()
                 tp_id = perf.create_kretprobe_event(name, target, rp.maxactive)
                 reg.tracefs_event = name
                 open_ret = lambda: perf.open_tracepoint(tp_id)  # noqa: E731
@@ -446,7 +467,7 @@ class LiveBackend:
         report = self._reporter(rp)
         entry_handler, handler = rp.entry_handler, rp.handler
 
-        def on_entry(chunk: bytes, off: int, fl: int, ts: int, ip: int, task: Task) -> None:
+        def on_entry(chunk: memoryview, off: int, ts: int, ip: int, task: Task) -> None:
             ri: KretprobeInstance | None = KretprobeInstance(rp, bytearray(rp.data_size), 0, task)
             if entry_handler is not None:
                 try:
@@ -457,7 +478,7 @@ class LiveBackend:
                     ri = None
             in_flight.setdefault(task.tid, []).append(ri)
 
-        def on_ret(chunk: bytes, off: int, fl: int, ts: int, ip: int, task: Task) -> None:
+        def on_ret(chunk: memoryview, off: int, ts: int, ip: int, task: Task) -> None:
             stack = in_flight.get(task.tid)
             regs = make_regs(chunk, off, ts)
             if stack:
@@ -475,6 +496,16 @@ class LiveBackend:
 
         return on_entry, (on_ret if handler is not None or entry_handler is not None else None)
 
+    def _start_reaper(self) -> None:
+        """A watcher that removes this process's tracefs events when it dies, even by
+        SIGKILL (perf events go with their fds; tracefs events would stay)."""
+        if self._reaper is None or self._reaper.poll() is not None:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-c", perf.REAPER, str(os.getpid())],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+
     def _remove_stale_events(self) -> None:
         if not self._stale_checked:
             self._stale_checked = True
@@ -484,15 +515,16 @@ class LiveBackend:
     # --- enable / disable ----------------------------------------------------------
 
     def set_enabled(self, kp: Kprobe, enabled: bool) -> None:
+        """enable_kprobe()/disable_kprobe(): the slot's program counts and records or not.
+
+        (PERF_EVENT_IOC_DISABLE does not stop a BPF program attached to a kprobe event.)
+        """
         with self._lock:
             reg = self._regs.get(id(kp))
             if reg is None:
                 raise ProbeError(errno.EINVAL, "this Kprobe is not registered", probe=kp)
             for att in reg.attaches:
-                perf.ioctl(
-                    att.perf_fd,
-                    perf.PERF_EVENT_IOC_ENABLE if enabled else perf.PERF_EVENT_IOC_DISABLE,
-                )
+                att.pool.set_off(att.slot, not enabled)
             if enabled:
                 kp.flags &= ~KPROBE_FLAG_DISABLED
             else:
@@ -516,16 +548,20 @@ class LiveBackend:
         self.unregister_many([probe])
 
     def unregister_many(self, probes: Sequence[AnyProbe]) -> None:
-        """Detach all at once (in parallel: each uprobe detach waits for an SRCU grace
-        period, ~0.1 s here), drain, read final counters, free the slots."""
+        """Unregister several probes: detach all, drain, read final counters, free slots.
+
+        kernel/events/uprobes.c: uprobe_unregister() waits for an SRCU grace period (~0.1 s
+        here) per probe; a batch closes its perf events side by side, so it waits about once
+        (as the kernel's own uprobe_unregister_nosync() + uprobe_unregister_sync() do).
+        """
         with self._lock:
             regs = [self._regs.pop(id(p), None) for p in probes]
-            todo = [r for r in regs if r is not None]
             for p, r in zip(probes, regs, strict=True):
                 if r is None and p._owner is not self:
                     raise ProbeError(
                         errno.EINVAL, f"this {type(p).__name__} is not registered", probe=p
                     )
+            todo = [r for r in regs if r is not None]
             profile = self._read_profile(todo)
             if len(todo) > 1:
                 with ThreadPoolExecutor(max_workers=min(32, len(todo))) as ex:
@@ -533,6 +569,7 @@ class LiveBackend:
             else:
                 for r in todo:
                     self._detach(r)
+            # The perf events are closed: no program of these slots runs any more.
             for pool in {id(a.pool): a.pool for r in todo for a in r.attaches}.values():
                 self.dispatcher.drain(pool)
             for r in todo:

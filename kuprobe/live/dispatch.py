@@ -12,14 +12,14 @@ import logging
 import threading
 from collections.abc import Callable
 
-from kuprobe.live.events import HEAD, TASK, TASK_OFFSET
+from kuprobe.live.events import EVENT_SIZE, RECORD, RECORD_STRIDE, RINGBUF_HDR
 from kuprobe.live.pool import ProbePool
 from kuprobe.task import Task, _state
 
 log = logging.getLogger("kuprobe")
 
-# handler(chunk, off, flags, ts, func_ip, task)
-SlotHandler = Callable[[bytes, int, int, int, int, Task], None]
+# handler(chunk, offset of the event in it, ts, func_ip, task)
+SlotHandler = Callable[[memoryview, int, int, int, Task], None]
 _TASK_CACHE_MAX = 65536
 
 
@@ -106,40 +106,41 @@ class Dispatcher:
                 wake.wait(self.interval)
                 wake.clear()
 
-    def _task(self, key: tuple[int, bytes]) -> Task:
-        pid_tgid, comm = key
-        task = Task(
-            pid_tgid >> 32,
-            pid_tgid & 0xFFFFFFFF,
-            comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
-        )
-        if len(self._tasks) >= _TASK_CACHE_MAX:
-            self._tasks.clear()
-        self._tasks[key] = task
+    def _task(self, pid_tgid: int, comm: bytes) -> Task:
+        key = (pid_tgid, comm)
+        task = self._tasks.get(key)
+        if task is None:
+            name = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+            task = Task(pid_tgid >> 32, pid_tgid & 0xFFFFFFFF, name)
+            if len(self._tasks) >= _TASK_CACHE_MAX:
+                self._tasks.clear()
+            self._tasks[key] = task
         return task
 
     def _poll(self, pool: ProbePool) -> int:
-        chunk, offsets, end = pool.ring.read()
-        if offsets:
+        """Handle one batch: every record committed to ``pool``'s ring buffer by now."""
+        chunk, n = pool.ring.read(EVENT_SIZE)
+        if n:
             handlers = self._handlers.get(id(pool))
             if handlers is not None:
-                head = HEAD.unpack_from
-                task_of = TASK.unpack_from
-                tasks = self._tasks
                 state = _state
-                for off in offsets:
-                    slot, flags, ts, func_ip = head(chunk, off)
+                last_pid_tgid, last_comm, task = -1, b"", None
+                off = RINGBUF_HDR  # of each event's data in ``chunk``
+                # the hot loop: fields of each record unpacked in C, a handler call per event
+                for _len, _pg, slot, _fl, ts, ip, pid_tgid, comm in RECORD.iter_unpack(chunk):
                     h = handlers[slot]
-                    if h is None:
-                        continue
-                    key = task_of(chunk, off + TASK_OFFSET)
-                    task = tasks.get(key) or self._task(key)
-                    state.task = task
-                    h(chunk, off, flags, ts, func_ip, task)
+                    if h is not None:
+                        if pid_tgid != last_pid_tgid or comm != last_comm:
+                            task = self._task(pid_tgid, comm)
+                            state.task = task
+                            last_pid_tgid, last_comm = pid_tgid, comm
+                        h(chunk, off, ts, ip, task)
+                    off += RECORD_STRIDE
                 state.task = None
-            self.events += len(offsets)
+            self.events += n
+        end = pool.ring.consumer_pos
         if end > self._handled.get(id(pool), end):
             with self._cond:
                 self._handled[id(pool)] = end
                 self._cond.notify_all()
-        return len(offsets)
+        return n

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from kuprobe.regs import I386, STACK_WORDS, X86_64, PtRegs, regs_class
 
@@ -18,6 +19,7 @@ KUPROBE_CFG_STREAM = 0x1
 KUPROBE_CFG_RET = 0x2
 KUPROBE_CFG_KERNEL = 0x4
 KUPROBE_CFG_REMOVABLE = 0x8
+KUPROBE_CFG_OFF = 0x10
 KUPROBE_EV_RET = 0x1
 KUPROBE_EV_NOSTACK = 0x2
 
@@ -54,6 +56,13 @@ EVENT_SIZE = struct.calcsize(EVENT_FORMAT)
 HEAD = struct.Struct("<IIQQ")  # slot, flags, ts, func_ip
 TASK = struct.Struct("<Q16s")  # pid_tgid, comm
 TASK_OFFSET = HEAD.size
+# One ring buffer record: the 8-byte ring header (len, pg_off), then the event's head fields;
+# the rest (regs, stack) is decoded only if a handler reads it.
+RINGBUF_HDR = 8
+RECORD_STRIDE = (EVENT_SIZE + RINGBUF_HDR + 7) & ~7
+RECORD = struct.Struct(
+    f"<II{HEAD.format[1:]}{TASK.format[1:]}{RECORD_STRIDE - RINGBUF_HDR - HEAD.size - TASK.size}x"
+)
 REGS_OFFSET = TASK_OFFSET + TASK.size
 STACK_OFFSET = REGS_OFFSET + 8 * len(X86_64.fields)
 assert STACK_OFFSET + KUPROBE_STACK_BYTES == EVENT_SIZE
@@ -63,10 +72,10 @@ _STACK64 = struct.Struct(f"<{STACK_WORDS}Q")
 _STACK32 = struct.Struct(f"<{STACK_WORDS}I")
 _M32 = 0xFFFFFFFF
 
-Decoder = Callable[[bytes, int], tuple[list[int], tuple[int, ...]]]
+Decoder = Callable[[Any, int], tuple[list[int], tuple[int, ...]]]
 
 
-def _decode_x86_64(buf: bytes, off: int) -> tuple[list[int], tuple[int, ...]]:
+def _decode_x86_64(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
     vals = list(_X86_64_REGS.unpack_from(buf, off + REGS_OFFSET))
     return vals, _STACK64.unpack_from(buf, off + STACK_OFFSET)
 
@@ -76,7 +85,7 @@ _I386_FROM_64 = tuple(
 )
 
 
-def _decode_i386(buf: bytes, off: int) -> tuple[list[int], tuple[int, ...]]:
+def _decode_i386(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
     """A 32-bit task on x86_64: the 64-bit pt_regs, renamed and truncated to i386's.
 
     ds/es/fs/gs are not in the 64-bit frame and read 0.
@@ -89,18 +98,19 @@ def _decode_i386(buf: bytes, off: int) -> tuple[list[int], tuple[int, ...]]:
 DECODERS: dict[str, Decoder] = {"x86_64": _decode_x86_64, "i386": _decode_i386}
 
 
-def regs_factory(arch: str) -> Callable[[bytes, int, int], PtRegs]:
+def live_regs_parts(arch: str) -> tuple[type[PtRegs], Decoder]:
+    """The PtRegs class of ``arch`` and the decoder its lazy live snapshots use."""
+    return regs_class(arch), DECODERS[arch]
+
+
+def regs_factory(arch: str) -> Callable[[Any, int, int], PtRegs]:
     """A fast constructor of lazy PtRegs snapshots for events of ``arch`` tasks."""
-    cls = regs_class(arch)
-    decoder = DECODERS[arch]
+    cls, decoder = live_regs_parts(arch)
     new = object.__new__
 
-    def make(buf: bytes, off: int, ts: int) -> PtRegs:
+    def make(buf: Any, off: int, ts: int) -> PtRegs:
         r = new(cls)
-        r._vals = None
-        r._stack = None
-        r._raw = (decoder, buf, off)
-        r._ts = ts
+        r._raw = (decoder, buf, off, ts)  # fields decode on first read
         return r
 
     return make

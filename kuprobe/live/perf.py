@@ -202,6 +202,32 @@ def kprobe_profile() -> dict[str, tuple[int, int]]:
     return out
 
 
+# Run as `python -c REAPER PID` in its own session: waits for PID to exit (pidfd), then
+# removes the kuprobe_<PID>_* tracefs events it left (none, when it unregistered normally).
+REAPER = """
+import os, re, select, sys
+pid = int(sys.argv[1])
+try:
+    fd = os.pidfd_open(pid)
+    select.select([fd], [], [])
+except ProcessLookupError:
+    pass
+for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+    path = root + "/kprobe_events"
+    if not os.path.exists(path):
+        continue
+    with open(path) as f:
+        names = re.findall(r"^[pr]\\d*:kuprobe/(kuprobe_%d_\\d+) " % pid, f.read(), re.M)
+    for name in names:
+        try:
+            with open(path, "a") as f:
+                f.write("-:kuprobe/%s\\n" % name)
+        except OSError:
+            pass
+    break
+"""
+
+
 def remove_stale_events() -> list[str]:
     """Remove ``kuprobe/kuprobe_<pid>_<n>`` events whose creating process is gone."""
     root = tracefs()

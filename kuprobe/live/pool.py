@@ -15,11 +15,11 @@ from typing import Any
 from kuprobe.errors import ProbeError
 from kuprobe.live import _bcc
 from kuprobe.live.codegen import PoolSource, render_pool
-from kuprobe.live.events import host_nregs
+from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs
 from kuprobe.live.ringbuf import RingBufReader
 
 DEFAULT_SLOTS = 64
-DEFAULT_RINGBUF_PAGES = 1024
+DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~47k events of slack for a burst
 
 
 class ProbePool:
@@ -65,6 +65,12 @@ class ProbePool:
 
     def prog_fd(self, slot: int) -> int:
         return self._prog_fds[slot]
+
+    def set_off(self, slot: int, off: bool) -> None:
+        """KUPROBE_CFG_OFF: the slot's program counts and records nothing while set."""
+        cfg = self._cfg[ctypes.c_int(slot)]
+        flags = cfg.flags | KUPROBE_CFG_OFF if off else cfg.flags & ~KUPROBE_CFG_OFF
+        self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, cfg.tgid)
 
     def release(self, slot: int) -> None:
         self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(0, 0)

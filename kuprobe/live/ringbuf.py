@@ -14,7 +14,6 @@ import struct
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
 BPF_RINGBUF_HDR_SZ = 8
-_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
@@ -37,33 +36,33 @@ class RingBufReader:
     def producer_pos(self) -> int:
         return int(_U64.unpack_from(self._prod, 0)[0])
 
-    def read(self) -> tuple[bytes, list[int], int]:
-        """Take every committed record: (their bytes, offsets of each record's data, end pos).
+    def read(self, record_len: int) -> tuple[memoryview, int]:
+        """Take every committed record, all of data length ``record_len`` (kuprobe's events
+        have one size): (their bytes, header included, each ``stride`` long; their count).
 
         The consumer position advances at once (the bytes are copied out), so the kernel can
-        reuse the space while Python handles the batch.
+        reuse the space while Python handles the batch. Stops at the first record that is
+        still reserved (BUSY) or is not ``record_len`` long.
         """
+        stride = (record_len + BPF_RINGBUF_HDR_SZ + 7) & ~7
         cons = self.consumer_pos
         avail = self.producer_pos() - cons
-        if avail <= 0:
-            return b"", [], cons
+        if avail < stride:
+            return memoryview(b""), 0
+        avail -= avail % stride
         start = cons & self._mask
-        chunk = bytes(self._data[start : start + avail])
-        offsets: list[int] = []
-        off = 0
-        unpack = _U32.unpack_from
-        while off < avail:
-            hdr = unpack(chunk, off)[0]
-            if hdr & BPF_RINGBUF_BUSY_BIT:
-                break  # reserved, not yet committed: the rest waits for the next read
-            length = hdr & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
-            if not hdr & BPF_RINGBUF_DISCARD_BIT:
-                offsets.append(off + BPF_RINGBUF_HDR_SZ)
-            off += (length + BPF_RINGBUF_HDR_SZ + 7) & ~7
-        end = cons + off
+        chunk = memoryview(bytes(self._data[start : start + avail]))
+        # The header words of every record, read in C: a committed record's is record_len.
+        headers = chunk.cast("I")[:: stride // 4].tolist()
+        n = len(headers)
+        if headers.count(record_len) != n:
+            n = next(i for i, h in enumerate(headers) if h != record_len)
+            if n == 0 and not headers[0] & BPF_RINGBUF_BUSY_BIT:
+                raise ValueError(f"ring buffer record of {headers[0]:#x} bytes, not {record_len}")
+        end = cons + n * stride
         _U64.pack_into(self._cons, 0, end)
         self.consumer_pos = end
-        return chunk, offsets, end
+        return chunk[: n * stride], n
 
     def close(self) -> None:
         self._data.release()

@@ -61,8 +61,7 @@ def run_logged(
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
         raise VmError(
-            f"{Path(argv[0]).name} failed with status {code} (full log: {log}):\n"
-            + "\n".join(tail)
+            f"{Path(argv[0]).name} failed with status {code} (full log: {log}):\n" + "\n".join(tail)
         )
 
 

@@ -25,9 +25,9 @@ int main(void) {
     F(slot) F(flags) F(ts) F(func_ip) F(pid_tgid) F(comm) F(regs) F(stack)
     printf("size %zu 0\n", sizeof(struct kuprobe_event));
     printf("cfg %zu %zu\n", sizeof(struct kuprobe_slot_cfg), sizeof(struct kuprobe_counts));
-    printf("consts %d %d %d %d %d %d %d\n", KUPROBE_CFG_STREAM, KUPROBE_CFG_RET,
-           KUPROBE_CFG_KERNEL, KUPROBE_CFG_REMOVABLE, KUPROBE_EV_RET, KUPROBE_EV_NOSTACK,
-           KUPROBE_STACK_BYTES);
+    printf("consts %d %d %d %d %d %d %d %d\n", KUPROBE_CFG_STREAM, KUPROBE_CFG_RET,
+           KUPROBE_CFG_KERNEL, KUPROBE_CFG_REMOVABLE, KUPROBE_CFG_OFF, KUPROBE_EV_RET,
+           KUPROBE_EV_NOSTACK, KUPROBE_STACK_BYTES);
     return 0;
 }
 """
@@ -66,6 +66,7 @@ def test_constants_match_header(tmp_path: Path) -> None:
         events.KUPROBE_CFG_RET,
         events.KUPROBE_CFG_KERNEL,
         events.KUPROBE_CFG_REMOVABLE,
+        events.KUPROBE_CFG_OFF,
         events.KUPROBE_EV_RET,
         events.KUPROBE_EV_NOSTACK,
         events.KUPROBE_STACK_BYTES,

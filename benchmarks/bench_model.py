@@ -1,0 +1,107 @@
+"""Reference-model throughput: probe hits/s and emulated instructions/s between hits.
+
+    .venv/bin/python benchmarks/bench_model.py [--arch x86_64] [--hits 100000]
+
+Hits: a count-only kprobe (kernel-space Machine) and uprobe (user-space Machine) on the
+loop body of loop_sum, each iteration one hit; with the trace on (the default) and off.
+Instructions: loop_sum with no probe, its instruction count measured with a bare Unicorn
+code hook. Goals (issue 3): >= 50k hits/s, >= 20M instructions/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import unicorn
+
+from kuprobe import Kprobe, Uprobe, UprobeConsumer
+from kuprobe.insn import boundaries
+from kuprobe.model import Machine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loop_probe_addr(m: Machine) -> int:
+    """The first instruction of loop_sum's loop body (the target of its backward branch)."""
+    sym = m.image.symbol("loop_sum")
+    code = m.read(sym.value, sym.size)
+    cs_insns = list(boundaries(m.arch, code, sym.value))
+    from kuprobe.insn import disassembler
+
+    cs = disassembler(m.arch)
+    for insn in cs.disasm(code, sym.value):
+        if insn.mnemonic.startswith("j") and insn.op_str.startswith("0x"):
+            target = int(insn.op_str, 16)
+            if target < insn.address:
+                return target
+    return sym.value + cs_insns[1][0]
+
+
+def count_insns(m: Machine, n: int) -> int:
+    """Instructions loop_sum(n) executes, counted by a code hook on the model's own CPU."""
+    seen = [0]
+
+    def hook(_uc: object, _addr: int, _size: int, _user: object) -> None:
+        seen[0] += 1
+
+    h = m.emu.uc.hook_add(unicorn.UC_HOOK_CODE, hook)
+    m.call("loop_sum", n)
+    m.emu.uc.hook_del(h)
+    return seen[0]
+
+
+def bench_hits(path: str, hits: int, trace: bool) -> tuple[float, float]:
+    k = Machine.load(path, space="kernel", trace=trace)
+    kp = Kprobe(addr=loop_probe_addr(k), pre_handler=lambda p, r: 0)
+    k.register_kprobe(kp)
+    t = time.perf_counter()
+    k.call("loop_sum", hits)
+    kt = time.perf_counter() - t
+    assert kp.hits == hits, (kp.hits, hits)
+    u = Machine.load(path, trace=trace)
+    up = Uprobe(
+        path,
+        offset=u.image.vaddr_to_offset(loop_probe_addr(u)),
+        consumer=UprobeConsumer(handler=lambda uc, r: 0),
+    )
+    u.register_uprobe(up)
+    t = time.perf_counter()
+    u.call("loop_sum", hits)
+    ut = time.perf_counter() - t
+    u.unregister_uprobe(up)
+    assert up.hits == hits, (up.hits, hits)
+    return hits / kt, hits / ut
+
+
+def bench_insns(path: str, n: int) -> float:
+    m = Machine.load(path, trace=False)
+    per = (count_insns(m, 2000) - count_insns(m, 1000)) / 1000
+    total = count_insns(m, 1000) + per * (n - 1000)
+    m.call("loop_sum", 1000)  # warm the translation cache
+    t = time.perf_counter()
+    m.call("loop_sum", n)
+    return total / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", action="append", help="x86_64, i386 (default: both)")
+    ap.add_argument("--hits", type=int, default=100_000)
+    ap.add_argument("--iterations", type=int, default=20_000_000)
+    args = ap.parse_args()
+    for arch in args.arch or ["x86_64", "i386"]:
+        path = str(ROOT / "tests" / "targets" / "build" / arch / "target-static")
+        for trace in (True, False):
+            kh, uh = bench_hits(path, args.hits, trace)
+            print(
+                f"{arch:7} kprobe {kh / 1e3:7.1f}k hits/s   uprobe {uh / 1e3:7.1f}k hits/s"
+                f"   (trace {'on' if trace else 'off'}, {args.hits} hits)"
+            )
+        ips = bench_insns(path, args.iterations)
+        print(f"{arch:7} {ips / 1e6:8.1f}M emulated instructions/s between hits")
+
+
+if __name__ == "__main__":
+    main()

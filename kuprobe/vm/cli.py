@@ -1,0 +1,159 @@
+"""``kuprobe vm``: build the kprobe VM, run the VM tests in it, run any command in it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from kuprobe.vm._host import VmError, say
+from kuprobe.vm.boot import run_in_guest
+from kuprobe.vm.image import PROJECT_ROOT, cache_dir, ensure_image
+
+DEFAULT_TIMEOUT = 600
+DEFAULT_JUNIT = PROJECT_ROOT / "build" / "vm" / "junit.xml"
+DEFAULT_TESTS = ("tests/vm",)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``vm`` and its subcommands to the ``kuprobe`` command's subparsers."""
+    vm = subparsers.add_parser(
+        "vm",
+        help="build and boot the kprobe VM (qemu): run the VM tests or any command in it",
+        description="A Debian 12 guest under qemu TCG whose kernel has kprobes. The image is "
+        f"built once and cached (in {cache_dir()}, or $KUPROBE_VM_CACHE) under a key of "
+        "its inputs. Host tools come from scripts/setup-vm.sh.",
+    )
+    vm.set_defaults(func=lambda args: (vm.print_help(), 2)[1])
+    sub = vm.add_subparsers(dest="vm_command", metavar="SUBCOMMAND")
+
+    build = sub.add_parser("build", help="build the guest image (nothing to do when cached)")
+    build.add_argument("--rebuild", action="store_true", help="build even if cached")
+    build.set_defaults(func=_build)
+
+    test = sub.add_parser(
+        "test",
+        help="run `pytest -m vm` in the guest; exits with pytest's status",
+        description="Boot the guest and run `python3 -m pytest -m vm` there on the shared "
+        "project (default: tests/vm); JUnit XML comes back to the host.",
+    )
+    _boot_options(test)
+    test.add_argument(
+        "--junitxml",
+        type=Path,
+        default=DEFAULT_JUNIT,
+        help="where the JUnit XML results go (default: %(default)s)",
+    )
+    test.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        metavar="PYTEST-ARGS",
+        help="passed to pytest (after `--` if they start with `-`); default: tests/vm",
+    )
+    test.set_defaults(func=_test)
+
+    run = sub.add_parser(
+        "run",
+        help="run COMMAND in the guest; exits with its status",
+        description="Boot the guest and run COMMAND as root with the project (and each "
+        "--share DIR) shared at its own path; `python3 -c 'import kuprobe'` works there.",
+    )
+    _boot_options(run)
+    run.add_argument(
+        "--share",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also share DIR, at the same path (repeatable)",
+    )
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    run.set_defaults(func=_run)
+
+
+def _boot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds before the VM is killed (default: %(default)s)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show the qemu command and boot")
+
+
+def _strip_dashes(args: list[str]) -> list[str]:
+    return args[1:] if args[:1] == ["--"] else args
+
+
+def _guarded(body: Any) -> int:
+    try:
+        return int(body())
+    except VmError as exc:
+        print(f"kuprobe vm: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _build(args: argparse.Namespace) -> int:
+    def body() -> int:
+        image = ensure_image(rebuild=args.rebuild)
+        print(image.path)
+        return 0
+
+    return _guarded(body)
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = _strip_dashes(list(args.command))
+    if not command:
+        print("kuprobe vm run: error: no COMMAND (kuprobe vm run -- uname -a)", file=sys.stderr)
+        return 2
+
+    def body() -> int:
+        image = ensure_image()
+        result = run_in_guest(
+            image, command, shares=args.share, timeout=args.timeout, verbose=args.verbose
+        )
+        return result.status
+
+    return _guarded(body)
+
+
+def junit_summary(path: Path) -> str:
+    """The "N tests, F failures, E errors, S skipped" line of a JUnit XML file."""
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors")}
+    skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    return (
+        f"{total['tests']} tests, {total['failures']} failures, {total['errors']} errors, "
+        f"{skipped} skipped"
+    )
+
+
+def _test(args: argparse.Namespace) -> int:
+    pytest_args = _strip_dashes(list(args.pytest_args)) or list(DEFAULT_TESTS)
+    command = [
+        "python3", "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider",
+        "--junitxml=/run/kuprobe/junit.xml", *pytest_args,
+    ]  # fmt: skip
+
+    def body() -> int:
+        image = ensure_image()
+        junit: Path = args.junitxml.resolve()
+        result = run_in_guest(
+            image,
+            command,
+            cwd=PROJECT_ROOT,
+            timeout=args.timeout,
+            verbose=args.verbose,
+            outputs={"junit.xml": junit},
+        )
+        if "junit.xml" in result.outputs:
+            say(f"JUnit XML: {junit} ({junit_summary(junit)})")
+        else:
+            say("no JUnit XML came back from the guest")
+        return result.status
+
+    return _guarded(body)
