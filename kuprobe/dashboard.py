@@ -10,29 +10,33 @@ plain summary every ``interval`` seconds.
 
 from __future__ import annotations
 
-import os
-import select
 import sys
-import time
+import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 from rich import box
+from rich.columns import Columns
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kuprobe.commands._terminal import Keys, log_to, ticks
+
 # Latency buckets by the 1-2-5 series, 100ns … 50s: bucket i holds [BOUNDS[i-1], BOUNDS[i]),
 # bucket 0 everything under 100ns and the last everything from 50s. Handlers find the bucket
 # with bisect.bisect_right(LATENCY_BOUNDS, ns).
-LATENCY_BOUNDS = tuple(m * 10**e for e in range(2, 11) for m in (1, 2, 5))
+LATENCY_BOUNDS: tuple[int, ...] = tuple(m * 10**e for e in range(2, 11) for m in (1, 2, 5))
 LATENCY_BUCKETS = len(LATENCY_BOUNDS) + 1
 TREND_WIDTH = 16
+WIDE = 100  # columns from which the probe table has room for the trend
 TOP_TASKS = 5
 HIST_ROWS = 8
+LATENCY_SUBTITLE = "latency entry→return"
+MESSAGES = 3  # the latest log messages of the "kuprobe" logger, shown under the display
 SORT_KEYS = ("hits", "rate", "missed", "name")
 _SPARKS = "▁▂▃▄▅▆▇█"
 _BAR = " ▏▎▍▌▋▊▉█"
@@ -85,6 +89,7 @@ class DashboardState:
     rows: list[ProbeRow] = field(default_factory=list)
     tasks: Mapping[tuple[int, str], int] = field(default_factory=dict)
     task_rates: dict[tuple[int, str], float] = field(default_factory=dict)
+    messages: deque[str] = field(default_factory=lambda: deque(maxlen=MESSAGES))
     _last: Sample | None = None
 
     def update(self, sample: Sample) -> None:
@@ -183,6 +188,15 @@ def _num(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def compact(n: float) -> str:
+    """999, 1.2k, 34k, 5.6M: four characters at most."""
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale * 0.9995:
+            value = n / scale
+            return (f"{value:.1f}" if value < 9.95 else f"{value:.0f}") + suffix
+    return f"{n:.0f}"
+
+
 def _latency_cell(p: ProbeSample) -> str:
     if p.latency is None:
         return "-"
@@ -206,9 +220,20 @@ def header(state: DashboardState) -> Text:
     return text
 
 
-def probe_table(state: DashboardState, *, trend: bool = True) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, show_edge=False)
-    table.add_column("Probe", ratio=1, overflow="fold")
+def probe_table(state: DashboardState, *, width: int = WIDE, trend: bool = True) -> Table:
+    """One row per probe. Below ``WIDE`` columns: no trend, and one space between columns."""
+    narrow = width < WIDE
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        expand=True,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+        padding=(0, 0) if narrow else (0, 1),
+    )
+    trend = trend and not narrow
+    longest = max((len(r.sample.label) for r in state.rows), default=5)
+    table.add_column("Probe", ratio=1, overflow="fold", min_width=min(longest, width // 3))
     table.add_column("Hits", justify="right", style="bold")
     table.add_column("Rate/s", justify="right")
     if trend:
@@ -219,7 +244,7 @@ def probe_table(state: DashboardState, *, trend: bool = True) -> Table:
     table.add_column("Latency p50/p99", justify="right", no_wrap=True)
     for row in state.sorted_rows():
         p = row.sample
-        cells = [p.label, _num(p.hits), _num(row.rate)]
+        cells: list[str | Text] = [p.label, _num(p.hits), _num(row.rate)]
         if trend:
             cells.append(sparkline(row.trend))
         cells += [
@@ -240,7 +265,8 @@ def tasks_table(state: DashboardState) -> Table:
     table.add_column("Rate/s", justify="right")
     table.add_column("Share", justify="right")
     total = sum(state.tasks.values()) or 1
-    ranked = sorted(state.tasks.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_TASKS]
+    busy = [kv for kv in state.tasks.items() if kv[1]]
+    ranked = sorted(busy, key=lambda kv: (-kv[1], kv[0]))[:TOP_TASKS]
     for (pid, comm), n in ranked:
         rate = state.task_rates.get((pid, comm), 0.0)
         table.add_row(str(pid), comm, _num(n), _num(rate), f"{100 * n / total:.0f}%")
@@ -248,8 +274,9 @@ def tasks_table(state: DashboardState) -> Table:
 
 
 def latency_histogram(p: ProbeSample, *, width: int = 16) -> Table:
-    """The log2 histogram of entry→return latency, bpftrace's ``hist()`` turned sideways."""
+    """The histogram of entry→return latency, bpftrace's ``hist()`` on a 1-2-5 scale."""
     table = Table.grid(padding=(0, 1))
+    table.min_width = max(len(p.label), len(LATENCY_SUBTITLE)) + 2  # room for the titles
     table.add_column(justify="right", no_wrap=True)
     table.add_column(no_wrap=True, style="green")
     table.add_column(justify="right")
@@ -270,13 +297,16 @@ def latency_histogram(p: ProbeSample, *, width: int = 16) -> Table:
         elif b == 0:
             label = f"<{format_ns(hi)}"
         else:
-            label = f"{format_ns(lo)}–{format_ns(hi)}"
-        table.add_row(label, bar(n / top, width), _num(n))
+            label = f"{format_ns(lo)}-{format_ns(hi)}"
+        table.add_row(label, bar(n / top, width), compact(n))
     return table
 
 
-def render(state: DashboardState) -> RenderableType:
-    """The whole screen: header, probe table, top tasks and latency panels, keys."""
+def render(state: DashboardState, *, width: int = 100) -> RenderableType:
+    """The whole screen: header, probe table, top tasks and latency panels, keys.
+
+    Narrower than ``WIDE`` columns, the probe table leaves out the trend.
+    """
     panels: list[RenderableType] = [
         Panel(tasks_table(state), title="Top tasks", box=box.ROUNDED, expand=False)
     ]
@@ -285,81 +315,31 @@ def render(state: DashboardState) -> RenderableType:
             panels.append(
                 Panel(
                     latency_histogram(row.sample),
-                    title=f"Latency {row.sample.label}",
+                    title=row.sample.label,
+                    subtitle=LATENCY_SUBTITLE,
                     box=box.ROUNDED,
                     expand=False,
                 )
             )
-    lower = Table.grid(padding=(0, 1))
-    for _ in panels:
-        lower.add_column(vertical="top")
-    lower.add_row(*panels)
+    lower = Columns(panels, padding=(0, 1))
     keys = Text("s", style="bold").append(" sort  ", style="dim")
     keys.append("p", style="bold").append(" pause  ", style="dim")
     keys.append("q", style="bold").append(" quit", style="dim")
-    return Group(header(state), probe_table(state), lower, keys)
+    table = probe_table(state, width=width)
+    parts: list[RenderableType] = [header(state), table, lower]
+    parts += [Text(m, style="yellow", no_wrap=True, overflow="ellipsis") for m in state.messages]
+    return Group(*parts, keys)
 
 
-def summary(state: DashboardState) -> RenderableType:
+def summary(state: DashboardState, *, width: int = WIDE) -> RenderableType:
     """What a non-terminal gets every few seconds, and everyone at the end."""
-    return Group(header(state), probe_table(state, trend=False), tasks_table(state))
+    tasks = tasks_table(state)
+    tasks.title, tasks.title_justify = "Top tasks", "left"
+    table = probe_table(state, width=width, trend=False)
+    return Group(header(state), table, Text(), tasks)
 
 
 # --- the terminal ---------------------------------------------------------------------
-
-
-class _Keys:
-    """Single key presses from a terminal's stdin (cbreak mode), or nothing."""
-
-    def __init__(self, stream: IO[str] | None) -> None:
-        self._fd = stream.fileno() if stream is not None and stream.isatty() else None
-        self._saved: list[object] | None = None
-
-    def __enter__(self) -> _Keys:
-        if self._fd is not None:
-            import termios
-            import tty
-
-            self._saved = termios.tcgetattr(self._fd)
-            tty.setcbreak(self._fd)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None and self._saved is not None:
-            import termios
-
-            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
-
-    def read(self, timeout: float) -> str | None:
-        """One key pressed within ``timeout`` seconds (sleeps when there is no terminal)."""
-        if self._fd is None:
-            time.sleep(max(timeout, 0.0))
-            return None
-        ready, _w, _x = select.select([self._fd], [], [], max(timeout, 0.0))
-        if not ready:
-            return None
-        data = os.read(self._fd, 32)
-        return data.decode("utf-8", "replace")[:1] if data else None
-
-
-def _ticks(refresh: float, duration: float | None, keys: _Keys) -> Iterator[str | None]:
-    """Yields None at each refresh and every key pressed, until ``duration`` passes."""
-    start = time.monotonic()
-    next_tick = start
-    while True:
-        now = time.monotonic()
-        if duration is not None and now - start >= duration:
-            return
-        if now >= next_tick:
-            next_tick = max(next_tick + refresh, now)
-            yield None
-            continue
-        wait = next_tick - now
-        if duration is not None:
-            wait = min(wait, start + duration - now)
-        key = keys.read(wait)
-        if key is not None:
-            yield key
 
 
 def run(
@@ -371,32 +351,45 @@ def run(
     interval: float = 5.0,
     duration: float | None = None,
     stdin: IO[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> DashboardState:
     """Show ``source`` until ``q``, Ctrl-C or ``duration`` seconds; returns the last state.
 
     On a terminal: a full-screen live view refreshed every ``refresh`` seconds, with keys
     ``s`` (next sort order), ``p`` or space (pause the display; counting goes on) and ``q``.
-    Elsewhere: ``summary`` printed every ``interval`` seconds. Both print a final summary.
+    Elsewhere: ``summary`` printed every ``interval`` seconds. Setting ``stop`` (from a
+    signal handler: see ``kuprobe.commands._signals``) ends it, as Ctrl-C does.
     """
     console = console or Console()
     state = DashboardState(title=title)
     state.update(source.sample())
     try:
         if console.is_terminal:
-            _run_live(source, state, console, refresh, duration, stdin or sys.stdin)
+            _run_live(source, state, console, refresh, duration, stdin or sys.stdin, stop)
         else:
-            ticks = _ticks(interval, duration, _Keys(None))
-            next(ticks, None)  # the first tick is now, and already sampled
-            for _ in ticks:
+            clock = ticks(interval, duration, Keys(None), stop)
+            next(clock, None)  # the first tick is now, and already sampled
+            for _ in clock:
                 state.update(source.sample())
-                console.print(summary(state))
+                console.print(summary(state, width=console.width))
                 console.print()
     except KeyboardInterrupt:
         pass
-    state.update(source.sample())
-    state.paused = False
-    console.print(summary(state))
     return state
+
+
+def print_final(state: DashboardState, sample: Sample, console: Console) -> None:
+    """The last summary, from a sample taken after the probes were unregistered.
+
+    Its rates are averages over the whole run.
+    """
+    state.update(sample)
+    state.paused = False
+    if state.elapsed > 0:
+        for row in state.rows:
+            row.rate = row.sample.hits / state.elapsed
+        state.task_rates = {k: n / state.elapsed for k, n in state.tasks.items()}
+    console.print(summary(state, width=console.width))
 
 
 def _run_live(
@@ -406,14 +399,18 @@ def _run_live(
     refresh: float,
     duration: float | None,
     stdin: IO[str],
+    stop: threading.Event | None,
 ) -> None:
     from rich.live import Live
 
     with (
-        _Keys(stdin) as keys,
-        Live(render(state), console=console, screen=True, auto_refresh=False) as live,
+        Keys(stdin) as keys,
+        log_to(state.messages),
+        Live(
+            render(state, width=console.width), console=console, screen=True, auto_refresh=False
+        ) as live,
     ):
-        for key in _ticks(refresh, duration, keys):
+        for key in ticks(refresh, duration, keys, stop):
             if key is None:
                 if not state.paused:
                     state.update(source.sample())
@@ -423,4 +420,4 @@ def _run_live(
                 state.paused = not state.paused
             elif key in ("s", "S"):
                 state.next_sort()
-            live.update(render(state), refresh=True)
+            live.update(render(state, width=console.width), refresh=True)

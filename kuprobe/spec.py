@@ -96,8 +96,10 @@ class ProbeSpec:
         return f"{self.kind}:{os.path.basename(self.path)}:{self.target}"
 
     def __str__(self) -> str:
-        head = f"{self.kind}:{self.target}" if self.path is None else (
-            f"{self.kind}:{self.path}:{self.target}"
+        head = (
+            f"{self.kind}:{self.target}"
+            if self.path is None
+            else (f"{self.kind}:{self.path}:{self.target}")
         )
         return " ".join([head, *map(str, self.args)])
 

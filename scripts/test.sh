@@ -13,10 +13,16 @@ step "ruff"
 step "mypy --strict"
 .venv/bin/mypy kuprobe
 
-step "pytest"
+# The VM tests need kprobes: on a host without them they run in the VM (below), so the host
+# run leaves them out instead of skipping them.
+if [ -e /sys/bus/event_source/devices/kprobe ]; then vm_here=1; else vm_here=0; fi
+marker=()
+[ $vm_here = 1 ] || marker=(-m "not vm")
+
+step "pytest (host)"
 junit=$(mktemp --suffix=.xml)
 set +e
-$py -m pytest -p no:cacheprovider --junitxml="$junit" "$@"
+$py -m pytest -p no:cacheprovider --junitxml="$junit" "${marker[@]}" "$@"
 rc=$?
 set -e
 if [ $rc -ne 0 ]; then
@@ -53,3 +59,8 @@ if ok and ran_live == 0:
 if not ok:
     print(f"    (live tests cannot run here: {why})")
 PY
+
+if [ $vm_here = 0 ]; then
+	step "pytest -m vm (in the qemu VM: this kernel has no kprobes)"
+	.venv/bin/kuprobe vm test
+fi

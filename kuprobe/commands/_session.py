@@ -43,16 +43,17 @@ def _ts(regs: PtRegs) -> int:
     # The live snapshot's own timestamp (bpf_ktime_get_ns at the trap); the time the
     # handler ran if the backend does not give one.
     ts = getattr(regs, "ts", None)
-    return int(ts) if ts is not None else time.monotonic_ns()
+    return int(ts) if ts else time.monotonic_ns()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Watch:
     """One spec's probe and the statistics its handlers keep."""
 
     spec: ProbeSpec
     pid: int | None = None
     sink: EventSink | None = None
+    name: str | None = None  # the row's label; the spec's own short form by default
     probe: Any = None
     hist: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
     tasks: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -63,7 +64,10 @@ class Watch:
 
     @property
     def label(self) -> str:
-        return self.spec.label
+        return self.name or self.spec.label
+
+    def __repr__(self) -> str:
+        return f"Watch({self.label!r})"
 
     # --- building the probe object ---
 
@@ -206,7 +210,9 @@ class Session:
     def unregister(self) -> None:
         """Unregister in reverse order; afterwards no handler runs and counters are final."""
         while self._registered:
-            _unregister(self._registered.pop().probe)
+            probe = self._registered.pop().probe
+            if probe.registered:  # the backend's own SIGINT/exit hook may have been first
+                _unregister(probe)
 
     @contextmanager
     def active(self) -> Iterator[Session]:

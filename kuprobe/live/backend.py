@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +65,8 @@ class _Attach:
 class _Registration:
     probe: AnyProbe
     attaches: list[_Attach] = field(default_factory=list)
-    tracefs_event: str | None = None
+    tracefs_event: str | None = None  # kept after removal: kprobe_profile is read by name
+    tracefs_removed: bool = False
     final: bool = False
 
 
@@ -285,8 +285,8 @@ class LiveBackend:
             probe._handler_errors += 1
             if probe._handler_errors == 1:
                 log.error(
-                    "handler of %r raised; counted in handler_errors, dispatch goes on",
-                    probe,
+                    "handler of %s raised; counted in handler_errors, dispatch goes on",
+                    describe(probe),
                     exc_info=e,
                 )
 
@@ -533,16 +533,17 @@ class LiveBackend:
     # --- unregistration ------------------------------------------------------------
 
     def _detach(self, reg: _Registration) -> None:
-        for att in reg.attaches:
+        # Return probes first: no return event then arrives without its entry.
+        for att in sorted(reg.attaches, key=lambda a: not a.ret):
             if att.perf_fd >= 0:
                 os.close(att.perf_fd)
                 att.perf_fd = -1
-        if reg.tracefs_event:
+        if reg.tracefs_event and not reg.tracefs_removed:
             try:
                 perf.remove_kprobe_event(reg.tracefs_event)
             except OSError as e:
                 log.warning("could not remove kuprobe/%s: %s", reg.tracefs_event, e)
-            reg.tracefs_event = None
+            reg.tracefs_removed = True
 
     def unregister(self, probe: AnyProbe) -> None:
         self.unregister_many([probe])
@@ -563,12 +564,7 @@ class LiveBackend:
                     )
             todo = [r for r in regs if r is not None]
             profile = self._read_profile(todo)
-            if len(todo) > 1:
-                with ThreadPoolExecutor(max_workers=min(32, len(todo))) as ex:
-                    list(ex.map(self._detach, todo))
-            else:
-                for r in todo:
-                    self._detach(r)
+            _in_parallel(self._detach, todo)
             # The perf events are closed: no program of these slots runs any more.
             for pool in {id(a.pool): a.pool for r in todo for a in r.attaches}.values():
                 self.dispatcher.drain(pool)
@@ -606,7 +602,7 @@ class LiveBackend:
         else:
             p._hits = hits
         if lost > p._lost:
-            log.warning("%r: %d events lost (ring buffer full)", p, lost)
+            log.warning("%s: %d events lost (ring buffer full)", describe(p), lost)
         p._lost = lost
 
     def sync_counters(self, probe: _Counted) -> None:
@@ -628,6 +624,44 @@ class LiveBackend:
                 self.dispatcher.remove_pool(pool)
                 pool.close()
             self._pools.clear()
+
+
+def describe(p: object) -> str:
+    """A probe in a few words: ``uprobe /bin/bash:readline+0x4``, ``kretprobe do_sys_open``."""
+    if isinstance(p, Uprobe):
+        where = p.symbol_name or ""
+        if p.offset:
+            where = f"{where}+{p.offset:#x}" if where else f"{p.offset:#x}"
+        return f"uprobe {p.path}:{where}"
+    if isinstance(p, Kprobe | Kretprobe):
+        kind = "kprobe" if isinstance(p, Kprobe) else "kretprobe"
+        where = _kname(p.symbol_name, p.offset) if p.symbol_name else f"{p.addr or 0:#x}"
+        return f"{kind} {where}"
+    return type(p).__name__
+
+
+def _in_parallel(fn: Callable[[_Registration], None], regs: Sequence[_Registration]) -> None:
+    """``fn`` on each, side by side (plain threads: this also runs from atexit, where
+    concurrent.futures refuses new work)."""
+    if len(regs) <= 1:
+        for r in regs:
+            fn(r)
+        return
+    errors: list[BaseException] = []
+
+    def run(r: _Registration) -> None:
+        try:
+            fn(r)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in regs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _kname(sym: str | None, off: int) -> str:

@@ -218,12 +218,14 @@ for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         continue
     with open(path) as f:
         names = re.findall(r"^[pr]\\d*:kuprobe/(kuprobe_%d_\\d+) " % pid, f.read(), re.M)
-    for name in names:
+    for name in names:  # os.write: Python's append mode seeks, which tracefs refuses
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
-            with open(path, "a") as f:
-                f.write("-:kuprobe/%s\\n" % name)
-        except OSError:
-            pass
+            os.write(fd, b"-:kuprobe/%s\\n" % name.encode())
+        except OSError as e:
+            print("kuprobe reaper: could not remove kuprobe/%s: %s" % (name, e), file=sys.stderr)
+        finally:
+            os.close(fd)
     break
 """
 

@@ -1,0 +1,1 @@
+"""The subcommands of ``kuprobe`` beyond ``trace``: each module has ``add_parser(subparsers)``."""

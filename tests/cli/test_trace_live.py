@@ -1,0 +1,91 @@
+"""``kuprobe trace`` and ``kuprobe demo`` on real processes, as root (marker ``live``)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.live
+KUPROBE = Path(sys.executable).with_name("kuprobe")
+
+
+def test_trace_prints_events_and_a_summary_on_ctrl_c(live: Path) -> None:
+    exe = (live / "i386" / "demo").resolve()  # a 32-bit process: cdecl arguments
+    demo = subprocess.Popen([str(exe), "60"])
+    try:
+        trace = subprocess.Popen(
+            [
+                str(KUPROBE),
+                "trace",
+                f"u:{exe}:demo_handle arg0",
+                f"ur:{exe}:demo_hash retval:x",
+                "--pid",
+                str(demo.pid),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert trace.stdout is not None
+        header = trace.stdout.readline()  # printed once the probes are registered
+        assert header.split() == ["TIME(s)", "PID/TID", "COMM", "PROBE"]
+        time.sleep(1)
+        trace.send_signal(signal.SIGINT)
+        out, err = trace.communicate(timeout=30)
+    finally:
+        demo.kill()
+        demo.wait()
+    assert trace.returncode == 0, err
+    lines = out.splitlines()
+    entries = [ln.split() for ln in lines if " u:demo:demo_handle " in ln]
+    returns = [ln.split() for ln in lines if " ur:demo:demo_hash " in ln]
+    assert len(entries) > 100 and len(returns) > 100
+    ids = [int(e[-1].removeprefix("arg0=")) for e in entries]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # every call, in order
+    assert {e[1] for e in entries} == {f"{demo.pid}/{demo.pid}"}
+    timed = [r for r in returns if r[-1].endswith("s)") and r[-2].startswith("retval=0x")]
+    untimed = [r for r in returns if r[-1].startswith("retval=0x")]
+    assert len(timed) + len(untimed) == len(returns) and len(timed) > 100
+    # Returns without a seen entry have no latency: a call in flight as the probes went in,
+    # and the returns while unregistering (the entry probe is detached first).
+    last_timed = max(float(r[0]) for r in timed)
+    assert len([r for r in untimed if float(r[0]) < last_timed]) <= 2
+    times = [float(e[0]) for e in entries]
+    assert times == sorted(times)
+    summary = err.split("PROBE", 1)[1].splitlines()
+    counts = {row.split()[0]: int(row.split()[1]) for row in summary[1:3]}
+    assert counts["u:demo:demo_handle"] >= len(entries)
+    assert counts["ur:demo:demo_hash"] >= len(returns)
+
+
+def test_demo_without_a_terminal(live: Path) -> None:
+    run = subprocess.run(
+        [str(KUPROBE), "demo", "--duration", "3", "--interval", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    final = run.stdout.split("kuprobe demo  ·  5 probes")[-1]
+    rows = {ln.split()[0]: ln.split() for ln in final.splitlines() if ln.startswith(("u:", "ur:"))}
+    assert set(rows) == {
+        "u:x86_64/demo:demo_handle",
+        f"u:x86_64/demo:demo_handle+{rows and _mid(rows)}",
+        "ur:x86_64/demo:demo_hash",
+        "u:i386/demo:demo_handle",
+        "ur:i386/demo:rec",
+    }
+    for label, row in rows.items():
+        assert int(row[1].replace(",", "")) > 0, (label, final)
+    assert run.stdout.count("kuprobe demo  ·  5 probes") >= 3  # every second, and at the end
+    assert "µs" in rows["ur:x86_64/demo:demo_hash"][-1]  # a latency
+
+
+def _mid(rows: dict[str, list[str]]) -> str:
+    mids = [k for k in rows if k.startswith("u:x86_64/demo:demo_handle+")]
+    return mids[0].rsplit("+", 1)[1] if mids else "?"
