@@ -12,7 +12,6 @@ Prints, for each measure, kuprobe's figure, its peers' and the ratio:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import shutil
 import statistics
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe  # noqa: E402
 from kuprobe.elf import ElfImage  # noqa: E402
 from kuprobe.insn import boundaries  # noqa: E402
-from kuprobe.live.api import backend, unregister_uprobes  # noqa: E402
+from kuprobe.live.api import backend  # noqa: E402
 
 BUILD = ROOT / "benchmarks" / "build"
 EXE = BUILD / "bench_target"
@@ -276,7 +275,7 @@ def arm_remove_bpftrace() -> tuple[float, float]:
 
 def row(name: str, ours: float, peer: float, unit: str, better: str = "lower") -> None:
     ratio = ours / peer if peer else float("nan")
-    print(f"  {name:<44} kuprobe {ours:10.3f} {unit:<8} peer {peer:10.3f}   ratio {ratio:5.2f}×")
+    print(f"  {name:<44} kuprobe {ours:10.3f} {unit:<8} peer {peer:10.3f}   ratio {ratio:5.2f}x")
 
 
 def main() -> int:
@@ -328,7 +327,6 @@ def main() -> int:
         bt = [arm_remove_bpftrace() for _ in range(3)]
         row("arm 20 (s) vs bpftrace", arm, statistics.median(a for a, _ in bt), "s")
         row("remove 20 one by one (s) vs bpftrace", rem, statistics.median(r for _, r in bt), "s")
-    del ctypes
     return 0
 
 

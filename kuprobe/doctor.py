@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from kuprobe.live import perf
 from kuprobe.live._bcc import kernel_build_tree
-
-_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, -1)
-BPF_MAP_CREATE = 0
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_RINGBUF = 27
 
 
 @dataclass(frozen=True)
@@ -23,21 +17,6 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
-
-
-def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> bool:
-    """Create (and close) a BPF map: the cheapest proof that bpf(2) works here."""
-    if _NR_BPF < 0:
-        return False
-    attr = (ctypes.c_uint32 * 16)()
-    attr[0], attr[1], attr[2], attr[3] = map_type, key_size, value_size, max_entries
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(_NR_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        return False
-    os.close(fd)
-    return True
 
 
 def _bcc_importable() -> tuple[bool, str]:
@@ -58,7 +37,7 @@ def checks() -> list[Check]:
             "run with sudo: live probes need CAP_BPF and CAP_PERFMON",
         ),
     ]
-    bpf_ok = root and _bpf_map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1)
+    bpf_ok = root and perf.bpf_map_works(perf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
     out.append(
         Check(
             "BPF",
@@ -67,7 +46,7 @@ def checks() -> list[Check]:
             "run as root on a kernel with CONFIG_BPF_SYSCALL",
         )
     )
-    rb = bpf_ok and _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    rb = bpf_ok and perf.bpf_map_works(perf.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
     out.append(
         Check(
             "BPF ring buffer",

@@ -53,6 +53,23 @@ class PerfEventAttr(ctypes.Structure):
     )
 
 
+_NR_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
+BPF_MAP_CREATE = 0
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_RINGBUF = 27  # kernel 5.8
+
+
+def bpf_map_works(map_type: int, key_size: int, value_size: int, max_entries: int) -> bool:
+    """Create (and close) a BPF map: the cheapest proof that bpf(2) and that map type work."""
+    attr = (ctypes.c_uint32 * 16)()
+    attr[0], attr[1], attr[2], attr[3] = map_type, key_size, value_size, max_entries
+    fd = _libc.syscall(_NR_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
 def pmu_type(name: str) -> int | None:
     """The dynamic PMU type of ``kprobe`` or ``uprobe``; None when the kernel has none."""
     try:

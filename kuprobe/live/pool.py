@@ -10,10 +10,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
+import os
 from typing import Any
 
 from kuprobe.errors import ProbeError
-from kuprobe.live import _bcc
+from kuprobe.live import _bcc, perf
 from kuprobe.live.codegen import PoolSource, render_pool
 from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs
 from kuprobe.live.ringbuf import RingBufReader
@@ -26,6 +27,13 @@ class ProbePool:
     def __init__(
         self, *, nslots: int = DEFAULT_SLOTS, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     ) -> None:
+        if not perf.bpf_map_works(perf.BPF_MAP_TYPE_RINGBUF, 0, 0, mmap.PAGESIZE):
+            raise ProbeError(
+                errno.EOPNOTSUPP,
+                f"this kernel ({os.uname().release}) has no BPF ring buffer (Linux 5.8+), "
+                "which kuprobe delivers events through",
+                hint="run on a newer kernel, or in kuprobe's VM (`kuprobe vm run`)",
+            )
         src: PoolSource = render_pool(
             nslots=nslots, ringbuf_pages=ringbuf_pages, nregs=host_nregs()
         )
