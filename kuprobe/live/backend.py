@@ -602,7 +602,11 @@ class LiveBackend:
         else:
             p._hits = hits
         if lost > p._lost:
-            log.warning("%s: %d events lost (ring buffer full)", describe(p), lost)
+            log.warning(
+                "%s: %d events lost (the ring buffer refused a reservation: full or contended)",
+                describe(p),
+                lost,
+            )
         p._lost = lost
 
     def sync_counters(self, probe: _Counted) -> None:
