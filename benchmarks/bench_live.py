@@ -48,10 +48,6 @@ def workload(kind: str, n: int) -> float:
     return float(out.stdout.split()[0])
 
 
-def median_of(runs: int, f: Callable[[], float]) -> float:
-    return statistics.median(f() for _ in range(runs))
-
-
 # --- 1. per-hit overhead -------------------------------------------------------------
 
 BCC_COUNT = r"""
@@ -139,6 +135,7 @@ def events_kuprobe(n: int) -> tuple[float, int, int]:
 
 
 BCC_EVENTS = r"""
+#include <uapi/linux/ptrace.h>
 struct event { u32 slot, flags; u64 ts, ip, pid_tgid; char comm[16]; u64 regs[21]; u8 stack[128]; };
 BPF_RINGBUF_OUTPUT(events, 1024);
 int on_hit(struct pt_regs *ctx) {
@@ -294,16 +291,30 @@ def main() -> int:
     backend()  # warm the pool's compile outside the measurements
     per_hit_kuprobe("nop5", 1000)
 
-    print(f"1. per-hit overhead of a count-only uprobe ({n:,} calls, median of {runs})")
+    print(f"1. per-hit overhead of a count-only uprobe ({n:,} calls, median of {runs} rounds)")
     for kind in ("nop5", "push"):
-        base = median_of(runs, lambda k=kind: workload(k, n))
-        ours = median_of(runs, lambda k=kind: per_hit_kuprobe(k, n)) - base
-        bcc = median_of(runs, lambda k=kind: per_hit_bcc(BPF, k, n)) - base
-        print(f"  {kind} entry: no probe {base:.1f} ns/call")
-        row(f"{kind}: ns added per hit vs raw BCC", ours, bcc, "ns")
+        peers: dict[str, Callable[[], float]] = {
+            "none": lambda k=kind: workload(k, n),
+            "kuprobe": lambda k=kind: per_hit_kuprobe(k, n),
+            "bcc": lambda k=kind: per_hit_bcc(BPF, k, n),
+        }
         if have_bpftrace:
-            bt = median_of(runs, lambda k=kind: per_hit_bpftrace(k, n)) - base
-            row(f"{kind}: ns added per hit vs bpftrace", ours, bt, "ns")
+            peers["bpftrace"] = lambda k=kind: per_hit_bpftrace(k, n)
+        got: dict[str, list[float]] = {name: [] for name in peers}
+        for _ in range(runs):  # one of each per round, so drift in the machine hits all alike
+            for name, f in peers.items():
+                got[name].append(f())
+        med = {name: statistics.median(v) for name, v in got.items()}
+        base = med["none"]
+        print(f"  {kind} entry: no probe {base:.1f} ns/call")
+        row(f"{kind}: ns added per hit vs raw BCC", med["kuprobe"] - base, med["bcc"] - base, "ns")
+        if have_bpftrace:
+            row(
+                f"{kind}: ns added per hit vs bpftrace",
+                med["kuprobe"] - base,
+                med["bpftrace"] - base,
+                "ns",
+            )
 
     m = 1_000_000 if args.quick else 4_000_000
     print(f"2. events delivered to a trivial Python handler ({m:,} events)")

@@ -146,10 +146,25 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
         _print_events(console, events, watches)
         print(f"kuprobe model: error: {called}: {e}", file=sys.stderr)
         return 1
+    finally:
+        # Model uprobes are global to their file, as in the kernel: leave none behind.
+        for w in watches:
+            _unregister(machine, w.spec.kind, w.probe)
     console.print(timeline(machine, watches))
     _print_events(console, events, watches)
     console.print(f"{called} = {_result(result)}")
     return 0
+
+
+def _unregister(machine: Any, kind: str, probe: Any) -> None:
+    if not probe.registered:
+        return
+    if kind == "k":
+        machine.unregister_kprobe(probe)
+    elif kind == "kr":
+        machine.unregister_kretprobe(probe)
+    else:
+        machine.unregister_uprobe(probe)
 
 
 def _result(result: Any) -> str:

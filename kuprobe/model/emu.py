@@ -13,11 +13,22 @@ change to this file.
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import unicorn
+import unicorn as _unicorn
 from unicorn import arm64_const, x86_const
+
+# Unicorn's bindings are only partly typed: use them as Any, checked by the tests.
+unicorn: Any = _unicorn
+try:  # the C library itself: one batch call per trap instead of ~20 Python-level reads
+    from unicorn.unicorn_py3.unicorn import uclib as _uclib
+
+    _UCLIB: Any = _uclib
+except ImportError:  # another binding layout: the (slower) public API still works
+    _UCLIB = None
 
 PAGE_SIZE = 0x1000
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
@@ -66,7 +77,7 @@ class Emu:
     """One emulated CPU and its memory."""
 
     def __init__(self, uc_arch: str, uc_mode: str, regs: Mapping[str, str | None]) -> None:
-        self.uc = unicorn.Uc(getattr(unicorn, f"UC_ARCH_{uc_arch}"), getattr(unicorn, uc_mode))
+        self.uc: Any = unicorn.Uc(getattr(unicorn, f"UC_ARCH_{uc_arch}"), getattr(unicorn, uc_mode))
         consts = _CONST_MODULES[uc_arch]
         prefix = _REG_PREFIX[uc_arch]
         # pt_regs field -> unicorn register id (None: a field the CPU has no register for)
@@ -75,6 +86,14 @@ class Emu:
         }
         self._batch_names = [n for n, r in self.reg_ids.items() if r is not None]
         self._batch_ids = [r for r in self.reg_ids.values() if r is not None]
+        n = len(self._batch_ids)
+        self._c_ids = (ctypes.c_int * n)(*self._batch_ids)
+        self._c_vals = (ctypes.c_uint64 * n)()
+        self._c_ptrs = (ctypes.c_void_p * n)(
+            *(ctypes.addressof(self._c_vals) + 8 * i for i in range(n))
+        )
+        self._c_n = ctypes.c_int(n)
+        self._unpack = struct.Struct(f"<{n}Q").unpack_from
         self._on_interrupt: InterruptCallback | None = None
         self._on_unmapped: UnmappedCallback | None = None
         self._pending: BaseException | None = None
@@ -143,8 +162,27 @@ class Emu:
 
     def read_regs(self) -> dict[str, int]:
         """Every register the arch names, by its pt_regs field name."""
-        vals = self.uc.reg_read_batch(self._batch_ids)
-        return dict(zip(self._batch_names, vals, strict=True))
+        if _UCLIB is None:
+            vals = self.uc.reg_read_batch(self._batch_ids)
+            return dict(zip(self._batch_names, vals, strict=True))
+        ctypes.memset(self._c_vals, 0, ctypes.sizeof(self._c_vals))
+        if _UCLIB.uc_reg_read_batch(self.uc._uch, self._c_ids, self._c_ptrs, self._c_n):
+            raise EmuError("reading the registers failed", pc=0)
+        return dict(zip(self._batch_names, self._unpack(self._c_vals), strict=True))
+
+    def read_regs_list(self) -> tuple[int, ...]:
+        """Every register with an id, in the order the arch named them (fast path)."""
+        if _UCLIB is None:
+            return tuple(self.uc.reg_read_batch(self._batch_ids))
+        ctypes.memset(self._c_vals, 0, ctypes.sizeof(self._c_vals))
+        if _UCLIB.uc_reg_read_batch(self.uc._uch, self._c_ids, self._c_ptrs, self._c_n):
+            raise EmuError("reading the registers failed", pc=0)
+        return self._unpack(self._c_vals)
+
+    @property
+    def reg_names(self) -> list[str]:
+        """The names read_regs_list() returns, in its order."""
+        return list(self._batch_names)
 
     def read_reg(self, name: str) -> int:
         rid = self.reg_ids[name]
@@ -156,14 +194,14 @@ class Emu:
             self.uc.reg_write(rid, value)
 
     def write_regs(self, values: Mapping[str, int]) -> None:
-        ids, vals = [], []
         for name, v in values.items():
             rid = self.reg_ids[name]
-            if rid is not None:
-                ids.append(rid)
-                vals.append(v)
-        if ids:
-            self.uc.reg_write_batch(list(zip(ids, vals, strict=True)))
+            if rid is None:
+                continue
+            if _UCLIB is None:
+                self.uc.reg_write(rid, v)
+            elif _UCLIB.uc_reg_write(self.uc._uch, rid, ctypes.byref(ctypes.c_uint64(v))):
+                raise EmuError(f"writing register {name} failed", pc=0)
 
     def context_save(self) -> Any:
         return self.uc.context_save()
@@ -199,9 +237,11 @@ class Emu:
     def write(self, addr: int, data: bytes) -> None:
         try:
             self.uc.mem_write(addr, bytes(data))
+            # code written from outside: drop translations of it (text_poke_sync())
+            self.uc.ctl_remove_cache(addr, addr + len(data))
         except unicorn.UcError as e:
             raise EmuError(f"cannot write {len(data)} bytes at {addr:#x}: {e}", pc=addr) from e
 
     def read_words(self, addr: int, count: int, word: int) -> Sequence[int]:
         raw = self.read(addr, count * word)
-        return [int.from_bytes(raw[i : i + word], "little") for i in range(0, len(raw), word)]
+        return struct.unpack_from(f"<{count}{'Q' if word == 8 else 'I'}", raw)

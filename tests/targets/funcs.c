@@ -8,7 +8,15 @@ static long counter;
 
 NOINLINE long add(long a, long b) { return a + b; }
 
-NOINLINE long rec(long n) { return n <= 0 ? 0 : 1 + rec(n - 1); }
+/* Really recursive: without the barrier GCC folds the recursion into a closed form. */
+NOINLINE long rec(long n)
+{
+	if (n <= 0)
+		return 0;
+	long r = rec(n - 1);
+	__asm__ volatile("" : "+r"(r));
+	return r + 1;
+}
 
 NOINLINE long fib(long n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
 

@@ -1,0 +1,97 @@
+"""Machine.register_* / unregister_*: the top-level API's calls, with the same errors."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+
+from kuprobe.errors import ProbeError
+from kuprobe.model.core.kprobes import KprobeTable
+from kuprobe.model.core.kretprobes import KretprobeCore
+from kuprobe.model.core.uprobes import REGISTRY
+from kuprobe.probes import Kprobe, Kretprobe, Uprobe
+
+
+class ProbeRegistration:
+    """Registration for a Machine: kprobes on kernel space, uprobes on user space."""
+
+    space: str
+    kprobes: KprobeTable | None
+    kretprobes: KretprobeCore | None
+
+    def _need(self, space: str, what: str) -> None:
+        if self.space != space:
+            raise ProbeError(
+                errno.EINVAL,
+                f"{what} need a Machine loaded with space={space!r} (this one is {self.space})",
+            )
+
+    def register_kprobe(self, p: Kprobe) -> None:
+        self._need("kernel", "kprobes")
+        assert self.kprobes is not None
+        self.kprobes.register(p)
+
+    def unregister_kprobe(self, p: Kprobe) -> None:
+        self._need("kernel", "kprobes")
+        assert self.kprobes is not None
+        self.kprobes.unregister(p)
+
+    def register_kprobes(self, ps: Sequence[Kprobe]) -> None:
+        """All or none, as the kernel's register_kprobes()."""
+        done: list[Kprobe] = []
+        try:
+            for p in ps:
+                self.register_kprobe(p)
+                done.append(p)
+        except ProbeError:
+            for p in reversed(done):
+                self.unregister_kprobe(p)
+            raise
+
+    def unregister_kprobes(self, ps: Sequence[Kprobe]) -> None:
+        for p in ps:
+            self.unregister_kprobe(p)
+
+    def enable_kprobe(self, p: Kprobe) -> None:
+        self._need("kernel", "kprobes")
+        assert self.kprobes is not None
+        self.kprobes.set_disabled(p, False)
+
+    def disable_kprobe(self, p: Kprobe) -> None:
+        self._need("kernel", "kprobes")
+        assert self.kprobes is not None
+        self.kprobes.set_disabled(p, True)
+
+    def register_kretprobe(self, rp: Kretprobe) -> None:
+        self._need("kernel", "kretprobes")
+        assert self.kretprobes is not None
+        self.kretprobes.register(rp)
+
+    def unregister_kretprobe(self, rp: Kretprobe) -> None:
+        self._need("kernel", "kretprobes")
+        assert self.kretprobes is not None
+        self.kretprobes.unregister(rp)
+
+    def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
+        done: list[Kretprobe] = []
+        try:
+            for rp in rps:
+                self.register_kretprobe(rp)
+                done.append(rp)
+        except ProbeError:
+            for rp in reversed(done):
+                self.unregister_kretprobe(rp)
+            raise
+
+    def unregister_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
+        for rp in rps:
+            self.unregister_kretprobe(rp)
+
+    def register_uprobe(self, up: Uprobe) -> None:
+        """Register globally (every Machine mapping the file, now and later)."""
+        self._need("user", "uprobes")
+        REGISTRY.register(up)
+
+    def unregister_uprobe(self, up: Uprobe) -> None:
+        self._need("user", "uprobes")
+        REGISTRY.unregister(up)

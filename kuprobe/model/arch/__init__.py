@@ -1,0 +1,22 @@
+"""The arches the model runs: one explicit registry (adding one is a module and a line)."""
+
+from __future__ import annotations
+
+from kuprobe.model.arch.base import Arch
+from kuprobe.model.arch.i386 import I386
+from kuprobe.model.arch.x86_64 import X86_64
+
+ARCHES: dict[str, type[Arch]] = {
+    "x86_64": X86_64,
+    "i386": I386,
+}
+
+
+def get_arch(name: str) -> Arch:
+    """The arch hooks for ``name`` ("x86_64", "i386" …)."""
+    try:
+        return ARCHES[name]()
+    except KeyError:
+        raise NotImplementedError(
+            f"the model has no {name} arch yet (it has {', '.join(ARCHES)})"
+        ) from None

@@ -1,0 +1,240 @@
+"""The arch contract: the kernel's arch_* hooks, with the kernel's ``__weak`` defaults.
+
+An arch module subclasses :class:`Arch` and overrides only what differs, as the kernel's
+arch/*/kernel/{kprobes,uprobes}.c override the weak symbols of kernel/kprobes.c and
+kernel/events/uprobes.c. Generic code (``kuprobe.model.core``) calls only these hooks.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from kuprobe.errors import ProbeError
+from kuprobe.insn import is_boundary
+from kuprobe.regs import PtRegs
+
+# What a CPU exception means to the kernel (notify_die(): DIE_INT3, DIE_DEBUG, or other)
+TRAP_BREAKPOINT = "breakpoint"
+TRAP_SINGLESTEP = "singlestep"
+TRAP_OTHER = "other"
+
+
+class Memory(Protocol):
+    """What an arch hook may touch: the task's (or the kernel's) memory."""
+
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+
+
+@dataclass
+class ArchSpecificInsn:
+    """``struct arch_specific_insn`` (kprobes) / ``struct arch_uprobe`` (uprobes).
+
+    ``insn`` the original bytes; ``slot`` the bytes that run out of line; ``fixups`` what
+    the arch must correct after the step; ``extra`` arch-private data.
+    """
+
+    insn: bytes
+    length: int
+    slot: bytes = b""
+    fixups: int = 0
+    skip_sstep: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArchUprobeTask:
+    """``struct arch_uprobe_task``: what pre_xol saves for post_xol/abort_xol."""
+
+    saved_trap_nr: int = 0
+    saved_tf: bool = False
+    saved_scratch_register: int = 0
+
+
+class Arch:
+    """One arch: ABI, register mapping, breakpoint and single-step mechanics."""
+
+    name: ClassVar[str]
+    bits: ClassVar[int]
+    # Unicorn names of this arch, for kuprobe.model.emu (data, no unicorn import here)
+    uc_arch: ClassVar[str]
+    uc_mode: ClassVar[str]
+    uc_regs: ClassVar[dict[str, str | None]]  # pt_regs field -> Unicorn register name
+    reg_defaults: ClassVar[dict[str, int]] = {}  # fields the CPU has no register for
+
+    # CPU exception numbers as the emulator reports them
+    BREAKPOINT_TRAP: ClassVar[int]
+    DEBUG_TRAP: ClassVar[int]
+    PAGE_FAULT_TRAPNR: ClassVar[int]
+
+    # include/linux/kprobes.h, include/linux/uprobes.h: per-arch constants
+    BREAKPOINT_INSN: ClassVar[bytes]
+    UPROBE_SWBP_INSN: ClassVar[bytes]
+    MAX_INSN_SIZE: ClassVar[int]
+    MAX_UINSN_BYTES: ClassVar[int]
+    UPROBE_XOL_SLOT_BYTES: ClassVar[int]
+
+    # The model's address-space layout (below the ELF's text, which starts at 4 MiB or more)
+    CALL_RETURN: ClassVar[int] = 0x10000  # m.call()'s return address: reaching it ends a call
+    KRETPROBE_TRAMPOLINE: ClassVar[int] = 0x11000  # kretprobe_trampoline (kernel space)
+    INSN_PAGES: ClassVar[int] = 0x20000  # kprobe instruction slots (get_insn_slot)
+    XOL_AREA: ClassVar[int] = 0x100000  # a process's XOL area (xol_add_vma)
+    ELF_ET_DYN_BASE: ClassVar[int] = 0x40000000  # where a PIE (ET_DYN) is loaded
+    STACK_TOP: ClassVar[int] = 0x7FF00000
+    STACK_SIZE: ClassVar[int] = 0x200000
+
+    @property
+    def word(self) -> int:
+        return self.bits // 8
+
+    @property
+    def mask(self) -> int:
+        return (1 << self.bits) - 1
+
+    # --- registers and the ABI ------------------------------------------------------------
+
+    def regs_of(self, values: dict[str, int], stack: tuple[int, ...]) -> PtRegs:
+        raise NotImplementedError
+
+    def setup_call(
+        self, mem: Memory, sp: int, args: tuple[int, ...], return_addr: int
+    ) -> dict[str, int]:
+        """Registers that make the next instruction the first of a call with ``args``."""
+        raise NotImplementedError
+
+    def call_result(self, regs: dict[str, int]) -> int:
+        raise NotImplementedError
+
+    def trap_kind(self, intno: int, regs: PtRegs, mem: Memory) -> str:
+        """Which handler a CPU exception goes to. An arch whose single-step ends on a second
+        breakpoint (arm64's BRK after the slot) tells the two apart here."""
+        if intno == self.BREAKPOINT_TRAP:
+            return TRAP_BREAKPOINT
+        if intno == self.DEBUG_TRAP:
+            return TRAP_SINGLESTEP
+        return TRAP_OTHER
+
+    def trap_signal(self, trapnr: int) -> int:
+        """The signal a user task gets for a CPU exception nobody handled."""
+        return int(signal.SIGILL)
+
+    def stack_pointer_field(self) -> str:
+        return "sp"
+
+    def ip_field(self) -> str:
+        return "ip"
+
+    def handler_stack(self, sp: int) -> int:
+        """Where code a handler calls may put its frames, below the trapped one."""
+        return (sp - 512) & ~0xF
+
+    # --- kprobes (kernel/kprobes.c weak defaults, arch/*/kernel/kprobes/core.c) ---------
+
+    def can_probe(self, code: bytes, offset: int) -> bool:
+        """Whether ``offset`` into a function is an instruction boundary (arch can_probe())."""
+        return is_boundary(self.name, code, offset)
+
+    def kprobe_trap_addr(self, regs: PtRegs) -> int:
+        """The probed address a breakpoint trap reports (x86: ip - 1)."""
+        raise NotImplementedError
+
+    def arch_prepare_kprobe(self, addr: int, code: bytes, slot: int) -> ArchSpecificInsn:
+        raise NotImplementedError
+
+    def arch_arm_kprobe(self, mem: Memory, addr: int) -> None:
+        mem.write(addr, self.BREAKPOINT_INSN)
+
+    def arch_disarm_kprobe(self, mem: Memory, addr: int, ainsn: ArchSpecificInsn) -> None:
+        mem.write(addr, ainsn.insn[: len(self.BREAKPOINT_INSN)])
+
+    def set_current_kprobe_flags(self, kcb: Any, regs: PtRegs, ainsn: ArchSpecificInsn) -> None:
+        """The flags set_current_kprobe() saves (x86: TF and IF)."""
+
+    def prepare_singlestep(
+        self, kcb: Any, regs: PtRegs, addr: int, slot: int, ainsn: ArchSpecificInsn
+    ) -> None:
+        raise NotImplementedError
+
+    def resume_execution(
+        self, kcb: Any, regs: PtRegs, mem: Memory, addr: int, slot: int, ainsn: ArchSpecificInsn
+    ) -> None:
+        raise NotImplementedError
+
+    def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
+        """kprobe_fault_handler() while single-stepping: back to the probe, step state off."""
+        raise NotImplementedError
+
+    def arch_prepare_kretprobe(self, mem: Memory, regs: PtRegs, trampoline: int) -> tuple[int, int]:
+        """Hijack the return address; returns (ret_addr, fp) as ri->ret_addr, ri->fp."""
+        raise NotImplementedError
+
+    def kretprobe_frame(self, regs: PtRegs) -> int:
+        """At the trampoline: the frame pointer an instance recorded (ri->fp)."""
+        raise NotImplementedError
+
+    # --- uprobes (kernel/events/uprobes.c weak defaults, arch/*/kernel/uprobes.c) -------
+
+    def uprobe_get_swbp_addr(self, regs: PtRegs) -> int:
+        """kernel/events/uprobes.c: uprobe_get_swbp_addr() (__weak): ip - swbp size."""
+        return (int(getattr(regs, self.ip_field())) - len(self.UPROBE_SWBP_INSN)) & self.mask
+
+    def is_swbp_insn(self, insn: bytes) -> bool:
+        """kernel/events/uprobes.c: is_swbp_insn() (__weak)."""
+        return insn[: len(self.UPROBE_SWBP_INSN)] == self.UPROBE_SWBP_INSN
+
+    def is_trap_insn(self, insn: bytes) -> bool:
+        """kernel/events/uprobes.c: is_trap_insn() (__weak): any breakpoint is a trap."""
+        return self.is_swbp_insn(insn)
+
+    def arch_uprobe_analyze_insn(self, insn: bytes, vaddr: int) -> ArchSpecificInsn:
+        raise ProbeError(errno.EOPNOTSUPP, f"{self.name}: uprobes not modelled")
+
+    def arch_uprobe_copy_ixol(self, auprobe: ArchSpecificInsn, vaddr: int, xol_vaddr: int) -> bytes:
+        """kernel/events/uprobes.c: arch_uprobe_copy_ixol() (__weak): the bytes, as they are."""
+        return auprobe.insn
+
+    def arch_uprobe_pre_xol(
+        self,
+        auprobe: ArchSpecificInsn,
+        regs: PtRegs,
+        autask: ArchUprobeTask,
+        xol_vaddr: int,
+        thread: Any,
+    ) -> None:
+        raise NotImplementedError
+
+    def arch_uprobe_post_xol(
+        self,
+        auprobe: ArchSpecificInsn,
+        regs: PtRegs,
+        autask: ArchUprobeTask,
+        mem: Memory,
+        vaddr: int,
+        xol_vaddr: int,
+        thread: Any,
+    ) -> bool:
+        """Fix up after the step; False: the step trapped (restart at vaddr, signal)."""
+        raise NotImplementedError
+
+    def arch_uprobe_xol_was_trapped(self, thread: Any) -> bool:
+        raise NotImplementedError
+
+    def arch_uprobe_abort_xol(
+        self,
+        auprobe: ArchSpecificInsn,
+        regs: PtRegs,
+        autask: ArchUprobeTask,
+        vaddr: int,
+        thread: Any,
+    ) -> None:
+        raise NotImplementedError
+
+    def arch_uprobe_skip_sstep(self, auprobe: ArchSpecificInsn, regs: PtRegs) -> bool:
+        """Emulate instead of stepping; the weak default emulates nothing."""
+        return False
+
+    def arch_uretprobe_hijack_return_addr(self, mem: Memory, regs: PtRegs, trampoline: int) -> int:
+        raise NotImplementedError

@@ -1,0 +1,313 @@
+"""What x86_64 and i386 share: int3, the trap flag, resume_execution, the uprobe xol ops.
+
+Sources: arch/x86/kernel/kprobes/core.c (arch_prepare_kprobe, __copy_instruction,
+setup_singlestep, resume_execution, kprobe_fault_handler, arch_prepare_kretprobe) and
+arch/x86/kernel/uprobes.c (arch_uprobe_analyze_insn, arch_uprobe_pre_xol/post_xol,
+arch_uprobe_abort_xol, arch_uretprobe_hijack_return_addr); the NOP pattern skipped instead of
+single-stepped is seed 004's.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+from typing import Any, ClassVar
+
+import capstone
+
+from kuprobe.errors import ProbeError
+from kuprobe.insn import disassembler
+from kuprobe.model.arch.base import Arch, ArchSpecificInsn, ArchUprobeTask, Memory
+from kuprobe.regs import PtRegs, regs_class
+
+INT3_INSN_OPCODE = 0xCC
+# arch/x86/include/asm/processor-flags.h
+X86_EFLAGS_TF = 0x100
+X86_EFLAGS_IF = 0x200
+# arch/x86/kernel/uprobes.c: UPROBE_TRAP_NR (trap_nr while an xol step is in flight)
+UPROBE_TRAP_NR = 0xFFFFFFFF
+# arch/x86/kernel/uprobes.c (v3.5..v4.x): the fix-ups post_xol applies
+UPROBE_FIX_IP = 0x01  # the new ip is relative to the slot: make it relative to the original
+UPROBE_FIX_CALL = 0x02  # a call pushed the slot's return address: make it the original's
+
+# arch/x86/lib/insn.c / inat tables: legacy prefixes skip_prefixes() walks over
+LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
+
+# arch/x86/kernel/uprobes.c: good_insns_32 / good_insns_64 refuse these one-byte opcodes
+# (software interrupts, in/out, hlt, far transfers, int3 itself); both modes:
+REFUSED_ONEBYTE = frozenset({
+    0xCC, 0xCD, 0xCE, 0xCF,  # int3, int n, into, iret
+    0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF,  # in/out
+    0xF1, 0xF4,  # int1, hlt
+    0x6C, 0x6D, 0x6E, 0x6F,  # ins/outs
+    0x9A, 0xEA,  # far call / far jmp (absolute)
+    0x0F,  # resolved by REFUSED_TWOBYTE below, never refused as such
+})  # fmt: skip
+# ... and in 64-bit mode also the opcodes that are invalid there (good_insns_64 rows 0x00..0x60)
+REFUSED_ONEBYTE_64 = frozenset({
+    0x06, 0x07, 0x0E, 0x16, 0x17, 0x1E, 0x1F, 0x27, 0x2F, 0x37, 0x3F,
+    0x60, 0x61, 0x62, 0x82, 0xC4, 0xC5, 0xD4, 0xD5, 0xD6,
+})  # fmt: skip
+# good_insns_2byte: syscall/sysret/sysenter/sysexit, ud2, rdtsc-family are refused
+REFUSED_TWOBYTE = frozenset({0x05, 0x07, 0x0B, 0x34, 0x35, 0x30, 0x31, 0x32, 0x33, 0x37})
+
+
+def skip_prefixes(insn: bytes, is64: bool) -> int:
+    """arch/x86/kernel/kprobes/core.c: skip_prefixes(): index of the opcode byte."""
+    i = 0
+    while i < len(insn) and insn[i] in LEGACY_PREFIXES:
+        i += 1
+    if is64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
+        i += 1
+    return i
+
+
+def is_nop_pattern(insn: bytes) -> bool:
+    """Seed 004 (arch_uprobe_skip_sstep): ``0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0}``."""
+    i = 0
+    while i < len(insn) and insn[i] == 0x66:
+        i += 1
+    rest = insn[i : i + 2]
+    return rest[:1] == b"\x90" or rest in (b"\x0f\x1f", b"\x0f\x19", b"\x87\xc0")
+
+
+class X86(Arch):
+    """The x86 hooks; x86_64 and i386 differ in registers, ABI and RIP-relative operands."""
+
+    uc_arch: ClassVar[str] = "X86"
+    BREAKPOINT_TRAP: ClassVar[int] = 3  # #BP
+    DEBUG_TRAP: ClassVar[int] = 1  # #DB
+    PAGE_FAULT_TRAPNR: ClassVar[int] = 14  # X86_TRAP_PF
+    # arch/x86/include/asm/kprobes.h, arch/x86/include/asm/uprobes.h
+    BREAKPOINT_INSN: ClassVar[bytes] = bytes([INT3_INSN_OPCODE])
+    UPROBE_SWBP_INSN: ClassVar[bytes] = bytes([INT3_INSN_OPCODE])
+    MAX_INSN_SIZE: ClassVar[int] = 16
+    MAX_UINSN_BYTES: ClassVar[int] = 16
+    UPROBE_XOL_SLOT_BYTES: ClassVar[int] = 128
+    is64: ClassVar[bool]
+
+    def trap_signal(self, trapnr: int) -> int:
+        # arch/x86/kernel/traps.c: #DE -> SIGFPE, #UD -> SIGILL, #GP/#PF -> SIGSEGV
+        return int({0: signal.SIGFPE, 6: signal.SIGILL, 13: signal.SIGSEGV}.get(
+            trapnr, signal.SIGSEGV))  # fmt: skip
+
+    def regs_of(self, values: dict[str, int], stack: tuple[int, ...]) -> PtRegs:
+        cls = regs_class(self.name)
+        return cls([values.get(f, self.reg_defaults.get(f, 0)) for f in cls.layout.fields], stack)
+
+    # --- decoding -------------------------------------------------------------------------
+
+    def decode(self, code: bytes, addr: int) -> Any:
+        cs = disassembler(self.name)
+        cs.detail = True
+        for insn in cs.disasm(code, addr, 1):
+            return insn
+        raise ProbeError(errno.EILSEQ, f"cannot decode the instruction at {addr:#x}")
+
+    def _rip_disp(self, insn: Any) -> int | None:
+        """Offset of the displacement of a %rip-relative operand, if any (x86_64 only)."""
+        if not self.is64:
+            return None
+        for op in insn.operands:
+            if op.type == capstone.x86.X86_OP_MEM and op.mem.base == capstone.x86.X86_REG_RIP:
+                return int(insn.disp_offset)
+        return None
+
+    def _fixups(self, insn: bytes) -> int:
+        """Which fix-ups a step out of line needs: resume_execution()'s opcode switch."""
+        i = skip_prefixes(insn, self.is64)
+        op = insn[i]
+        if op in (0xC2, 0xC3, 0xCA, 0xCB, 0xCF, 0xEA):  # ret/lret/iret/jmp abs: ip correct
+            return 0
+        if op == 0xE8:  # call relative: fix return address and ip
+            return UPROBE_FIX_IP | UPROBE_FIX_CALL
+        if op == 0x9A and not self.is64:  # call absolute: fix return address only
+            return UPROBE_FIX_CALL
+        if op == 0xFF and i + 1 < len(insn):
+            modrm = insn[i + 1]
+            if modrm & 0x30 == 0x10:  # call absolute, indirect: fix return address only
+                return UPROBE_FIX_CALL
+            if modrm & 0x31 in (0x20, 0x21):  # jmp near/far, absolute indirect: ip correct
+                return 0
+        return UPROBE_FIX_IP
+
+    def _relocate(self, insn: bytes, disp_off: int | None, src: int, dest: int) -> bytes:
+        """__copy_instruction(): a %rip-relative displacement adjusted for the new place."""
+        if disp_off is None:
+            return insn
+        disp = int.from_bytes(insn[disp_off : disp_off + 4], "little", signed=True)
+        newdisp = src + disp - dest
+        if not -(1 << 31) <= newdisp < (1 << 31):
+            raise ProbeError(errno.EINVAL, "new displacement does not fit into s32")
+        return insn[:disp_off] + newdisp.to_bytes(4, "little", signed=True) + insn[disp_off + 4 :]
+
+    # --- kprobes ----------------------------------------------------------------------------
+
+    def kprobe_trap_addr(self, regs: PtRegs) -> int:
+        # kprobe_int3_handler(): addr = regs->ip - sizeof(kprobe_opcode_t)
+        return (int(regs.ip) - 1) & self.mask  # type: ignore[attr-defined]
+
+    def arch_prepare_kprobe(self, addr: int, code: bytes, slot: int) -> ArchSpecificInsn:
+        insn = self.decode(code, addr)
+        raw = bytes(insn.bytes)
+        if raw[0] == INT3_INSN_OPCODE:  # __copy_instruction(): another breakpoint: refuse
+            raise ProbeError(errno.EINVAL, f"{addr:#x} already holds an int3 not ours")
+        slot_bytes = self._relocate(raw, self._rip_disp(insn), addr, slot)
+        i = skip_prefixes(raw, self.is64)
+        return ArchSpecificInsn(
+            insn=raw,
+            length=len(raw),
+            slot=slot_bytes,
+            fixups=self._fixups(raw),
+            # is_IF_modifier(): cli, sti, iret, popf
+            extra={"if_modifier": raw[i] in (0xFA, 0xFB, 0xCF, 0x9D), "pushf": raw[i] == 0x9C},
+        )
+
+    def set_current_kprobe_flags(self, kcb: Any, regs: PtRegs, ainsn: ArchSpecificInsn) -> None:
+        flags = int(regs.flags)  # type: ignore[attr-defined]
+        kcb.saved_flags = kcb.old_flags = flags & (X86_EFLAGS_TF | X86_EFLAGS_IF)
+        if ainsn.extra.get("if_modifier"):
+            kcb.saved_flags &= ~X86_EFLAGS_IF
+
+    def prepare_singlestep(
+        self, kcb: Any, regs: PtRegs, addr: int, slot: int, ainsn: ArchSpecificInsn
+    ) -> None:
+        # setup_singlestep(): TF on, IF off, ip to the copy
+        r: Any = regs
+        r.flags = (int(r.flags) | X86_EFLAGS_TF) & ~X86_EFLAGS_IF
+        r.ip = slot
+
+    def resume_execution(
+        self, kcb: Any, regs: PtRegs, mem: Memory, addr: int, slot: int, ainsn: ArchSpecificInsn
+    ) -> None:
+        r: Any = regs
+        r.flags = int(r.flags) & ~X86_EFLAGS_TF
+        sp = int(r.sp)
+        if ainsn.extra.get("pushf"):  # pushfl: TF/IF in the pushed flags as before the hit
+            tos = int.from_bytes(mem.read(sp, self.word), "little")
+            tos = (tos & ~(X86_EFLAGS_TF | X86_EFLAGS_IF)) | kcb.old_flags
+            mem.write(sp, tos.to_bytes(self.word, "little"))
+        if ainsn.fixups & UPROBE_FIX_CALL:
+            tos = int.from_bytes(mem.read(sp, self.word), "little")
+            mem.write(sp, ((addr + tos - slot) & self.mask).to_bytes(self.word, "little"))
+        if ainsn.fixups & UPROBE_FIX_IP:
+            r.ip = (int(r.ip) + addr - slot) & self.mask
+        # kprobe_debug_handler(): regs->flags |= kcb->kprobe_saved_flags
+        r.flags = int(r.flags) | kcb.saved_flags
+
+    def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
+        # kprobe_fault_handler() (and seed 000): ip back to the probe, TF off, old flags back
+        r: Any = regs
+        r.ip = addr
+        r.flags = (int(r.flags) & ~X86_EFLAGS_TF) | kcb.old_flags
+
+    def arch_prepare_kretprobe(self, mem: Memory, regs: PtRegs, trampoline: int) -> tuple[int, int]:
+        sara = int(regs.sp)  # type: ignore[attr-defined]
+        ret = int.from_bytes(mem.read(sara, self.word), "little")
+        mem.write(sara, trampoline.to_bytes(self.word, "little"))
+        return ret, sara
+
+    def kretprobe_frame(self, regs: PtRegs) -> int:
+        # trampoline_handler(): frame_pointer = &regs->sp, the slot the address was popped from
+        return (int(regs.sp) - self.word) & self.mask  # type: ignore[attr-defined]
+
+    # --- uprobes ----------------------------------------------------------------------------
+
+    def arch_uprobe_analyze_insn(self, insn: bytes, vaddr: int) -> ArchSpecificInsn:
+        dec = self.decode(insn, vaddr)
+        raw = bytes(dec.bytes)
+        i = skip_prefixes(raw, self.is64)
+        op = raw[i]
+        refused = op in REFUSED_ONEBYTE and op != 0x0F
+        refused |= self.is64 and op in REFUSED_ONEBYTE_64
+        refused |= op == 0x0F and i + 1 < len(raw) and raw[i + 1] in REFUSED_TWOBYTE
+        if refused:
+            # the kernel returns -ENOTSUPP (524, kernel-internal); EOPNOTSUPP is its user face
+            raise ProbeError(
+                errno.EOPNOTSUPP,
+                f"{self.name}: uprobes cannot single-step {dec.mnemonic} {dec.op_str}".strip()
+                + f" at {vaddr:#x}",
+                hint="probe another instruction of the function",
+            )
+        return ArchSpecificInsn(
+            insn=raw,
+            length=len(raw),
+            fixups=self._fixups(raw),
+            skip_sstep=is_nop_pattern(raw),
+            extra={"rip_disp": self._rip_disp(dec)},
+        )
+
+    def arch_uprobe_copy_ixol(self, auprobe: ArchSpecificInsn, vaddr: int, xol_vaddr: int) -> bytes:
+        # The kernel moves a %rip-relative operand onto a scratch register (riprel_pre_xol);
+        # adjusting the displacement for the slot reaches the same memory.
+        return self._relocate(auprobe.insn, auprobe.extra.get("rip_disp"), vaddr, xol_vaddr)
+
+    def arch_uprobe_skip_sstep(self, auprobe: ArchSpecificInsn, regs: PtRegs) -> bool:
+        if not auprobe.skip_sstep:
+            return False
+        r: Any = regs
+        r.ip = (int(r.ip) + auprobe.length) & self.mask  # handlers saw ip == vaddr
+        return True
+
+    def arch_uprobe_pre_xol(
+        self,
+        auprobe: ArchSpecificInsn,
+        regs: PtRegs,
+        autask: ArchUprobeTask,
+        xol_vaddr: int,
+        thread: Any,
+    ) -> None:
+        r: Any = regs
+        autask.saved_trap_nr = thread.trap_nr
+        thread.trap_nr = UPROBE_TRAP_NR
+        r.ip = xol_vaddr
+        autask.saved_tf = bool(int(r.flags) & X86_EFLAGS_TF)
+        r.flags = int(r.flags) | X86_EFLAGS_TF  # user_enable_single_step()
+
+    def arch_uprobe_post_xol(
+        self,
+        auprobe: ArchSpecificInsn,
+        regs: PtRegs,
+        autask: ArchUprobeTask,
+        mem: Memory,
+        vaddr: int,
+        xol_vaddr: int,
+        thread: Any,
+    ) -> bool:
+        r: Any = regs
+        trapped = thread.trap_nr != UPROBE_TRAP_NR
+        thread.trap_nr = autask.saved_trap_nr
+        if not autask.saved_tf:
+            r.flags = int(r.flags) & ~X86_EFLAGS_TF
+        if trapped:
+            return False
+        if auprobe.fixups & UPROBE_FIX_CALL:
+            sp = int(r.sp)
+            tos = int.from_bytes(mem.read(sp, self.word), "little")
+            mem.write(sp, ((tos + vaddr - xol_vaddr) & self.mask).to_bytes(self.word, "little"))
+        if auprobe.fixups & UPROBE_FIX_IP:
+            r.ip = (int(r.ip) + vaddr - xol_vaddr) & self.mask
+        return True
+
+    def arch_uprobe_xol_was_trapped(self, thread: Any) -> bool:
+        return bool(thread.trap_nr != UPROBE_TRAP_NR)
+
+    def arch_uprobe_abort_xol(
+        self,
+        auprobe: ArchSpecificInsn,
+        regs: PtRegs,
+        autask: ArchUprobeTask,
+        vaddr: int,
+        thread: Any,
+    ) -> None:
+        r: Any = regs
+        thread.trap_nr = autask.saved_trap_nr
+        r.ip = vaddr
+        if not autask.saved_tf:
+            r.flags = int(r.flags) & ~X86_EFLAGS_TF
+
+    def arch_uretprobe_hijack_return_addr(self, mem: Memory, regs: PtRegs, trampoline: int) -> int:
+        sp = int(regs.sp)  # type: ignore[attr-defined]
+        orig = int.from_bytes(mem.read(sp, self.word), "little")
+        mem.write(sp, trampoline.to_bytes(self.word, "little"))
+        return orig

@@ -1,0 +1,155 @@
+"""What the generic cores need from a Machine, and the exceptions that steer its traps."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, overload
+
+from kuprobe.regs import PtRegs
+from kuprobe.task import Task, set_current
+
+log = logging.getLogger("kuprobe.model")
+
+if TYPE_CHECKING:
+    from kuprobe.elf import ElfImage
+    from kuprobe.model.arch.base import Arch
+
+
+class ModelError(RuntimeError):
+    """The emulated run cannot go on (bad fetch, bound exceeded, a kernel oops …)."""
+
+
+class ProcessSignalled(ModelError):
+    """The task was killed by a signal (SIGSEGV, SIGTRAP, a fatal signal …)."""
+
+    def __init__(self, signo: int, message: str) -> None:
+        super().__init__(message)
+        self.signo = signo
+
+
+class HandlerAbandoned(BaseException):
+    """Seed 000: a handler faulted and its fault_handler did not fix it: unwind the handler."""
+
+
+class Restart(BaseException):
+    """Stop the CPU and go on at ``regs`` (a fault fixed up the trapped instruction)."""
+
+    def __init__(self, regs: PtRegs, before: list[int]) -> None:
+        super().__init__()
+        self.regs = regs
+        self.before = before  # the values at the trap: only what changed is written back
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per event
+class TraceEvent:
+    """One entry of ``Machine.trace``: a trap, a handler call or a state change, in order."""
+
+    seq: int
+    kind: str  # "int3", "kprobe", "singlestep", "status", "fault", "uprobe", "utask" …
+    addr: int
+    status: str = ""  # the kprobe_ctlblk or utask state after the event
+    probe: Any = None
+    detail: str = ""
+
+    def __str__(self) -> str:
+        parts = [f"{self.seq:6d} {self.kind:<12} {self.addr:#x}"]
+        if self.status:
+            parts.append(self.status)
+        if self.detail:
+            parts.append(self.detail)
+        return " ".join(parts)
+
+
+class Trace(Sequence[TraceEvent]):
+    """``Machine.trace``: kept as plain tuples while running, TraceEvents when read.
+
+    A list-like sequence (len, index, slice, iterate); ``clear()`` empties it and sequence
+    numbers go on from where they were.
+    """
+
+    __slots__ = ("_base", "_raw")
+
+    def __init__(self) -> None:
+        self._raw: list[tuple[str, int, str, Any, str]] = []
+        self._base = 0
+
+    def add(self, kind: str, addr: int, status: str, probe: Any, detail: str) -> None:
+        self._raw.append((kind, addr, status, probe, detail))
+
+    def clear(self) -> None:
+        self._base += len(self._raw)
+        self._raw.clear()
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, index: int) -> TraceEvent: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[TraceEvent]: ...
+    def __getitem__(self, index: int | slice) -> TraceEvent | list[TraceEvent]:
+        if isinstance(index, slice):
+            return [self._event(i) for i in range(*index.indices(len(self._raw)))]
+        if index < 0:
+            index += len(self._raw)
+        if not 0 <= index < len(self._raw):
+            raise IndexError(index)
+        return self._event(index)
+
+    def _event(self, i: int) -> TraceEvent:
+        return TraceEvent(self._base + i + 1, *self._raw[i])
+
+    def __repr__(self) -> str:
+        return f"<Trace of {len(self._raw)} events>"
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self)
+
+
+class MachineLike(Protocol):
+    """The part of a Machine the cores use."""
+
+    hooks: Arch
+    arch: str
+    trace_enabled: bool
+    strict: bool
+    load_bias: int  # where an ET_DYN file was put (0 for ET_EXEC)
+    task: Task
+    image: ElfImage
+
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+    def record(
+        self, kind: str, addr: int, status: str = "", probe: Any = None, detail: str = ""
+    ) -> None: ...
+    def handler_error(self, probe: Any, exc: BaseException) -> None: ...
+    def fill_stack(self, regs: PtRegs) -> None: ...
+
+
+def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a user handler as the trapped task's kernel would: ``current`` set, errors counted.
+
+    A handler that raises is counted (``handler_errors``), logged the first time, and
+    treated as returning 0, as the live side's dispatcher does; the exception is kept in
+    ``Machine.errors``. A Machine loaded with ``strict=True`` lets it propagate instead (the
+    call fails with it: what a test of handler logic wants).
+    """
+    for a in args:
+        if isinstance(a, PtRegs):
+            m.fill_stack(a)
+    previous = set_current(m.task)
+    try:
+        return fn(*args)
+    except Exception as e:
+        if m.strict:
+            raise
+        probe._handler_errors += 1
+        if probe._handler_errors == 1:
+            log.error("a handler of %r raised; counted in handler_errors, the run goes on",
+                      probe, exc_info=e)  # fmt: skip
+        m.handler_error(probe, e)
+        return 0
+    finally:
+        set_current(previous)

@@ -1,0 +1,132 @@
+"""kretprobes: an instance pool, entry_handler, the return-address hijack and the trampoline.
+
+Mirrors kernel/kprobes.c (register_kretprobe, pre_handler_kretprobe, recycle_rp_inst) and
+the trampoline of arch/x86/kernel/kprobes/core.c (trampoline_handler: the instances of this
+frame, newest first, handlers called with the return registers, then the real return address).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from kuprobe.errors import ProbeError
+from kuprobe.model.core.common import MachineLike, call_handler
+from kuprobe.model.core.kprobes import KprobeTable
+from kuprobe.probes import KRETPROBE_MAX_DATA_SIZE, Kprobe, Kretprobe, KretprobeInstance
+from kuprobe.regs import PtRegs
+
+# kernel/kprobes.c: register_kretprobe(): with CONFIG_PREEMPTION (Debian's kernels) the
+# default pool is max(10, 2 * num_possible_cpus()); the model has this host's two CPUs.
+NUM_POSSIBLE_CPUS = 2
+DEFAULT_MAXACTIVE = max(10, 2 * NUM_POSSIBLE_CPUS)
+
+
+@dataclass(eq=False)
+class _InFlight:
+    ri: KretprobeInstance
+    fp: int  # ri->fp: the stack slot that held the return address
+    rp: Kretprobe | None  # None once the kretprobe was unregistered (ri->rp = NULL)
+
+
+class _KretprobeEntry:
+    """The kprobe a kretprobe registers at the function entry (pre_handler_kretprobe)."""
+
+    def __init__(self, owner: KretprobeCore, rp: Kretprobe, maxactive: int) -> None:
+        self.owner = owner
+        self.rp = rp
+        self.free = [KretprobeInstance(rp, bytearray(rp.data_size)) for _ in range(maxactive)]
+        self.kp = Kprobe(symbol_name=rp.symbol_name, offset=rp.offset, addr=rp.addr)
+
+    def missed(self) -> None:
+        self.rp._nmissed += 1
+
+    def pre_handler(self, regs: PtRegs) -> int:
+        m = self.owner.m
+        rp = self.rp
+        if not self.free:  # no instance: the call goes unprobed
+            rp._nmissed += 1
+            m.record("kretprobe", self.owner.table.addr_of[self.kp], detail="pool empty: miss",
+                     probe=rp)  # fmt: skip
+            return 0
+        ri = self.free.pop()
+        ri.task = m.task
+        if rp.entry_handler is not None and call_handler(m, rp, rp.entry_handler, ri, regs):
+            self.free.append(ri)  # nonzero: no return handler for this call
+            return 0
+        ri.ret_addr, fp = m.hooks.arch_prepare_kretprobe(m, regs, m.hooks.KRETPROBE_TRAMPOLINE)
+        self.owner.inflight.append(_InFlight(ri, fp, rp))
+        return 0
+
+
+class KretprobeCore:
+    """The kretprobes of one kernel Machine and its task's instance list."""
+
+    def __init__(self, m: MachineLike, table: KprobeTable) -> None:
+        self.m = m
+        self.table = table
+        self.entries: dict[Kretprobe, _KretprobeEntry] = {}
+        self.inflight: list[_InFlight] = []  # newest last
+
+    def register(self, rp: Kretprobe) -> None:
+        if rp._owner is not None:
+            raise ProbeError(errno.EINVAL, "this kretprobe is already registered", probe=rp)
+        if rp.data_size < 0 or rp.data_size > KRETPROBE_MAX_DATA_SIZE:
+            raise ProbeError(
+                errno.E2BIG if rp.data_size > 0 else errno.EINVAL,
+                f"data_size {rp.data_size} is out of 0..{KRETPROBE_MAX_DATA_SIZE}",
+                probe=rp,
+            )
+        if rp.maxactive < 0:
+            raise ProbeError(errno.EINVAL, f"maxactive {rp.maxactive} is negative", probe=rp)
+        if rp.offset:  # kprobe_on_func_entry(): a kretprobe must be at a function's entry
+            raise ProbeError(
+                errno.EINVAL,
+                "a kretprobe must be on a function entry (offset 0)",
+                probe=rp,
+                hint="use a kprobe for other offsets",
+            )
+        maxactive = rp.maxactive if rp.maxactive > 0 else DEFAULT_MAXACTIVE
+        entry = _KretprobeEntry(self, rp, maxactive)
+        self.table.register(entry.kp, internal=entry)
+        self.entries[rp] = entry
+        rp._owner = self.m
+
+    def unregister(self, rp: Kretprobe) -> None:
+        entry = self.entries.pop(rp, None)
+        if entry is None:
+            raise ProbeError(errno.EINVAL, "this kretprobe is not registered here", probe=rp)
+        self.table.unregister(entry.kp)
+        for f in self.inflight:  # instances in flight still return through the trampoline
+            if f.rp is rp:
+                f.rp = None
+        rp._owner = None
+
+    def trampoline_handler(self, regs: PtRegs) -> None:
+        """trampoline_handler(): run this frame's instances, then return for real."""
+        m = self.m
+        trampoline = m.hooks.KRETPROBE_TRAMPOLINE
+        setattr(regs, m.hooks.ip_field(), trampoline)
+        frame = m.hooks.kretprobe_frame(regs)
+        mine = [f for f in reversed(self.inflight) if f.fp == frame]
+        if not mine:
+            raise RuntimeError(f"kretprobe trampoline reached with no instance for {frame:#x}")
+        # the oldest instance of this frame holds the real return address
+        correct = next((f.ri.ret_addr for f in mine if f.ri.ret_addr != trampoline), trampoline)
+        saved = self.table.busy_begin()
+        try:
+            for f in mine:
+                self.inflight.remove(f)
+                f.ri.ret_addr = correct
+                rp = f.rp
+                if rp is not None:
+                    rp._hits += 1
+                    m.record("kretprobe", frame, probe=rp, detail=f"return to {correct:#x}")
+                    if rp.handler is not None:
+                        call_handler(m, rp, rp.handler, f.ri, regs)
+                    entry = self.entries.get(rp)
+                    if entry is not None:
+                        entry.free.append(f.ri)  # recycle_rp_inst()
+        finally:
+            self.table.busy_end(saved)
+        setattr(regs, m.hooks.ip_field(), correct)

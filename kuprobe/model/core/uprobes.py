@@ -1,0 +1,440 @@
+"""uprobes: (inode, offset) probes shared by every process mapping the file.
+
+Mirrors kernel/events/uprobes.c: the global uprobe tree (here one entry per probed file, as
+seed 001's uprobe_module, dropped with its last probe), register_for_each_vma/uprobe_mmap,
+consumers with filter_chain and UPROBE_HANDLER_REMOVE (handler_chain), the utask states of
+seed 004, the per-process XOL area, pre_ssout/handle_singlestep, uprobe_deny_signal, and
+uretprobes (prepare_uretprobe, handle_trampoline, MAX_URETPROBE_DEPTH).
+"""
+
+from __future__ import annotations
+
+import errno
+import weakref
+from dataclasses import dataclass, field
+
+from kuprobe.elf import ElfImage
+from kuprobe.errors import ProbeError
+from kuprobe.insn import is_boundary
+from kuprobe.model.arch import get_arch
+from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask
+from kuprobe.model.core.common import MachineLike, call_handler
+from kuprobe.probes import UPROBE_HANDLER_REMOVE, Uprobe
+from kuprobe.regs import PtRegs
+from kuprobe.task import Task
+
+# include/linux/uprobes.h: enum uprobe_task_state (UTASK_BP_HIT: seed 004)
+UTASK_RUNNING = "RUNNING"
+UTASK_BP_HIT = "BP_HIT"
+UTASK_SSTEP = "SSTEP"
+UTASK_SSTEP_ACK = "SSTEP_ACK"
+UTASK_SSTEP_TRAPPED = "SSTEP_TRAPPED"
+# include/linux/uprobes.h: how deep uretprobes nest in one task before new ones are omitted
+MAX_URETPROBE_DEPTH = 64
+
+
+@dataclass(eq=False)
+class UprobeEntry:
+    """``struct uprobe``: one probed (inode, offset) and its consumers."""
+
+    inode: tuple[int, int]
+    offset: int
+    path: str
+    arch: ArchSpecificInsn
+    consumers: list[Uprobe] = field(default_factory=list)
+    ref_ctr_offset: int = 0  # one per uprobe (kernel: a second, different one is EINVAL)
+
+
+@dataclass(eq=False)
+class ProbedFile:
+    """Seed 001's uprobe_module: the bookkeeping of one probed file."""
+
+    inode: tuple[int, int]
+    path: str
+    uprobes: dict[int, UprobeEntry] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class ReturnInstance:
+    """``struct return_instance``: one hijacked return in flight."""
+
+    uprobe: UprobeEntry
+    func: int
+    stack: int
+    orig_ret_vaddr: int
+    chained: bool
+
+
+@dataclass
+class Thread:
+    """The part of ``thread_struct`` uprobes read: the last trap number."""
+
+    trap_nr: int = 0
+
+
+@dataclass
+class UprobeTask:
+    """``struct uprobe_task``."""
+
+    state: str = UTASK_RUNNING
+    active_uprobe: UprobeEntry | None = None
+    vaddr: int = 0
+    xol_vaddr: int = 0
+    autask: ArchUprobeTask = field(default_factory=ArchUprobeTask)
+    return_instances: list[ReturnInstance] = field(default_factory=list)  # newest last
+
+    @property
+    def depth(self) -> int:
+        return len(self.return_instances)
+
+
+class XolArea:
+    """``struct xol_area``: a page of slots; slot 0 is the uretprobe trampoline."""
+
+    def __init__(self, m: MachineLike) -> None:
+        arch = m.hooks
+        self.vaddr = arch.XOL_AREA
+        self.slot_size = arch.UPROBE_XOL_SLOT_BYTES
+        m.map_internal(self.vaddr, 0x1000)  # type: ignore[attr-defined]
+        m.write(self.vaddr, arch.UPROBE_SWBP_INSN)  # the trampoline (get_trampoline_vaddr)
+        self.free = list(reversed(range(1, 0x1000 // self.slot_size)))
+        self.contents: dict[int, bytes] = {}
+
+    def copy_insn(self, m: MachineLike, vaddr: int, insn: bytes) -> None:
+        """xol_get_insn_slot()'s copy: skipped when the slot holds these bytes already."""
+        if self.contents.get(vaddr) != insn:
+            m.write(vaddr, insn)
+            self.contents[vaddr] = insn
+
+    def get_slot(self) -> int:
+        if not self.free:
+            raise RuntimeError("XOL area exhausted")
+        return self.vaddr + self.free.pop() * self.slot_size
+
+    def free_slot(self, vaddr: int) -> None:
+        self.free.append((vaddr - self.vaddr) // self.slot_size)
+
+
+class UprobeRegistry:
+    """All uprobes of this interpreter, and the processes (Machines) mapping probed files."""
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[int, int], ProbedFile] = {}
+        self.mms: weakref.WeakSet[UprobeMm] = weakref.WeakSet()
+
+    def entry(self, inode: tuple[int, int], offset: int) -> UprobeEntry | None:
+        f = self.files.get(inode)
+        return None if f is None else f.uprobes.get(offset)
+
+    def resolve(self, up: Uprobe) -> tuple[ElfImage, int]:
+        """The file and the file offset ``up`` names, checked as uprobe_register() does."""
+        image = ElfImage(up.path)
+        if up.symbol_name is not None:
+            sym = image.symbol(up.symbol_name)
+            off = up.offset or 0
+            vaddr = sym.value + off
+            code = image.read_vaddr(sym.value, max(sym.size, off + 1))
+            if not is_boundary(image.arch, code, off):
+                raise ProbeError(
+                    errno.EILSEQ,
+                    f"{up.symbol_name}+{off:#x} is not an instruction boundary",
+                    probe=up,
+                    hint="use an offset where an instruction starts (objdump -d)",
+                )
+            offset = image.vaddr_to_offset(vaddr)
+        elif up.offset is not None:
+            offset = up.offset
+        else:
+            raise ProbeError(errno.EINVAL, "give offset or symbol_name", probe=up)
+        if offset < 0 or not image.executable_offset(offset):
+            raise ProbeError(
+                errno.EINVAL,
+                f"{up.path}: file offset {offset:#x} is in no executable segment",
+                probe=up,
+            )
+        return image, offset
+
+    def register(self, up: Uprobe) -> None:
+        if up._owner is not None:
+            raise ProbeError(errno.EINVAL, "this uprobe is already registered", probe=up)
+        image, offset = self.resolve(up)
+        try:
+            arch = get_arch(image.arch)
+            entry = self.entry(image.inode, offset)
+            if entry is None:
+                insn = image.read(offset, arch.MAX_UINSN_BYTES)
+                vaddr = image.offset_to_vaddr(offset)
+                entry = UprobeEntry(
+                    image.inode, offset, up.path, arch.arch_uprobe_analyze_insn(insn, vaddr)
+                )
+                pf = self.files.setdefault(image.inode, ProbedFile(image.inode, up.path))
+                pf.uprobes[offset] = entry
+        finally:
+            image.close()
+        if up.ref_ctr_offset:
+            if entry.ref_ctr_offset and entry.ref_ctr_offset != up.ref_ctr_offset:
+                raise ProbeError(
+                    errno.EINVAL,
+                    f"ref_ctr_offset {up.ref_ctr_offset:#x} differs from this uprobe's "
+                    f"{entry.ref_ctr_offset:#x}",
+                    probe=up,
+                )
+            entry.ref_ctr_offset = up.ref_ctr_offset
+        entry.consumers.append(up)
+        up._inode, up._file_offset, up._owner = image.inode, offset, self
+        for mm in list(self.mms):  # register_for_each_vma()
+            if mm.inode == entry.inode:
+                mm.sync(entry)
+
+    def unregister(self, up: Uprobe) -> None:
+        if up._owner is not self or up._inode is None or up._file_offset is None:
+            raise ProbeError(errno.EINVAL, "this uprobe is not registered", probe=up)
+        entry = self.entry(up._inode, up._file_offset)
+        assert entry is not None
+        entry.consumers.remove(up)
+        up._owner = None
+        for mm in list(self.mms):
+            if mm.inode == entry.inode:
+                mm.sync(entry)
+        if not entry.consumers:
+            pf = self.files[entry.inode]
+            del pf.uprobes[entry.offset]
+            if not pf.uprobes:  # seed 001: the file's entry goes with its last probe
+                del self.files[entry.inode]
+
+    def mmap(self, mm: UprobeMm) -> None:
+        """uprobe_mmap(): a new process maps a file: install the probes that want it."""
+        self.mms.add(mm)
+        pf = self.files.get(mm.inode)
+        if pf is not None:
+            for entry in pf.uprobes.values():
+                mm.sync(entry)
+
+
+REGISTRY = UprobeRegistry()
+
+
+def consumer_wants(up: Uprobe, task: Task) -> bool:
+    """consumer_filter(): the consumer's filter (and the probe's pid) accept ``task``."""
+    if up.pid is not None and up.pid != task.pid:
+        return False
+    uc = up.consumer
+    if uc is None or uc.filter is None:
+        return True
+    return bool(uc.filter(uc, task))
+
+
+class UprobeMm:
+    """One process's uprobe state: its breakpoints, XOL area, utask and return instances."""
+
+    def __init__(self, m: MachineLike, inode: tuple[int, int]) -> None:
+        self.m = m
+        self.inode = inode
+        self.installed: dict[int, UprobeEntry] = {}
+        self.refed: dict[int, int] = {}  # vaddr -> the ref_ctr_offset counted for it
+        self.xol: XolArea | None = None
+        self.utask = UprobeTask()
+        self.thread = Thread()
+
+    # --- breakpoints ---------------------------------------------------------------------
+
+    def vaddr_of(self, entry: UprobeEntry) -> int:
+        return self.m.load_bias + int(self.m.image.offset_to_vaddr(entry.offset))
+
+    def filter_chain(self, entry: UprobeEntry) -> bool:
+        return any(consumer_wants(up, self.m.task) for up in entry.consumers)
+
+    def sync(self, entry: UprobeEntry) -> None:
+        """Install or remove the breakpoint as the consumers now want (install_breakpoint)."""
+        vaddr = self.vaddr_of(entry)
+        want = bool(entry.consumers) and self.filter_chain(entry)
+        have = self.installed.get(vaddr) is entry
+        if want and not have:
+            self.m.write(vaddr, self.m.hooks.UPROBE_SWBP_INSN)
+            self.installed[vaddr] = entry
+            self.m.record("install", vaddr, detail=f"uprobe {entry.path}:{entry.offset:#x}")
+        elif have and not want:
+            self.remove_breakpoint(vaddr, entry)
+        if want and entry.ref_ctr_offset and vaddr not in self.refed:
+            self._update_ref_ctr(entry.ref_ctr_offset, +1)  # install_breakpoint()
+            self.refed[vaddr] = entry.ref_ctr_offset
+
+    def remove_breakpoint(self, vaddr: int, entry: UprobeEntry) -> None:
+        """set_orig_insn(): the original bytes back in this process."""
+        n = len(self.m.hooks.UPROBE_SWBP_INSN)
+        self.m.write(vaddr, entry.arch.insn[:n])
+        del self.installed[vaddr]
+        ref = self.refed.pop(vaddr, 0)
+        if ref:
+            self._update_ref_ctr(ref, -1)  # remove_breakpoint()
+        self.m.record("remove", vaddr, detail=f"uprobe {entry.path}:{entry.offset:#x}")
+
+    def _update_ref_ctr(self, ref_ctr_offset: int, d: int) -> None:
+        """update_ref_ctr(): the USDT semaphore (a short) counts the probes that want it."""
+        vaddr = self.m.load_bias + self.m.image.offset_to_vaddr(ref_ctr_offset)
+        val = int.from_bytes(self.m.read(vaddr, 2), "little")
+        self.m.write(vaddr, ((val + d) & 0xFFFF).to_bytes(2, "little"))
+
+    def get_xol_area(self) -> XolArea:
+        if self.xol is None:  # xol_add_vma(), on first use
+            self.xol = XolArea(self.m)
+        return self.xol
+
+    def set_state(self, state: str, addr: int) -> None:
+        self.utask.state = state
+        self.m.record("utask", addr, state)
+
+    # --- the breakpoint (handle_swbp) ------------------------------------------------------
+
+    def handle_swbp(self, regs: PtRegs) -> bool:
+        """Returns False if the breakpoint is not a uprobe's (the caller sends SIGTRAP)."""
+        m = self.m
+        arch = m.hooks
+        bp_vaddr = arch.uprobe_get_swbp_addr(regs)
+        if self.xol is not None and bp_vaddr == self.xol.vaddr:
+            self.handle_trampoline(regs)
+            return True
+        entry = self.installed.get(bp_vaddr)
+        if entry is None:
+            insn = m.read(bp_vaddr, len(arch.UPROBE_SWBP_INSN))
+            if arch.is_trap_insn(insn):
+                return False  # not ours: SIGTRAP
+            setattr(regs, arch.ip_field(), bp_vaddr)  # removed meanwhile: restart
+            return True
+        utask = self.utask
+        self.set_state(UTASK_BP_HIT, bp_vaddr)
+        # "change it in advance for ->handler() and restart"
+        setattr(regs, arch.ip_field(), bp_vaddr)
+        self.handler_chain(entry, regs, bp_vaddr)
+        if arch.arch_uprobe_skip_sstep(entry.arch, regs):
+            m.record("skip_sstep", bp_vaddr, detail="emulated, no single-step")
+            self.set_state(UTASK_RUNNING, bp_vaddr)
+            return True
+        # pre_ssout(): a slot, the arch's pre_xol, then step
+        xol = self.get_xol_area()
+        utask.xol_vaddr = xol.get_slot()
+        xol.copy_insn(
+            m, utask.xol_vaddr, arch.arch_uprobe_copy_ixol(entry.arch, bp_vaddr, utask.xol_vaddr)
+        )
+        utask.vaddr = bp_vaddr
+        arch.arch_uprobe_pre_xol(entry.arch, regs, utask.autask, utask.xol_vaddr, self.thread)
+        utask.active_uprobe = entry
+        self.set_state(UTASK_SSTEP, bp_vaddr)
+        return True
+
+    def handler_chain(self, entry: UprobeEntry, regs: PtRegs, bp_vaddr: int) -> None:
+        m = self.m
+        task = m.task
+        remove = True
+        called = False
+        need_prep = False
+        for up in list(entry.consumers):
+            if not consumer_wants(up, task):
+                continue
+            up._hits += 1
+            uc = up.consumer
+            m.record("uprobe", bp_vaddr, self.utask.state, probe=up)
+            if uc is not None and uc.handler is not None:
+                rc = call_handler(m, up, uc.handler, uc, regs)
+                called = True
+                remove = remove and rc == UPROBE_HANDLER_REMOVE
+            else:
+                remove = False
+            if uc is not None and uc.ret_handler is not None:
+                need_prep = True
+        if need_prep and not (called and remove):
+            self.prepare_uretprobe(entry, regs, bp_vaddr)
+        if called and remove and entry.consumers and bp_vaddr in self.installed:
+            # every handler asked: no more calls from this process (unapply_uprobe)
+            self.remove_breakpoint(bp_vaddr, entry)
+
+    # --- the step out of line -------------------------------------------------------------
+
+    def post_sstep_notifier(self) -> bool:
+        """uprobe_post_sstep_notifier(): our step finished (the debug trap)."""
+        if self.utask.active_uprobe is None:
+            return False
+        self.set_state(UTASK_SSTEP_ACK, self.utask.vaddr)
+        return True
+
+    def handle_singlestep(self, regs: PtRegs) -> None:
+        m = self.m
+        utask = self.utask
+        entry = utask.active_uprobe
+        assert entry is not None
+        if utask.state == UTASK_SSTEP_ACK:
+            ok = m.hooks.arch_uprobe_post_xol(
+                entry.arch, regs, utask.autask, m, utask.vaddr, utask.xol_vaddr, self.thread
+            )
+            if not ok:  # the step trapped: restart the probed insn
+                setattr(regs, m.hooks.ip_field(), utask.vaddr)
+        elif utask.state == UTASK_SSTEP_TRAPPED:
+            m.hooks.arch_uprobe_abort_xol(entry.arch, regs, utask.autask, utask.vaddr, self.thread)
+            m.record("abort_xol", utask.vaddr, detail="ip back to the probe")
+        assert self.xol is not None
+        self.xol.free_slot(utask.xol_vaddr)
+        utask.active_uprobe = None
+        self.set_state(UTASK_RUNNING, utask.vaddr)
+
+    def deny_signal(self, fatal: bool) -> bool:
+        """uprobe_deny_signal(): no signal while single-stepping; a fatal one aborts the step."""
+        utask = self.utask
+        if utask.active_uprobe is None:
+            return False
+        if fatal or self.m.hooks.arch_uprobe_xol_was_trapped(self.thread):
+            self.set_state(UTASK_SSTEP_TRAPPED, utask.vaddr)
+        return True
+
+    # --- uretprobes -----------------------------------------------------------------------
+
+    def prepare_uretprobe(self, entry: UprobeEntry, regs: PtRegs, bp_vaddr: int) -> None:
+        m = self.m
+        utask = self.utask
+        if utask.depth >= MAX_URETPROBE_DEPTH:
+            m.record("uretprobe", bp_vaddr, detail="omitted due to nestedness limit")
+            return
+        trampoline = self.get_xol_area().vaddr
+        orig = m.hooks.arch_uretprobe_hijack_return_addr(m, regs, trampoline)
+        chained = orig == trampoline
+        if chained:
+            if not utask.return_instances:
+                return  # "unable to set uretprobe": the kernel kills the task here
+            orig = utask.return_instances[-1].orig_ret_vaddr
+        sp = int(getattr(regs, m.hooks.stack_pointer_field()))
+        utask.return_instances.append(ReturnInstance(entry, bp_vaddr, sp, orig, chained))
+
+    def handle_trampoline(self, regs: PtRegs) -> None:
+        m = self.m
+        utask = self.utask
+        if not utask.return_instances:
+            raise RuntimeError("uretprobe trampoline hit with no return instance (SIGILL)")
+        batch = [utask.return_instances.pop()]
+        while batch[-1].chained and utask.return_instances:
+            batch.append(utask.return_instances.pop())
+        setattr(regs, m.hooks.ip_field(), batch[0].orig_ret_vaddr)
+        for ri in batch:  # handle_uretprobe_chain()
+            for up in list(ri.uprobe.consumers):
+                uc = up.consumer
+                if uc is None or uc.ret_handler is None or not consumer_wants(up, m.task):
+                    continue
+                up._ret_hits += 1
+                m.record("uretprobe", ri.func, probe=up, detail=f"return to {ri.orig_ret_vaddr:#x}")
+                call_handler(m, up, uc.ret_handler, uc, ri.func, regs)
+
+    def save_task(self) -> tuple[UprobeTask, Thread]:
+        """Set the utask aside for a nested call (see Machine.call)."""
+        saved = (self.utask, self.thread)
+        self.utask, self.thread = UprobeTask(), Thread(saved[1].trap_nr)
+        return saved
+
+    def restore_task(self, saved: tuple[UprobeTask, Thread]) -> None:
+        if self.utask.active_uprobe is not None and self.xol is not None:
+            self.xol.free_slot(self.utask.xol_vaddr)
+        self.utask, self.thread = saved
+
+    def reset(self) -> None:
+        """The task died: forget its in-flight state (uprobe_free_utask)."""
+        if self.utask.active_uprobe is not None and self.xol is not None:
+            self.xol.free_slot(self.utask.xol_vaddr)
+        self.utask = UprobeTask()
+        self.thread = Thread()

@@ -1,0 +1,69 @@
+"""resume_execution() / arch_uprobe_post_xol(): the fix-ups after a step out of line.
+
+arch/x86/kernel/kprobes/core.c resume_execution(): a relative call's pushed return address
+and new ip are made relative to the original; relative jmp/jcc get their ip fixed; ret and
+absolute indirect jmp need nothing; an absolute indirect call only its return address;
+__copy_instruction() moves a %rip-relative displacement for the slot (x86_64).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kuprobe import Kprobe, Uprobe, UprobeConsumer, regs_get_kernel_stack_nth
+from kuprobe.insn import disassembler
+from kuprobe.model import Machine
+from kuprobe.regs import PtRegs, instruction_pointer
+
+from .bare import count_insns
+
+# (kind, file stem, function, argument, how to find the instruction)
+KINDS = [
+    ("call rel", "target", "calls", 5, lambda i: i.mnemonic == "call" and "0x" in i.op_str),
+    ("jcc rel", "target", "table_sum", 9, lambda i: i.mnemonic in ("jne", "jg", "jl", "jle")),
+    ("ret", "target", "fib", 7, lambda i: i.mnemonic == "ret"),
+    ("call indirect", "model_funcs", "model_indirect", 3,
+     lambda i: i.mnemonic == "call" and "0x" not in i.op_str),
+    ("jmp indirect", "model_funcs", "model_jumptable", 2,
+     lambda i: i.mnemonic == "jmp" and "[" in i.op_str),
+    ("rip-relative", "target", "table_sum", 9, lambda i: "rip" in i.op_str),
+]  # fmt: skip
+
+
+def find(m: Machine, func: str, pred: object) -> tuple[int, int, str]:
+    sym = m.image.symbol(func)
+    for insn in disassembler(m.arch).disasm(m.read(sym.value, sym.size), sym.value):
+        if pred(insn):  # type: ignore[operator]
+            return insn.address, insn.size, f"{insn.mnemonic} {insn.op_str}"
+    pytest.skip(f"{func} has no such instruction on {m.arch} (i386 has no %rip-relative mode)")
+
+
+@pytest.mark.parametrize(("kind", "stem", "func", "arg", "pred"), KINDS, ids=[k[0] for k in KINDS])
+def test_fixup(targets: object, arch: str, kind: str, stem: str, func: str, arg: int,
+               pred: object) -> None:  # fmt: skip
+    path = f"{targets}/{arch}/{stem}-static"
+    expected, executed = count_insns(path, arch, func, arg)
+    k = Machine.load(path, space="kernel")
+    addr, size, text = find(k, func, pred)
+    after: list[tuple[int, int]] = []
+
+    def post(p: Kprobe, regs: PtRegs, flags: int) -> None:
+        after.append((instruction_pointer(regs), regs_get_kernel_stack_nth(regs, 0)))
+
+    kp = Kprobe(addr=addr, post_handler=post)
+    k.register_kprobe(kp)
+    assert k.call(func, arg) == expected, text
+    k.unregister_kprobe(kp)
+    assert kp.hits == executed[addr] > 0, text
+    slot = k.kprobes.points if k.kprobes else {}
+    assert not slot
+    for ip, tos in after:  # never inside the slot page: always the original's world
+        assert not k.hooks.INSN_PAGES <= ip < k.hooks.INSN_PAGES + 0x1000, text
+        if kind.startswith("call"):
+            assert tos == addr + size, f"{text}: return address {tos:#x}"
+    u = Machine.load(path)
+    up = Uprobe(path, offset=u.image.vaddr_to_offset(addr), consumer=UprobeConsumer())
+    u.register_uprobe(up)
+    assert u.call(func, arg) == expected, text
+    u.unregister_uprobe(up)
+    assert up.hits == executed[addr], text

@@ -1,0 +1,352 @@
+"""uprobes (kernel/events/uprobes.c, arch/x86/kernel/uprobes.c; seeds 001 and 004)."""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+import pytest
+
+from kuprobe import ProbeError, Uprobe, UprobeConsumer, regs_return_value
+from kuprobe.model import Machine, ProcessSignalled
+from kuprobe.model.core.uprobes import MAX_URETPROBE_DEPTH, REGISTRY
+from kuprobe.probes import UPROBE_HANDLER_REMOVE
+from kuprobe.regs import PtRegs, instruction_pointer
+from kuprobe.task import Task
+
+
+def counting(log: list[object], ret: int = 0) -> UprobeConsumer:
+    return UprobeConsumer(handler=lambda uc, r: log.append(instruction_pointer(r)) or ret)
+
+
+# --- registration and identity --------------------------------------------------------------
+
+
+def test_identity_is_inode_and_offset(user: Machine, funcs: str) -> None:
+    up = Uprobe(funcs, symbol_name="add")
+    user.register_uprobe(up)
+    try:
+        assert up.inode == user.image.inode
+        assert up.file_offset == user.image.vaddr_to_offset(user.symbol_address("add"))
+        # the same (inode, offset) given as a file offset is the same kernel uprobe
+        same = Uprobe(funcs, offset=up.file_offset)
+        user.register_uprobe(same)
+        assert len(REGISTRY.files[up.inode].uprobes) == 1
+        user.unregister_uprobe(same)
+    finally:
+        user.unregister_uprobe(up)
+
+
+@pytest.mark.parametrize(
+    ("kw", "code"),
+    [({"symbol_name": "loop_sum", "offset": 1}, errno.EILSEQ),
+     ({"symbol_name": "nope"}, errno.ENOENT), ({"offset": 0}, errno.EINVAL),
+     ({}, errno.EINVAL)],
+)  # fmt: skip
+def test_bad_uprobes(user: Machine, funcs: str, kw: dict[str, object], code: int) -> None:
+    if kw.get("offset") == 1 and user.arch == "i386":
+        kw = {"symbol_name": "loop_sum", "offset": 2}  # i386 loop_sum starts with push %ebp
+    with pytest.raises(ProbeError) as e:
+        user.register_uprobe(Uprobe(funcs, **kw))  # type: ignore[arg-type]
+    assert e.value.errno == code
+
+
+def test_missing_file_and_reregistration(user: Machine, funcs: str) -> None:
+    with pytest.raises(ProbeError) as e:
+        user.register_uprobe(Uprobe("/nonexistent/file", symbol_name="add"))
+    assert e.value.errno == errno.ENOENT
+    up = Uprobe(funcs, symbol_name="add")
+    user.register_uprobe(up)
+    with pytest.raises(ProbeError) as e:
+        user.register_uprobe(up)
+    assert e.value.errno == errno.EINVAL
+    user.unregister_uprobe(up)
+
+
+def test_uprobes_need_a_user_machine(kernel: Machine, funcs: str) -> None:
+    with pytest.raises(ProbeError) as e:
+        kernel.register_uprobe(Uprobe(funcs, symbol_name="add"))
+    assert e.value.errno == errno.EINVAL
+
+
+def test_one_entry_per_probed_file_dropped_with_its_last_probe(user: Machine, funcs: str) -> None:
+    """Seed 001: one uprobe_module per probed file, dropped with its last probe."""
+    a, b = Uprobe(funcs, symbol_name="add"), Uprobe(funcs, symbol_name="fib")
+    user.register_uprobe(a)
+    user.register_uprobe(b)
+    assert list(REGISTRY.files) == [user.image.inode]
+    assert len(REGISTRY.files[user.image.inode].uprobes) == 2
+    user.unregister_uprobe(a)
+    assert user.image.inode in REGISTRY.files
+    user.unregister_uprobe(b)
+    assert user.image.inode not in REGISTRY.files
+
+
+def test_global_to_the_file_now_and_later(funcs: str) -> None:
+    """Uprobes apply to every process mapping the file (register_for_each_vma, uprobe_mmap)."""
+    before = Machine.load(funcs)
+    via = Machine.load(funcs)
+    log: list[object] = []
+    up = Uprobe(funcs, symbol_name="add", consumer=counting(log))
+    via.register_uprobe(up)
+    after = Machine.load(funcs)
+    for m in (before, via, after):
+        assert m.call("add", 1, 2) == 3
+    via.unregister_uprobe(up)
+    after.call("add", 1, 2)
+    assert up.hits == 3
+    add = before.symbol_address("add")
+    assert log == [add, add, add]  # handlers see ip == the probed address
+
+
+# --- consumers: handler_chain(), filter_chain() ---------------------------------------------
+
+
+def test_consumers_filters_and_remove(funcs: str) -> None:
+    m1, m2 = Machine.load(funcs), Machine.load(funcs)
+    l1: list[object] = []
+    l2: list[object] = []
+    filtered: list[Task] = []
+
+    def only_m2(uc: UprobeConsumer, task: Task) -> bool:
+        filtered.append(task)
+        return task == m2.task
+
+    a = Uprobe(funcs, symbol_name="add", consumer=counting(l1))
+    b = Uprobe(
+        funcs,
+        symbol_name="add",
+        consumer=UprobeConsumer(handler=lambda uc, r: l2.append(1) or 0, filter=only_m2),
+    )
+    m1.register_uprobe(a)
+    m1.register_uprobe(b)
+    m1.call("add", 1, 1)
+    m2.call("add", 1, 1)
+    assert (len(l1), len(l2)) == (2, 1)
+    assert m1.task in filtered and m2.task in filtered
+    m1.unregister_uprobe(a)
+    # only b is left and it does not want m1: m1's breakpoint is gone (filter_chain)
+    n = len(m1.hooks.UPROBE_SWBP_INSN)
+    assert m1.read(m1.symbol_address("add"), n) != m1.hooks.UPROBE_SWBP_INSN
+    assert m2.read(m2.symbol_address("add"), n) == m2.hooks.UPROBE_SWBP_INSN
+    m1.unregister_uprobe(b)
+
+
+def test_handler_remove_stops_calls_from_that_process(funcs: str) -> None:
+    """UPROBE_HANDLER_REMOVE: no more calls from that process; others keep the probe."""
+    m1, m2 = Machine.load(funcs), Machine.load(funcs)
+    log: list[object] = []
+    up = Uprobe(funcs, symbol_name="add", consumer=counting(log, UPROBE_HANDLER_REMOVE))
+    m1.register_uprobe(up)
+    for _ in range(3):
+        assert m1.call("add", 2, 2) == 4
+    m2.call("add", 2, 2)
+    m1.unregister_uprobe(up)
+    assert up.hits == 2  # once in m1, once in m2
+
+
+# --- the step: utask states, XOL area, skip-sstep -----------------------------------------
+
+
+def test_utask_states(user: Machine, funcs: str) -> None:
+    """Seed 004: RUNNING -> BP_HIT (handlers) -> SSTEP -> SSTEP_ACK -> RUNNING."""
+    seen = []
+    up = Uprobe(
+        funcs,
+        symbol_name="loop_sum",
+        consumer=UprobeConsumer(handler=lambda uc, r: seen.append(user.utask_state) or 0),
+    )
+    user.register_uprobe(up)
+    user.call("loop_sum", 4)
+    user.unregister_uprobe(up)
+    assert seen == ["BP_HIT"]
+    states = [e.status for e in user.trace if e.kind == "utask"]
+    assert states == ["BP_HIT", "SSTEP", "SSTEP_ACK", "RUNNING"]
+    xol = user.uprobes.xol if user.uprobes else None
+    assert xol is not None and xol.vaddr == user.hooks.XOL_AREA
+    assert user.present(xol.vaddr)
+
+
+def test_nop_pattern_is_skipped_not_stepped(user: Machine, funcs: str) -> None:
+    """Seed 004: 0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0} is emulated, not stepped."""
+    sym = user.image.symbol("nop_entry")
+    off = user.read(sym.value, sym.size).index(b"\x66\x90")  # after i386's push %ebp
+    up = Uprobe(funcs, symbol_name="nop_entry", offset=off,
+                consumer=UprobeConsumer(handler=lambda u, r: 0))  # fmt: skip
+    user.register_uprobe(up)
+    assert user.call("nop_entry", 41) == 42
+    user.unregister_uprobe(up)
+    assert up.hits == 1
+    assert any(e.kind == "skip_sstep" for e in user.trace)
+    assert "SSTEP" not in [e.status for e in user.trace if e.kind == "utask"]
+
+
+def test_handlers_change_registers(user: Machine, funcs: str) -> None:
+    def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
+        regs.ax = 1000  # type: ignore[attr-defined]
+        return 0
+
+    up = Uprobe(funcs, symbol_name="mid_label", consumer=UprobeConsumer(handler=handler))
+    user.register_uprobe(up)
+    assert user.call("midpoint", 1) == 993
+    user.unregister_uprobe(up)
+
+
+def test_not_present_page_during_the_step(muser: Machine, mfuncs: str) -> None:
+    """A page fault in the xol step is fixed by the fault handler; the step completes."""
+    muser.map(0x5000000, 0x1000, present=False)
+    ups = []
+    sym = muser.image.symbol("model_load")
+    from kuprobe.insn import boundaries
+
+    for off, _ in boundaries(muser.arch, muser.read(sym.value, sym.size)):
+        up = Uprobe(mfuncs, symbol_name="model_load", offset=off)
+        muser.register_uprobe(up)
+        ups.append(up)
+    assert muser.call("model_load", 0x5000008) == 0
+    for up in ups:
+        muser.unregister_uprobe(up)
+    assert [up.hits for up in ups] == [1] * len(ups)
+
+
+# --- signals: uprobe_deny_signal(), SIGTRAP ---------------------------------------------------
+
+
+def test_signal_during_the_step_is_deferred(user: Machine, funcs: str) -> None:
+    delivered = []
+    user.sigaction(signal.SIGUSR1, lambda m, s: delivered.append(m.utask_state))
+    up = Uprobe(
+        funcs,
+        symbol_name="add",
+        consumer=UprobeConsumer(handler=lambda uc, r: user.kill(signal.SIGUSR1) or 0),
+    )
+    user.register_uprobe(up)
+    assert user.call("add", 3, 4) == 7
+    user.unregister_uprobe(up)
+    assert delivered == ["RUNNING"]  # only once the step was done
+    kinds = [(e.kind, e.status or e.detail) for e in user.trace]
+    i_defer = kinds.index(("signal", "SSTEP"))
+    i_ack = kinds.index(("utask", "SSTEP_ACK"))
+    assert i_defer < i_ack
+
+
+def test_fatal_signal_during_the_step_aborts_xol(user: Machine, funcs: str) -> None:
+    """A fatal signal while stepping: SSTEP_TRAPPED -> abort_xol (ip back), then death."""
+    up = Uprobe(
+        funcs,
+        symbol_name="add",
+        consumer=UprobeConsumer(handler=lambda uc, r: user.kill(signal.SIGKILL) or 0),
+    )
+    user.register_uprobe(up)
+    with pytest.raises(ProcessSignalled) as e:
+        user.call("add", 3, 4)
+    user.unregister_uprobe(up)
+    assert e.value.signo == signal.SIGKILL
+    states = [e.status for e in user.trace if e.kind == "utask"]
+    assert states[-3:] == ["SSTEP", "SSTEP_TRAPPED", "RUNNING"]
+    abort = [e for e in user.trace if e.kind == "abort_xol"]
+    assert abort and abort[0].addr == user.symbol_address("add")
+    assert user.call("add", 3, 4) == 7  # a new process image: it runs again
+
+
+def test_fault_in_the_step_is_sigsegv_after_abort(muser: Machine, mfuncs: str) -> None:
+    """The xol instruction itself faults: xol_was_trapped -> SSTEP_TRAPPED -> abort_xol."""
+    sym = muser.image.symbol("model_load")
+    from kuprobe.insn import boundaries
+
+    offs = [o for o, _ in boundaries(muser.arch, muser.read(sym.value, sym.size))]
+    hit = None
+    for off in offs:
+        up = Uprobe(mfuncs, symbol_name="model_load", offset=off)
+        muser.register_uprobe(up)
+        muser.trace.clear()
+        try:
+            muser.call("model_load", 0x6000000)
+        except ProcessSignalled as e:
+            assert e.signo == signal.SIGSEGV
+            if any(x.status == "SSTEP_TRAPPED" for x in muser.trace):
+                hit = off
+        finally:
+            muser.unregister_uprobe(up)
+    assert hit is not None
+
+
+def test_int3_not_ours_is_sigtrap(muser: Machine) -> None:
+    with pytest.raises(ProcessSignalled) as e:
+        muser.call("model_trap", 5)
+    assert e.value.signo == signal.SIGTRAP
+    got = []
+    muser.sigaction(signal.SIGTRAP, lambda m, s: got.append(s))
+    assert muser.call("model_trap", 5) == 5
+    assert got == [signal.SIGTRAP]
+
+
+# --- uretprobes ---------------------------------------------------------------------------------
+
+
+def test_uretprobe_sees_return_value(user: Machine, funcs: str) -> None:
+    rets = []
+
+    def ret_handler(uc: UprobeConsumer, func: int, regs: PtRegs) -> int:
+        rets.append((func, regs_return_value(regs)))
+        return 0
+
+    up = Uprobe(funcs, symbol_name="add", consumer=UprobeConsumer(ret_handler=ret_handler))
+    user.register_uprobe(up)
+    assert user.call("add", 30, 12) == 42
+    user.unregister_uprobe(up)
+    assert rets == [(user.symbol_address("add"), 42)]
+    assert (up.hits, up.ret_hits) == (1, 1)
+
+
+def test_recursion_100_deep_gives_101_entries_and_64_returns(muser: Machine, mfuncs: str) -> None:
+    """MAX_URETPROBE_DEPTH (include/linux/uprobes.h): deeper returns are not probed, as the
+    live kernel does."""
+    entries, returns = [], []
+    up = Uprobe(mfuncs, symbol_name="model_rec", consumer=UprobeConsumer(
+        handler=lambda uc, r: entries.append(1) or 0,
+        ret_handler=lambda uc, f, r: returns.append(regs_return_value(r)) or 0))  # fmt: skip
+    muser.register_uprobe(up)
+    assert muser.call("model_rec", 100) == 100
+    muser.unregister_uprobe(up)
+    assert len(entries) == 101
+    assert len(returns) == MAX_URETPROBE_DEPTH == 64
+    assert returns == list(range(37, 101))  # the outer 64 frames return 37 … 100
+
+
+def test_ref_ctr_offset_counts_the_usdt_semaphore(user: Machine, funcs: str) -> None:
+    """update_ref_ctr(): the semaphore counts while the uprobe is installed (target.c's tick
+    returns i + 1000 while its semaphore is nonzero)."""
+    sem = user.image.symbol("kuprobe_tick_semaphore").value
+    ref = user.image.vaddr_to_offset(sem)
+    assert user.call("tick", 5) == 5
+    up = Uprobe(funcs, symbol_name="tick", ref_ctr_offset=ref)
+    user.register_uprobe(up)
+    assert int.from_bytes(user.read(sem, 2), "little") == 1
+    assert user.call("tick", 5) == 1005
+    with pytest.raises(ProbeError) as e:
+        user.register_uprobe(Uprobe(funcs, symbol_name="tick", ref_ctr_offset=ref + 2))
+    assert e.value.errno == errno.EINVAL
+    user.unregister_uprobe(up)
+    assert int.from_bytes(user.read(sem, 2), "little") == 0
+    assert user.call("tick", 5) == 5
+
+
+def test_a_consumer_may_run_probed_code(user: Machine, funcs: str) -> None:
+    """Model-only: a handler's m.call() gets its own utask, so nested hits are whole."""
+    inner: list[object] = []
+    add = Uprobe(funcs, symbol_name="add", consumer=counting(inner))
+
+    def outer_handler(uc: UprobeConsumer, regs: PtRegs) -> int:
+        assert user.call("add", 1, 2) == 3
+        assert user.utask_state == "BP_HIT"
+        return 0
+
+    outer = Uprobe(funcs, symbol_name="loop_sum", consumer=UprobeConsumer(handler=outer_handler))
+    user.register_uprobe(add)
+    user.register_uprobe(outer)
+    assert user.call("loop_sum", 4) == 14
+    user.unregister_uprobe(outer)
+    user.unregister_uprobe(add)
+    assert (outer.hits, add.hits) == (1, 1)
+    assert user.utask_state == "RUNNING"
