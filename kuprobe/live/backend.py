@@ -146,15 +146,16 @@ class LiveBackend:
         flags: int,
         tgid: int,
         handler: SlotHandler | None,
-        open_event: Callable[[], int],
-        enable: bool = True,
+        attach: Callable[[int], int],
+        uprobe_multi: bool = False,
     ) -> _Attach:
+        """Take a slot, configure it, and attach its program with ``attach(prog_fd)``, which
+        returns the fd whose close detaches it (a perf event or a BPF link)."""
         slot = pool.acquire(flags=flags, tgid=tgid)
         att = _Attach(pool, slot, bool(flags & KUPROBE_CFG_RET))
         reg.attaches.append(att)
         self.dispatcher.set_handler(pool, slot, handler)
-        att.perf_fd = open_event()
-        perf.attach_bpf(att.perf_fd, pool.prog_fd(slot), enable=enable)
+        att.perf_fd = attach(pool.prog_fd(slot, uprobe_multi=uprobe_multi))
         return att
 
     def _rollback(self, reg: _Registration) -> None:
@@ -189,9 +190,19 @@ class LiveBackend:
             pool = self._pool_with(2 if ret_handler else 1)
             make_regs = regs_factory(target.arch)
 
-            def open_uprobe(ret: bool) -> Callable[[], int]:
-                return lambda: perf.open_uprobe(
-                    target.path, target.offset, retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr
+            multi = pool.uprobe_multi()
+
+            def open_uprobe(ret: bool) -> Callable[[int], int]:
+                if multi:  # closes without the perf layer's serialisation (see perf.py)
+                    return lambda prog: perf.open_uprobe_multi(
+                        prog, target.path, target.offset,
+                        retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr,
+                    )  # fmt: skip
+                return lambda prog: perf.attach_bpf(
+                    perf.open_uprobe(
+                        target.path, target.offset, retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr
+                    ),
+                    prog,
                 )
 
             try:
@@ -202,7 +213,8 @@ class LiveBackend:
                     flags=entry_flags,
                     tgid=pid,
                     handler=self._uprobe_handler(up, pool, reg, target.arch) if handler else None,
-                    open_event=open_uprobe(False),
+                    attach=open_uprobe(False),
+                    uprobe_multi=multi,
                 )
                 if ret_handler:
                     self._attach_slot(
@@ -211,7 +223,8 @@ class LiveBackend:
                         flags=KUPROBE_CFG_STREAM | KUPROBE_CFG_RET | KUPROBE_CFG_REMOVABLE,
                         tgid=pid,
                         handler=self._uretprobe_handler(up, make_regs),
-                        open_event=open_uprobe(True),
+                        attach=open_uprobe(True),
+                        uprobe_multi=multi,
                     )
                 del entry
             except OSError as e:
@@ -370,7 +383,9 @@ class LiveBackend:
                 flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM if pre else 0),
                 tgid=0,
                 handler=handler,
-                open_event=lambda: perf.open_kprobe(sym, off, retprobe=False),
+                attach=lambda prog: perf.attach_bpf(
+                    perf.open_kprobe(sym, off, retprobe=False), prog
+                ),
             )
             if kp.flags & KPROBE_FLAG_DISABLED:  # registered disabled, as the kernel allows
                 pool.set_off(reg.attaches[0].slot, True)
@@ -424,7 +439,9 @@ class LiveBackend:
                     flags=KUPROBE_CFG_KERNEL | KUPROBE_CFG_STREAM,
                     tgid=0,
                     handler=entry_h,
-                    open_event=lambda: perf.open_kprobe(sym, off, retprobe=False),
+                    attach=lambda prog: perf.attach_bpf(
+                        perf.open_kprobe(sym, off, retprobe=False), prog
+                    ),
                 )
             open_ret: Callable[[], int]
             if rp.maxactive:
@@ -449,7 +466,7 @@ class LiveBackend:
                 | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0),
                 tgid=0,
                 handler=ret_h,
-                open_event=open_ret,
+                attach=lambda prog: perf.attach_bpf(open_ret(), prog),
             )
         except OSError as e:
             self._rollback(reg)
@@ -674,6 +691,7 @@ def _kname(sym: str | None, off: int) -> str:
     return f"{sym}+{off}" if off else sym
 
 
+ENOTSUPP = 524  # include/linux/errno.h: kernel-internal, e.g. uprobes on an int3
 _ERRNO_TEXT = {
     errno.ENOENT: "no such symbol in the kernel (see /proc/kallsyms)",
     errno.EILSEQ: "the address is inside an instruction",
@@ -684,6 +702,7 @@ _ERRNO_TEXT = {
     errno.ESRCH: "no such process",
     errno.EOPNOTSUPP: "not supported by this kernel",
     errno.ENOSPC: "the kernel has no room for more probes",
+    ENOTSUPP: "the kernel cannot probe this instruction",
 }
 
 
@@ -692,4 +711,6 @@ def _attach_error(e: OSError, probe: object, where: str) -> ProbeError:
         return e
     code = e.errno or errno.EIO
     text = _ERRNO_TEXT.get(code, os.strerror(code))
+    if code == ENOTSUPP:
+        code = errno.EOPNOTSUPP
     return ProbeError(code, f"{where}: {text}", probe=probe)

@@ -45,7 +45,8 @@ class ProbePool:
         rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
-        self._prog_fds: dict[int, int] = {}
+        self._prog_fds: dict[tuple[int, bool], int] = {}
+        self._uprobe_multi: bool | None = None
         self._baseline: dict[int, tuple[int, int]] = {}
         self.closed = False
 
@@ -59,11 +60,6 @@ class ProbePool:
             raise ProbeError(errno.ENOSPC, "probe pool is full")
         slot = self._free.pop()
         try:
-            if slot not in self._prog_fds:
-                fn = self.bpf.load_func(
-                    PoolSource.slot_function(slot).encode(), _bcc.kprobe_prog_type()
-                )
-                self._prog_fds[slot] = int(fn.fd)
             self._baseline[slot] = self._read_counts(slot)
             self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, tgid)
         except BaseException:
@@ -71,8 +67,36 @@ class ProbePool:
             raise
         return slot
 
-    def prog_fd(self, slot: int) -> int:
-        return self._prog_fds[slot]
+    def prog_fd(self, slot: int, *, uprobe_multi: bool = False) -> int:
+        """The slot's program, loaded on first use: for a perf event, or for a uprobe_multi
+        link (the kernel wants the attach type at load time)."""
+        key = (slot, uprobe_multi)
+        if key not in self._prog_fds:
+            self._prog_fds[key] = self._load(PoolSource.slot_function(slot), uprobe_multi)
+        return self._prog_fds[key]
+
+    def _load(self, name: str, uprobe_multi: bool) -> int:
+        attach = perf.BPF_TRACE_UPROBE_MULTI if uprobe_multi else -1
+        try:
+            fn = self.bpf.load_func(name.encode(), _bcc.kprobe_prog_type(), attach_type=attach)
+        except Exception as e:  # BCC raises a bare Exception
+            raise OSError(errno.EINVAL, f"loading {name}: {e}") from e
+        # BCC caches one load per name and closes it at cleanup; we keep both variants and
+        # close them ourselves (a stray close could hit a reused fd number).
+        self.bpf.funcs.pop(name.encode(), None)
+        return int(fn.fd)
+
+    def uprobe_multi(self) -> bool:
+        """Whether this kernel attaches uprobes as uprobe_multi links (Linux 6.6+)."""
+        if self._uprobe_multi is None:
+            try:
+                fd = self._load("kuprobe_feature_probe", True)
+            except OSError:
+                self._uprobe_multi = False
+            else:
+                self._uprobe_multi = perf.uprobe_multi_works(fd)
+                os.close(fd)
+        return self._uprobe_multi
 
     def set_off(self, slot: int, off: bool) -> None:
         """KUPROBE_CFG_OFF: the slot's program counts and records nothing while set."""
@@ -109,4 +133,7 @@ class ProbePool:
             return
         self.closed = True
         self.ring.close()
+        for fd in self._prog_fds.values():
+            os.close(fd)
+        self._prog_fds.clear()
         self.bpf.cleanup()

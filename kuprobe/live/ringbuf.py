@@ -9,12 +9,10 @@ padded to 8 bytes. The programs submit with BPF_RB_NO_WAKEUP; this reader polls.
 from __future__ import annotations
 
 import mmap
-import struct
 
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
 BPF_RINGBUF_HDR_SZ = 8
-_U64 = struct.Struct("<Q")
 
 
 class RingBufReader:
@@ -31,10 +29,14 @@ class RingBufReader:
             map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
         self._data = memoryview(self._prod)[page:]
-        self.consumer_pos = _U64.unpack_from(self._cons, 0)[0]
+        # One native 8-byte load or store each (struct's "<Q" moves a byte at a time, and the
+        # kernel must never see a torn position).
+        self._cons_word = memoryview(self._cons).cast("Q")
+        self._prod_word = memoryview(self._prod)[:8].cast("Q")
+        self.consumer_pos = int(self._cons_word[0])
 
     def producer_pos(self) -> int:
-        return int(_U64.unpack_from(self._prod, 0)[0])
+        return int(self._prod_word[0])
 
     def read(self, record_len: int) -> tuple[memoryview, int]:
         """Take every committed record, all of data length ``record_len`` (kuprobe's events
@@ -60,11 +62,13 @@ class RingBufReader:
             if n == 0 and not headers[0] & BPF_RINGBUF_BUSY_BIT:
                 raise ValueError(f"ring buffer record of {headers[0]:#x} bytes, not {record_len}")
         end = cons + n * stride
-        _U64.pack_into(self._cons, 0, end)
+        self._cons_word[0] = end
         self.consumer_pos = end
         return chunk[: n * stride], n
 
     def close(self) -> None:
+        self._cons_word.release()
+        self._prod_word.release()
         self._data.release()
         self._prod.close()
         self._cons.close()

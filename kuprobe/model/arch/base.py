@@ -193,17 +193,20 @@ class Arch:
         raise ProbeError(errno.EOPNOTSUPP, f"{self.name}: uprobes not modelled")
 
     def arch_uprobe_copy_ixol(self, auprobe: ArchSpecificInsn, vaddr: int, xol_vaddr: int) -> bytes:
-        """kernel/events/uprobes.c: arch_uprobe_copy_ixol() (__weak): the bytes, as they are."""
-        return auprobe.insn
+        """kernel/events/uprobes.c: arch_uprobe_copy_ixol() (__weak): arch.ixol as it is
+        (what analyze_insn left in ``slot``, else the original bytes)."""
+        return auprobe.slot or auprobe.insn
 
     def arch_uprobe_pre_xol(
         self,
         auprobe: ArchSpecificInsn,
         regs: PtRegs,
         autask: ArchUprobeTask,
+        vaddr: int,
         xol_vaddr: int,
         thread: Any,
     ) -> None:
+        """Prepare the step at ``xol_vaddr`` of the insn probed at ``vaddr`` (utask->vaddr)."""
         raise NotImplementedError
 
     def arch_uprobe_post_xol(

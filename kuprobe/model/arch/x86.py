@@ -4,7 +4,9 @@ Sources: arch/x86/kernel/kprobes/core.c (arch_prepare_kprobe, __copy_instruction
 setup_singlestep, resume_execution, kprobe_fault_handler, arch_prepare_kretprobe) and
 arch/x86/kernel/uprobes.c (arch_uprobe_analyze_insn, arch_uprobe_pre_xol/post_xol,
 arch_uprobe_abort_xol, arch_uretprobe_hijack_return_addr); the NOP pattern skipped instead of
-single-stepped is seed 004's.
+single-stepped is seed 004's. The %rip-relative scratch-register scheme of uprobes
+(riprel_analyze/pre_xol/post_xol) is x86_64's (kuprobe.model.arch.x86_64); here its 32-bit
+stubs.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ X86_EFLAGS_TF = 0x100
 X86_EFLAGS_IF = 0x200
 # arch/x86/kernel/uprobes.c: UPROBE_TRAP_NR (trap_nr while an xol step is in flight)
 UPROBE_TRAP_NR = 0xFFFFFFFF
-# arch/x86/kernel/uprobes.c (v3.5..v4.x): the fix-ups post_xol applies
+# arch/x86/kernel/uprobes.c: the fix-ups post_xol applies (resume_execution() uses the same)
 UPROBE_FIX_IP = 0x01  # the new ip is relative to the slot: make it relative to the original
 UPROBE_FIX_CALL = 0x02  # a call pushed the slot's return address: make it the original's
+# ... and which scratch register replaces %rip in the slot (riprel_analyze(), x86_64 only)
+UPROBE_FIX_RIP_SI = 0x08
+UPROBE_FIX_RIP_DI = 0x10
+UPROBE_FIX_RIP_BX = 0x20
+UPROBE_FIX_RIP_MASK = UPROBE_FIX_RIP_SI | UPROBE_FIX_RIP_DI | UPROBE_FIX_RIP_BX
 
 # arch/x86/lib/insn.c / inat tables: legacy prefixes skip_prefixes() walks over
 LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
@@ -132,7 +139,11 @@ class X86(Arch):
         return UPROBE_FIX_IP
 
     def _relocate(self, insn: bytes, disp_off: int | None, src: int, dest: int) -> bytes:
-        """__copy_instruction(): a %rip-relative displacement adjusted for the new place."""
+        """__copy_instruction(): a %rip-relative displacement adjusted for the new place.
+
+        Kprobes only: the kernel's insn slots lie within +-2 GiB of its text, so this fits
+        there; uprobes use a scratch register instead (riprel_analyze(), x86_64).
+        """
         if disp_off is None:
             return insn
         disp = int.from_bytes(insn[disp_off : disp_off + 4], "little", signed=True)
@@ -229,18 +240,30 @@ class X86(Arch):
                 + f" at {vaddr:#x}",
                 hint="probe another instruction of the function",
             )
-        return ArchSpecificInsn(
+        auprobe = ArchSpecificInsn(
             insn=raw,
             length=len(raw),
             fixups=self._fixups(raw),
             skip_sstep=is_nop_pattern(raw),
-            extra={"rip_disp": self._rip_disp(dec)},
         )
+        self.riprel_analyze(auprobe, self._rip_disp(dec))
+        return auprobe
 
-    def arch_uprobe_copy_ixol(self, auprobe: ArchSpecificInsn, vaddr: int, xol_vaddr: int) -> bytes:
-        # The kernel moves a %rip-relative operand onto a scratch register (riprel_pre_xol);
-        # adjusting the displacement for the slot reaches the same memory.
-        return self._relocate(auprobe.insn, auprobe.extra.get("rip_disp"), vaddr, xol_vaddr)
+    # riprel_analyze() / riprel_pre_xol() / riprel_post_xol(): no %rip-relative mode on
+    # 32-bit (the kernel's stubs); x86_64 overrides them.
+
+    def riprel_analyze(self, auprobe: ArchSpecificInsn, disp_off: int | None) -> None:
+        """Rewrite a %rip-relative insn for the slot (auprobe.slot), set fixups."""
+
+    def riprel_pre_xol(
+        self, auprobe: ArchSpecificInsn, regs: PtRegs, autask: ArchUprobeTask, vaddr: int
+    ) -> None:
+        """Save the scratch register, load it with what %rip would have been."""
+
+    def riprel_post_xol(
+        self, auprobe: ArchSpecificInsn, regs: PtRegs, autask: ArchUprobeTask
+    ) -> None:
+        """Restore the scratch register (after the step, and on abort)."""
 
     def arch_uprobe_skip_sstep(self, auprobe: ArchSpecificInsn, regs: PtRegs) -> bool:
         if not auprobe.skip_sstep:
@@ -254,6 +277,7 @@ class X86(Arch):
         auprobe: ArchSpecificInsn,
         regs: PtRegs,
         autask: ArchUprobeTask,
+        vaddr: int,
         xol_vaddr: int,
         thread: Any,
     ) -> None:
@@ -263,6 +287,7 @@ class X86(Arch):
         r.ip = xol_vaddr
         autask.saved_tf = bool(int(r.flags) & X86_EFLAGS_TF)
         r.flags = int(r.flags) | X86_EFLAGS_TF  # user_enable_single_step()
+        self.riprel_pre_xol(auprobe, regs, autask, vaddr)  # default_pre_xol_op()
 
     def arch_uprobe_post_xol(
         self,
@@ -277,6 +302,7 @@ class X86(Arch):
         r: Any = regs
         trapped = thread.trap_nr != UPROBE_TRAP_NR
         thread.trap_nr = autask.saved_trap_nr
+        self.riprel_post_xol(auprobe, regs, autask)  # default_post_xol_op(), first of all
         if not autask.saved_tf:
             r.flags = int(r.flags) & ~X86_EFLAGS_TF
         if trapped:
@@ -301,6 +327,7 @@ class X86(Arch):
         thread: Any,
     ) -> None:
         r: Any = regs
+        self.riprel_post_xol(auprobe, regs, autask)  # default_abort_op()
         thread.trap_nr = autask.saved_trap_nr
         r.ip = vaddr
         if not autask.saved_tf:

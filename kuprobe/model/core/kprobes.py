@@ -40,6 +40,7 @@ STATUS_NAMES = {
 MAX_FAULT_RETRIES = 16
 INSN_SLOT_SIZE = 16  # kernel/kprobes.c: one slot is MAX_INSN_SIZE bytes
 SLOTS_PER_PAGE = 0x1000 // INSN_SLOT_SIZE
+RELOCATED_INSN_PAGES_BELOW = 0x1000000  # the model's: 16 MiB below an ET_DYN's load address
 
 
 @dataclass(eq=False)
@@ -206,10 +207,21 @@ class KprobeTable:
             self.m.hooks.arch_disarm_kprobe(self.m, point.addr, point.ainsn)
         point.armed = want
 
+    def insn_pages(self) -> int:
+        """Where the insn cache's pages go: within +-2 GiB of the kernel text, as the
+        kernel's alloc_insn_page() (module space) guarantees, so an arch that relocates a
+        %rip-relative operand into the slot (__copy_instruction()) always can. Below an
+        ET_EXEC's text at INSN_PAGES; below a relocated (ET_DYN) image's load address, the
+        same layout shifted."""
+        base = self.m.hooks.INSN_PAGES
+        if self.m.load_bias:
+            base += self.m.load_bias - RELOCATED_INSN_PAGES_BELOW
+        return base
+
     def _get_insn_slot(self) -> int:
         """get_insn_slot(): a slot in an executable page of the kernel's insn cache."""
         if not self._free_slots:
-            page = self.m.hooks.INSN_PAGES + self._slot_pages * 0x1000
+            page = self.insn_pages() + self._slot_pages * 0x1000
             self.m.map_internal(page, 0x1000)  # type: ignore[attr-defined]
             self._slot_pages += 1
             self._free_slots = [page + i * INSN_SLOT_SIZE for i in reversed(range(SLOTS_PER_PAGE))]

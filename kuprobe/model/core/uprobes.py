@@ -214,6 +214,13 @@ class UprobeRegistry:
 REGISTRY = UprobeRegistry()
 
 
+def regs_changed(before: dict[str, int], regs: PtRegs) -> str:
+    """For the trace: the registers an arch hook changed, ``name old->new`` each."""
+    return " ".join(
+        f"{k} {before[k]:#x}->{v:#x}" for k, v in regs.as_dict().items() if before[k] != v
+    )
+
+
 def consumer_wants(up: Uprobe, task: Task) -> bool:
     """consumer_filter(): the consumer's filter (and the probe's pid) accept ``task``."""
     if up.pid is not None and up.pid != task.pid:
@@ -317,7 +324,12 @@ class UprobeMm:
             m, utask.xol_vaddr, arch.arch_uprobe_copy_ixol(entry.arch, bp_vaddr, utask.xol_vaddr)
         )
         utask.vaddr = bp_vaddr
-        arch.arch_uprobe_pre_xol(entry.arch, regs, utask.autask, utask.xol_vaddr, self.thread)
+        before = regs.as_dict() if m.trace_enabled else None
+        arch.arch_uprobe_pre_xol(
+            entry.arch, regs, utask.autask, bp_vaddr, utask.xol_vaddr, self.thread
+        )
+        if before is not None:
+            m.record("pre_xol", bp_vaddr, detail=regs_changed(before, regs))
         utask.active_uprobe = entry
         self.set_state(UTASK_SSTEP, bp_vaddr)
         return True
@@ -362,15 +374,20 @@ class UprobeMm:
         utask = self.utask
         entry = utask.active_uprobe
         assert entry is not None
+        before = regs.as_dict() if m.trace_enabled else None
         if utask.state == UTASK_SSTEP_ACK:
             ok = m.hooks.arch_uprobe_post_xol(
                 entry.arch, regs, utask.autask, m, utask.vaddr, utask.xol_vaddr, self.thread
             )
             if not ok:  # the step trapped: restart the probed insn
                 setattr(regs, m.hooks.ip_field(), utask.vaddr)
+            if before is not None:
+                m.record("post_xol", utask.vaddr, detail=regs_changed(before, regs))
         elif utask.state == UTASK_SSTEP_TRAPPED:
             m.hooks.arch_uprobe_abort_xol(entry.arch, regs, utask.autask, utask.vaddr, self.thread)
-            m.record("abort_xol", utask.vaddr, detail="ip back to the probe")
+            if before is not None:
+                changed = regs_changed(before, regs)
+                m.record("abort_xol", utask.vaddr, detail=f"ip back to the probe: {changed}")
         assert self.xol is not None
         self.xol.free_slot(utask.xol_vaddr)
         utask.active_uprobe = None

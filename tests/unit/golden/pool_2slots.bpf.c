@@ -60,6 +60,9 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 	return 0;
 }
 
+/* Loaded only to ask the kernel which attach types it has (kuprobe/live/pool.py). */
+int kuprobe_feature_probe(struct pt_regs *ctx) { return 0; }
+
 #define KUPROBE_SLOT(n) \
 	int kuprobe_slot_##n(struct pt_regs *ctx) { return kuprobe_fire(ctx, n); }
 
