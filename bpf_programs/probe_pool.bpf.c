@@ -1,10 +1,10 @@
-/* A pool of probe programs compiled as one BCC module: one program per slot, each attached
- * to one kernel kprobe/kretprobe/uprobe/uretprobe perf event. What a slot does is read from
- * its kuprobe_cfg entry, so registering a probe costs an attach, not a compile.
+/* kuprobe's one probe program, compiled once per process by BCC. Every registered probe is
+ * a slot: each kernel kprobe/kretprobe/uprobe/uretprobe attachment carries its slot number as
+ * the BPF cookie (a perf-event link, or a uprobe_multi link), and the slot's kuprobe_cfg
+ * entry says what to do. Registering a probe costs an attach, never a compile.
  *
  * Parameters (compile-time -D, integers only, filled by kuprobe/live/codegen.py):
- *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS
- * and the KUPROBE_SLOT(n) lines after the marker below. */
+ *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS */
 #include <uapi/linux/ptrace.h>
 #include "kuprobe_event.h"
 
@@ -58,10 +58,10 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 	return 0;
 }
 
-/* Loaded only to ask the kernel which attach types it has (kuprobe/live/pool.py). */
-int kuprobe_feature_probe(struct pt_regs *ctx) { return 0; }
-
-#define KUPROBE_SLOT(n) \
-	int kuprobe_slot_##n(struct pt_regs *ctx) { return kuprobe_fire(ctx, n); }
-
-/* KUPROBE_SLOTS */
+int kuprobe_probe(struct pt_regs *ctx)
+{
+	__u64 slot = bpf_get_attach_cookie(ctx);
+	if (slot >= KUPROBE_NSLOTS)
+		return 0;
+	return kuprobe_fire(ctx, (__u32)slot);
+}

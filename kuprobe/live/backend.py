@@ -58,7 +58,8 @@ class _Attach:
     pool: ProbePool
     slot: int
     ret: bool
-    perf_fd: int = -1
+    link_fd: int = -1  # closing it detaches the program (a BPF link)
+    perf_fd: int = -1  # the kprobe/uprobe perf event under a perf-event link, if any
 
 
 @dataclass
@@ -146,16 +147,16 @@ class LiveBackend:
         flags: int,
         tgid: int,
         handler: SlotHandler | None,
-        attach: Callable[[int], int],
+        attach: Callable[[int, int], tuple[int, int]],
         uprobe_multi: bool = False,
     ) -> _Attach:
-        """Take a slot, configure it, and attach its program with ``attach(prog_fd)``, which
-        returns the fd whose close detaches it (a perf event or a BPF link)."""
+        """Take a slot, configure it, and attach the program with ``attach(prog_fd, slot)``
+        (the slot is the link's cookie), which returns (link fd, perf event fd or -1)."""
         slot = pool.acquire(flags=flags, tgid=tgid)
         att = _Attach(pool, slot, bool(flags & KUPROBE_CFG_RET))
         reg.attaches.append(att)
         self.dispatcher.set_handler(pool, slot, handler)
-        att.perf_fd = attach(pool.prog_fd(slot, uprobe_multi=uprobe_multi))
+        att.link_fd, att.perf_fd = attach(pool.prog_fd(uprobe_multi=uprobe_multi), slot)
         return att
 
     def _rollback(self, reg: _Registration) -> None:
@@ -192,17 +193,21 @@ class LiveBackend:
 
             multi = pool.uprobe_multi()
 
-            def open_uprobe(ret: bool) -> Callable[[int], int]:
+            def open_uprobe(ret: bool) -> Callable[[int, int], tuple[int, int]]:
                 if multi:  # closes without the perf layer's serialisation (see perf.py)
-                    return lambda prog: perf.open_uprobe_multi(
-                        prog, target.path, target.offset,
-                        retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr,
+                    return lambda prog, slot: (
+                        perf.open_uprobe_multi(
+                            prog, target.path, target.offset,
+                            retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr, cookie=slot,
+                        ),
+                        -1,
                     )  # fmt: skip
-                return lambda prog: perf.attach_bpf(
+                return lambda prog, slot: _perf_link(
                     perf.open_uprobe(
                         target.path, target.offset, retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr
                     ),
                     prog,
+                    slot,
                 )
 
             try:
@@ -383,8 +388,8 @@ class LiveBackend:
                 flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM if pre else 0),
                 tgid=0,
                 handler=handler,
-                attach=lambda prog: perf.attach_bpf(
-                    perf.open_kprobe(sym, off, retprobe=False), prog
+                attach=lambda prog, slot: _perf_link(
+                    perf.open_kprobe(sym, off, retprobe=False), prog, slot
                 ),
             )
             if kp.flags & KPROBE_FLAG_DISABLED:  # registered disabled, as the kernel allows
@@ -439,8 +444,8 @@ class LiveBackend:
                     flags=KUPROBE_CFG_KERNEL | KUPROBE_CFG_STREAM,
                     tgid=0,
                     handler=entry_h,
-                    attach=lambda prog: perf.attach_bpf(
-                        perf.open_kprobe(sym, off, retprobe=False), prog
+                    attach=lambda prog, slot: _perf_link(
+                        perf.open_kprobe(sym, off, retprobe=False), prog, slot
                     ),
                 )
             open_ret: Callable[[], int]
@@ -466,7 +471,7 @@ class LiveBackend:
                 | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0),
                 tgid=0,
                 handler=ret_h,
-                attach=lambda prog: perf.attach_bpf(open_ret(), prog),
+                attach=lambda prog, slot: _perf_link(open_ret(), prog, slot),
             )
         except OSError as e:
             self._rollback(reg)
@@ -552,9 +557,10 @@ class LiveBackend:
     def _detach(self, reg: _Registration) -> None:
         # Return probes first: no return event then arrives without its entry.
         for att in sorted(reg.attaches, key=lambda a: not a.ret):
-            if att.perf_fd >= 0:
-                os.close(att.perf_fd)
-                att.perf_fd = -1
+            for fd in (att.link_fd, att.perf_fd):
+                if fd >= 0:
+                    os.close(fd)
+            att.link_fd = att.perf_fd = -1
         if reg.tracefs_event and not reg.tracefs_removed:
             try:
                 perf.remove_kprobe_event(reg.tracefs_event)
@@ -645,6 +651,11 @@ class LiveBackend:
                 self.dispatcher.remove_pool(pool)
                 pool.close()
             self._pools.clear()
+
+
+def _perf_link(perf_fd: int, prog_fd: int, slot: int) -> tuple[int, int]:
+    """The program on a kprobe/uprobe perf event through a link whose cookie is the slot."""
+    return perf.link_perf_event(perf_fd, prog_fd, slot), perf_fd
 
 
 def describe(p: object) -> str:

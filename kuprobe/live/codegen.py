@@ -1,8 +1,7 @@
-"""Fills the BPF C templates in ``bpf_programs/``: integers only, never a user string.
+"""Parameterises the BPF C in ``bpf_programs/``: integers only, never a user string.
 
-The only text Python adds to C is ``KUPROBE_SLOT(n)`` lines and ``-D NAME=INTEGER`` flags,
-each checked here; symbols, paths and pids reach the kernel through perf_event_open(2), not
-through C.
+All Python adds is ``-D NAME=INTEGER`` compile flags, each checked here; symbols, paths and
+pids reach the kernel through perf_event_open(2) and bpf(2), never through C.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from pathlib import Path
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf_programs"
 POOL_TEMPLATE = "probe_pool.bpf.c"
-SLOT_MARKER = "/* KUPROBE_SLOTS */"
-MAX_SLOTS = 1024
+PROGRAM = "kuprobe_probe"  # the program every slot attaches
+MAX_SLOTS = 1 << 16
 
 
 def _bpf_dir() -> Path:
@@ -30,10 +29,6 @@ class PoolSource:
     cflags: tuple[str, ...]
     nslots: int
 
-    @staticmethod
-    def slot_function(n: int) -> str:
-        return f"kuprobe_slot_{_checked_int('slot', n, 0, MAX_SLOTS - 1)}"
-
 
 def _checked_int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -44,18 +39,14 @@ def _checked_int(name: str, value: object, lo: int, hi: int) -> int:
 
 
 def render_pool(*, nslots: int, ringbuf_pages: int, nregs: int) -> PoolSource:
-    """The pool module with ``nslots`` programs and a ring buffer of ``ringbuf_pages`` pages."""
+    """The module for ``nslots`` slots and a ring buffer of ``ringbuf_pages`` pages."""
     nslots = _checked_int("nslots", nslots, 1, MAX_SLOTS)
     ringbuf_pages = _checked_int("ringbuf_pages", ringbuf_pages, 1, 1 << 16)
     if ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ringbuf_pages={ringbuf_pages} must be a power of two")
     nregs = _checked_int("nregs", nregs, 1, 64)
     bpf_dir = _bpf_dir()
-    template = (bpf_dir / POOL_TEMPLATE).read_text()
-    if SLOT_MARKER not in template:
-        raise RuntimeError(f"{bpf_dir / POOL_TEMPLATE}: the {SLOT_MARKER} marker is missing")
-    slots = "\n".join(f"KUPROBE_SLOT({n})" for n in range(nslots))
-    text = template.replace(SLOT_MARKER, slots, 1)
+    text = (bpf_dir / POOL_TEMPLATE).read_text()
     cflags = (
         f"-I{bpf_dir}",
         f"-DKUPROBE_NSLOTS={nslots}",

@@ -14,6 +14,7 @@ import errno
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -63,11 +64,14 @@ def bpf_map_works(map_type: int, key_size: int, value_size: int, max_entries: in
     """Create (and close) a BPF map: the cheapest proof that bpf(2) and that map type work."""
     attr = (ctypes.c_uint32 * 16)()
     attr[0], attr[1], attr[2], attr[3] = map_type, key_size, value_size, max_entries
-    fd = _libc.syscall(_NR_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
+    try:
+        os.close(_bpf(BPF_MAP_CREATE, attr))
+    except OSError:
         return False
-    os.close(fd)
     return True
+
+
+BPF_LINK_CREATE = 28
 
 
 def pmu_type(name: str) -> int | None:
@@ -153,16 +157,50 @@ def open_kprobe(symbol: str | None, offset_or_addr: int, *, retprobe: bool) -> i
     )
 
 
-def attach_bpf(perf_fd: int, prog_fd: int) -> int:
-    """Attach the program to the perf event and enable it; returns ``perf_fd`` (closed on
-    failure)."""
+BPF_PERF_EVENT = 41  # include/uapi/linux/bpf.h: enum bpf_attach_type
+
+
+class _LinkCreatePerfEvent(ctypes.Structure):
+    """``union bpf_attr``'s link_create, with its perf_event member (Linux 5.15)."""
+
+    _fields_ = (
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("bpf_cookie", ctypes.c_uint64),
+    )
+
+
+def _bpf(cmd: int, attr: Any) -> int:
+    fd = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
+def link_perf_event(perf_fd: int, prog_fd: int, cookie: int) -> int:
+    """Attach the program to the perf event through a BPF link carrying ``cookie`` (what
+    bpf_get_attach_cookie() returns in the program), and enable the event; returns the link.
+    Closes ``perf_fd`` on failure."""
     try:
-        ioctl(perf_fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
-        ioctl(perf_fd, PERF_EVENT_IOC_ENABLE)
+        link = _bpf(
+            BPF_LINK_CREATE,
+            _LinkCreatePerfEvent(
+                prog_fd=prog_fd, target_fd=perf_fd, attach_type=BPF_PERF_EVENT, bpf_cookie=cookie
+            ),
+        )
     except OSError:
         os.close(perf_fd)
         raise
-    return perf_fd
+    try:
+        ioctl(perf_fd, PERF_EVENT_IOC_ENABLE)
+    except OSError:
+        os.close(link)
+        os.close(perf_fd)
+        raise
+    return link
 
 
 # --- uprobe_multi links (kernel 6.6+) -------------------------------------------------
@@ -170,7 +208,6 @@ def attach_bpf(perf_fd: int, prog_fd: int) -> int:
 # event, but without the perf layer's serialisation: closing many links side by side waits
 # for about one grace period (kernel/trace/bpf_trace.c: bpf_uprobe_unregister()).
 
-BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48  # include/uapi/linux/bpf.h: enum bpf_attach_type
 BPF_F_UPROBE_MULTI_RETURN = 1
 
@@ -194,27 +231,33 @@ class _LinkCreateUprobeMulti(ctypes.Structure):
 
 
 def open_uprobe_multi(
-    prog_fd: int, path: str, offset: int, *, retprobe: bool, pid: int, ref_ctr_offset: int
+    prog_fd: int,
+    path: str,
+    offset: int,
+    *,
+    retprobe: bool,
+    pid: int,
+    ref_ctr_offset: int,
+    cookie: int = 0,
 ) -> int:
-    """One uprobe (or uretprobe) on (path, file offset) as a uprobe_multi link of count 1."""
+    """One uprobe (or uretprobe) on (path, file offset) as a uprobe_multi link of count 1,
+    carrying ``cookie``."""
     c_path = ctypes.create_string_buffer(os.fsencode(path))
     offsets = (ctypes.c_uint64 * 1)(offset)
     ref_ctrs = (ctypes.c_uint64 * 1)(ref_ctr_offset)
+    cookies = (ctypes.c_uint64 * 1)(cookie)
     attr = _LinkCreateUprobeMulti(
         prog_fd=prog_fd,
         attach_type=BPF_TRACE_UPROBE_MULTI,
         path=ctypes.addressof(c_path),
         offsets=ctypes.addressof(offsets),
         ref_ctr_offsets=ctypes.addressof(ref_ctrs) if ref_ctr_offset else 0,
+        cookies=ctypes.addressof(cookies),
         cnt=1,
         multi_flags=BPF_F_UPROBE_MULTI_RETURN if retprobe else 0,
         pid=max(pid, 0),
     )
-    fd = _libc.syscall(_NR_BPF, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(fd)
+    return _bpf(BPF_LINK_CREATE, attr)
 
 
 def uprobe_multi_works(prog_fd: int) -> bool:

@@ -1,8 +1,9 @@
-"""A compiled pool of probe programs (bpf_programs/probe_pool.bpf.c) and its maps.
+"""The compiled probe program (bpf_programs/probe_pool.bpf.c), its maps and its slots.
 
-One BCC compile gives ``nslots`` programs; each registered probe takes a slot, whose
-``kuprobe_cfg`` entry says what the program does (stream events or only count, entry or
-return, which process). Registering 20 probes costs one compile and 20 attaches.
+One BCC compile per process. Each registered probe takes a slot: its attachments carry the
+slot number as their BPF cookie, and its ``kuprobe_cfg`` entry says what the program does
+(stream events or only count, entry or return, which process). Registering 20 probes costs
+one compile and 20 attaches.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any
 
 from kuprobe.errors import ProbeError
 from kuprobe.live import _bcc, perf
-from kuprobe.live.codegen import PoolSource, render_pool
+from kuprobe.live.codegen import PROGRAM, PoolSource, render_pool
 from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs
 from kuprobe.live.ringbuf import RingBufReader
 
-DEFAULT_SLOTS = 64
+DEFAULT_SLOTS = 4096  # slots cost map entries only, not compile time
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~47k events of slack for a burst
 
 
@@ -45,7 +46,7 @@ class ProbePool:
         rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
-        self._prog_fds: dict[tuple[int, bool], int] = {}
+        self._prog_fds: dict[bool, int] = {}
         self._uprobe_multi: bool | None = None
         self._baseline: dict[int, tuple[int, int]] = {}
         self.closed = False
@@ -67,13 +68,12 @@ class ProbePool:
             raise
         return slot
 
-    def prog_fd(self, slot: int, *, uprobe_multi: bool = False) -> int:
-        """The slot's program, loaded on first use: for a perf event, or for a uprobe_multi
-        link (the kernel wants the attach type at load time)."""
-        key = (slot, uprobe_multi)
-        if key not in self._prog_fds:
-            self._prog_fds[key] = self._load(PoolSource.slot_function(slot), uprobe_multi)
-        return self._prog_fds[key]
+    def prog_fd(self, *, uprobe_multi: bool = False) -> int:
+        """The program, loaded on first use: for perf-event links, or for uprobe_multi links
+        (the kernel wants the attach type at load time)."""
+        if uprobe_multi not in self._prog_fds:
+            self._prog_fds[uprobe_multi] = self._load(PROGRAM, uprobe_multi)
+        return self._prog_fds[uprobe_multi]
 
     def _load(self, name: str, uprobe_multi: bool) -> int:
         attach = perf.BPF_TRACE_UPROBE_MULTI if uprobe_multi else -1
@@ -90,12 +90,11 @@ class ProbePool:
         """Whether this kernel attaches uprobes as uprobe_multi links (Linux 6.6+)."""
         if self._uprobe_multi is None:
             try:
-                fd = self._load("kuprobe_feature_probe", True)
+                fd = self.prog_fd(uprobe_multi=True)
             except OSError:
                 self._uprobe_multi = False
             else:
                 self._uprobe_multi = perf.uprobe_multi_works(fd)
-                os.close(fd)
         return self._uprobe_multi
 
     def set_off(self, slot: int, off: bool) -> None:
