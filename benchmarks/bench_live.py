@@ -92,6 +92,16 @@ def _wait_attaching(p: subprocess.Popen[str]) -> None:
     raise RuntimeError("bpftrace: " + "".join(seen))
 
 
+def _stop(p: subprocess.Popen[str]) -> None:
+    """SIGINT, as a user stops bpftrace; SIGKILL if it has not left after 30 s."""
+    p.send_signal(2)
+    try:
+        p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+
+
 def per_hit_bpftrace(kind: str, n: int) -> float:
     prog = f"uprobe:{EXE}:{SYM[kind]} {{ @c = count(); }}"
     p = subprocess.Popen(
@@ -102,8 +112,7 @@ def per_hit_bpftrace(kind: str, n: int) -> float:
     try:
         return workload(kind, n)
     finally:
-        p.send_signal(2)
-        p.communicate(timeout=30)
+        _stop(p)
 
 
 # --- 2. events delivered to Python ---------------------------------------------------
@@ -261,8 +270,7 @@ def arm_remove_bpftrace() -> tuple[float, float]:
         time.sleep(0.005)
     t2 = time.perf_counter()
     del target
-    p.send_signal(2)
-    p.communicate(timeout=60)
+    _stop(p)
     t3 = time.perf_counter()
     return t2 - t1, t3 - t2
 

@@ -49,8 +49,6 @@ log = logging.getLogger("kuprobe")
 AnyProbe = Kprobe | Kretprobe | Uprobe
 # kernel/kprobes.c: register_kretprobe() default maxactive (max(10, 2 * num_possible_cpus()))
 KRETPROBE_DEFAULT_MAXACTIVE = max(10, 2 * (os.cpu_count() or 1))
-FIRST_POOL_SLOTS = 32
-LATER_POOL_SLOTS = 128
 
 
 @dataclass
@@ -117,9 +115,7 @@ class LiveBackend:
         for pool in self._pools:
             if pool.free_slots >= n:
                 return pool
-        # A small first pool compiles faster (it matters under emulation: ~15x), later ones
-        # are larger.
-        pool = ProbePool(nslots=FIRST_POOL_SLOTS if not self._pools else LATER_POOL_SLOTS)
+        pool = ProbePool()  # one compile; another only past DEFAULT_SLOTS probes at once
         self._pools.append(pool)
         self.dispatcher.add_pool(pool)
         # BCC registers its own atexit cleanup per module, and atexit runs last-in first-out:

@@ -20,7 +20,7 @@ from kuprobe.live.codegen import PROGRAM, PoolSource, render_pool
 from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs
 from kuprobe.live.ringbuf import RingBufReader
 
-DEFAULT_SLOTS = 4096  # slots cost map entries only, not compile time
+DEFAULT_SLOTS = 1024  # slots cost map entries only, not compile time; more pools past that
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~47k events of slack for a burst
 
 
