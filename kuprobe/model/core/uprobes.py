@@ -214,10 +214,14 @@ class UprobeRegistry:
 REGISTRY = UprobeRegistry()
 
 
-def regs_changed(before: dict[str, int], regs: PtRegs) -> str:
-    """For the trace: the registers an arch hook changed, ``name old->new`` each."""
+def regs_changed(before: list[int], regs: PtRegs) -> str:
+    """For the trace: the registers an arch hook changed, ``name old->new`` each
+    (``before`` is ``regs.values()`` from before the hook)."""
+    names = regs.layout.fields
     return " ".join(
-        f"{k} {before[k]:#x}->{v:#x}" for k, v in regs.as_dict().items() if before[k] != v
+        f"{names[i]} {b:#x}->{a:#x}"
+        for i, (b, a) in enumerate(zip(before, regs.values(), strict=True))
+        if b != a
     )
 
 
@@ -324,7 +328,7 @@ class UprobeMm:
             m, utask.xol_vaddr, arch.arch_uprobe_copy_ixol(entry.arch, bp_vaddr, utask.xol_vaddr)
         )
         utask.vaddr = bp_vaddr
-        before = regs.as_dict() if m.trace_enabled else None
+        before = regs.values() if m.trace_enabled else None
         arch.arch_uprobe_pre_xol(
             entry.arch, regs, utask.autask, bp_vaddr, utask.xol_vaddr, self.thread
         )
@@ -374,7 +378,7 @@ class UprobeMm:
         utask = self.utask
         entry = utask.active_uprobe
         assert entry is not None
-        before = regs.as_dict() if m.trace_enabled else None
+        before = regs.values() if m.trace_enabled else None
         if utask.state == UTASK_SSTEP_ACK:
             ok = m.hooks.arch_uprobe_post_xol(
                 entry.arch, regs, utask.autask, m, utask.vaddr, utask.xol_vaddr, self.thread
