@@ -138,8 +138,10 @@ def events_kuprobe(n: int) -> tuple[float, int, int]:
     register_uprobe(up)
     t0 = time.perf_counter()
     p.communicate("go\n", timeout=120)
-    unregister_uprobe(up)  # returns once every recorded event was handled
+    while got[0] + up.lost < n:  # until every event is handled (or counted lost)
+        time.sleep(0.001)
     dt = time.perf_counter() - t0
+    unregister_uprobe(up)
     return got[0] / dt, got[0], up.lost
 
 

@@ -1,0 +1,200 @@
+"""``kuprobe crosscheck``: each scenario on the reference model and on the live kernel.
+
+For every scenario and arch it prints one table: each fact, what the model predicted, what the
+kernel delivered, and whether they agree. Exit status 0 when everything agrees, 1 on any
+disagreement (or when a side could not run), 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from kuprobe.crosscheck.scenarios import SCENARIOS, Event, Result, Value, diff
+
+ARCHES = ("x86_64", "i386")  # what live uprobes run here (a 64-bit host with IA32 emulation)
+
+EXAMPLES = f"""\
+examples:
+  sudo kuprobe crosscheck                          every scenario, x86_64 and i386
+  sudo kuprobe crosscheck --arch i386 args         one scenario, the 32-bit target
+  sudo kuprobe crosscheck every-insn mid-function  two scenarios, both arches
+  kuprobe crosscheck --list                        the scenarios (no root needed)
+
+scenarios: {", ".join(SCENARIOS)}
+
+The target is tests/targets/build/ARCH/target (built by tests/targets/build.sh if missing).
+Live probes need root: BPF and uprobes. Exit status: 0 all agree, 1 a disagreement (or a side
+could not run), 2 bad arguments.
+"""
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "crosscheck",
+        help="run scenarios on the reference model and the live kernel, and compare",
+        description="Run each SCENARIO (default: all) on the reference model and on the live "
+        "kernel, with the same probes on the same target, and show where they agree.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "scenarios", nargs="*", type=_scenario_arg, metavar="SCENARIO", help="a scenario's name"
+    )
+    parser.add_argument(
+        "--arch",
+        choices=[*ARCHES, "all"],
+        default="all",
+        help=f"the target's arch (default: all, i.e. {' and '.join(ARCHES)})",
+    )
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _scenario_arg(text: str) -> str:
+    if text not in SCENARIOS:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {text!r} (choose from {', '.join(SCENARIOS)})"
+        )
+    return text
+
+
+def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    from kuprobe.crosscheck._target import TargetError
+    from kuprobe.live.backend import LiveBackend
+    from kuprobe.model import ModelError
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console.width = 120
+    if args.list:
+        console.print(scenario_list())
+        return 0
+    LiveBackend.require_root()  # a ProbeError: the `kuprobe` command prints it, status 1
+    names = list(dict.fromkeys(args.scenarios)) or list(SCENARIOS)
+    arches = ARCHES if args.arch == "all" else (args.arch,)
+    results = []
+    for name in names:
+        for arch in arches:
+            try:
+                result = SCENARIOS[name].run(arch)
+            except (TargetError, ModelError) as e:
+                print(f"kuprobe crosscheck: error: {name} on {arch}: {e}", file=sys.stderr)
+                return 1
+            console.print(render(result))
+            console.print()
+            results.append(result)
+    bad = [r for r in results if not r.agree]
+    if bad:
+        which = ", ".join(f"{r.scenario.name} on {r.arch}" for r in bad)
+        console.print(f"[bold red]{len(bad)} of {len(results)} disagree:[/] {which}")
+        return 1
+    console.print(f"[bold green]all {len(results)} agree[/] (model and kernel)")
+    return 0
+
+
+def scenario_list() -> Table:
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    out.add_column("Scenario", no_wrap=True, style="bold")
+    out.add_column("What it compares", overflow="fold")
+    for s in SCENARIOS.values():
+        out.add_row(Text(s.name), Text(s.description))
+    return out
+
+
+def render(result: Result) -> Group:
+    """One result: a title line saying whether it agrees, what it compares, the table."""
+    s = result.scenario
+    verdict = Text("agree", style="green") if result.agree else Text("DISAGREE", style="bold red")
+    title = Text.assemble((s.name, "bold"), f" on {result.arch}: ", verdict)
+    return Group(title, Text(s.description, style="dim"), table(result))
+
+
+def table(result: Result) -> Table:
+    """Each fact, the model's value, the kernel's, and whether they agree."""
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    out.add_column("Observed", overflow="fold")
+    out.add_column("Model predicted", overflow="fold")
+    out.add_column("Kernel delivered", overflow="fold")
+    out.add_column("Agree", overflow="fold")
+    for fact, model, live, verdict in rows(result):
+        style = "green" if verdict == "yes" else "bold red"
+        out.add_row(Text(fact), Text(model), Text(live), Text(verdict, style=style))
+    return out
+
+
+_HITS = re.compile(r"(?P<func>\w+)\+(?P<off>0x[0-9a-f]+) hits")
+
+
+def rows(result: Result) -> Iterator[tuple[str, str, str, str]]:
+    """(fact, model, kernel, verdict) per fact. Consecutive instructions of one function
+    hit equally often, and agreeing, share one row."""
+    why = {d.fact: d.why for d in diff(result.model, result.live)}
+    facts = [*result.model, *(f for f in result.live if f not in result.model)]
+    i = 0
+    while i < len(facts):
+        fact = facts[i]
+        m, k = result.model.get(fact), result.live.get(fact)
+        j = i + 1
+        first = _HITS.fullmatch(fact)
+        if first and fact not in why:
+            while j < len(facts) and facts[j] not in why and result.model.get(facts[j]) == m:
+                nxt = _HITS.fullmatch(facts[j])
+                if not nxt or nxt["func"] != first["func"]:
+                    break
+                j += 1
+        if j - i > 1:
+            last = _HITS.fullmatch(facts[j - 1])
+            assert first is not None and last is not None
+            fact = f"{first['func']}+{first['off']} … +{last['off']} hits ({j - i} insns)"
+        yield fact, show(m), show(k), why.get(facts[i], "yes")
+        i = j
+
+
+def show(value: Value | None) -> str:
+    """A value as a reader wants it: events in order, runs of like events shortened."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return ", ".join(_runs(value)) or "none"
+
+
+def _runs(events: Sequence[Event]) -> Iterator[str]:
+    """``entry(100) … entry(0) (101 events)`` for 3 or more events of one kind whose values move by
+    the same step each time; others one by one."""
+    i = 0
+    while i < len(events):
+        j = i + 1
+        if j < len(events) and _alike(events[i], events[j]):
+            step = _step(events[i], events[j])
+            while j + 1 < len(events) and _alike(events[j], events[j + 1]):
+                if _step(events[j], events[j + 1]) != step:
+                    break
+                j += 1
+            j += 1
+        if j - i >= 3:
+            yield f"{events[i]} … {events[j - 1]} ({j - i} events)"
+        else:
+            j = i + 1
+            yield str(events[i])
+        i = j
+
+
+def _alike(a: Event, b: Event) -> bool:
+    return a.kind == b.kind and len(a.values) == len(b.values)
+
+
+def _step(a: Event, b: Event) -> tuple[int, ...]:
+    return tuple(y - x for x, y in zip(a.values, b.values, strict=True))

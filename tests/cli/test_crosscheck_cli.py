@@ -1,0 +1,249 @@
+"""``kuprobe crosscheck``: scenarios on the model and the live kernel, one table each.
+
+Argument errors, ``--list``, the missing-root error and how a disagreement is shown need no
+root; the real runs (marker ``live``) need the live capabilities and must agree.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kuprobe.cli import build_parser, main
+from kuprobe.crosscheck import SCENARIOS, Event, Observation, Scenario
+from kuprobe.crosscheck.cli import run
+from kuprobe.live.backend import LiveBackend
+from kuprobe.model import ModelError
+
+ARCHES = ["x86_64", "i386"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def crosscheck(argv: list[str]) -> tuple[int, str]:
+    """Exit status and what was printed (no colour, wide enough for one-line captions)."""
+    args = build_parser().parse_args(["crosscheck", *argv])
+    console = Console(file=io.StringIO(), width=200, color_system=None, _environ={})
+    code = run(args, console=console)
+    return code, console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def tables(out: str) -> list[tuple[str, list[list[str]]]]:
+    """Each result's title and its rows as [observed, model, kernel, agree], wrapped cells
+    joined (the summary after the last one is dropped)."""
+    found = []
+    for block in out.split("\n\n")[:-1]:
+        title, _description, header, _rule, *body = block.splitlines()
+        cols = [0, *(header.index(h) for h in ("Model predicted", "Kernel delivered", "Agree"))]
+        rows: list[list[str]] = []
+        for line in body:
+            cells = [line[a:b].strip() for a, b in zip(cols, [*cols[1:], None], strict=True)]
+            if cells[0] or not rows:
+                rows.append(cells)
+            else:  # a wrapped cell goes on
+                rows[-1] = [f"{r} {c}".strip() for r, c in zip(rows[-1], cells, strict=True)]
+        found.append((title.strip(), rows))
+    return found
+
+
+# --- no root needed ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["nosuch"],
+            "kuprobe crosscheck: error: argument SCENARIO: unknown scenario 'nosuch' "
+            "(choose from every-insn, uretprobe-depth, args, mid-function)",
+        ),
+        (
+            ["args", "every_insn"],
+            "kuprobe crosscheck: error: argument SCENARIO: unknown scenario 'every_insn'",
+        ),
+        (
+            ["--arch", "arm64"],
+            "kuprobe crosscheck: error: argument --arch: invalid choice: 'arm64'",
+        ),
+        (["--arch"], "kuprobe crosscheck: error: argument --arch: expected one argument"),
+        (["--bogus"], "kuprobe: error: unrecognized arguments: --bogus"),  # the top-level parser
+    ],
+)
+def test_argument_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["crosscheck", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: kuprobe ")
+    assert message in err
+
+
+def test_list_names_every_scenario(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # listing needs no root
+    code, out = crosscheck(["--list"])
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["Scenario", "What", "it", "compares"]
+    assert [ln.split()[0] for ln in lines[2:]] == list(SCENARIOS)
+    assert [ln.split(maxsplit=1)[1].strip() for ln in lines[2:]] == [
+        s.description for s in SCENARIOS.values()
+    ]
+    assert list(SCENARIOS) == ["every-insn", "uretprobe-depth", "args", "mid-function"]
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["crosscheck", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "sudo kuprobe crosscheck --arch i386 args" in out
+    assert "scenarios: every-insn, uretprobe-depth, args, mid-function" in out
+
+
+def test_without_root_the_probe_error_is_printed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["crosscheck", "args"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing ran: no model-only half of a comparison
+    assert captured.err.splitlines() == [
+        "kuprobe crosscheck: error: live probes need root (CAP_BPF and CAP_PERFMON) [EPERM]",
+        "kuprobe crosscheck: hint: run the script with sudo, or use kuprobe.model.Machine, "
+        "which needs none",
+    ]
+
+
+def fake(monkeypatch: pytest.MonkeyPatch, model: Observation, live: Observation) -> None:
+    """A scenario ``fake`` whose two sides saw ``model`` and ``live``; no root check."""
+
+    def observe(exe: Path) -> tuple[Observation, Observation]:
+        assert exe.name == "target"
+        return model, live
+
+    monkeypatch.setitem(SCENARIOS, "fake", Scenario("fake", "a made-up comparison", observe))
+    monkeypatch.setattr(LiveBackend, "require_root", staticmethod(lambda: None))
+
+
+def test_a_disagreement_is_shown_and_exits_1(
+    targets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = [Event("entry", (1,)), Event("entry", (2,)), Event("entry", (3,)), Event("return", (9,))]
+    model: Observation = {
+        "f(1..3): sum of results": 6,
+        "f+0x0 hits": 3,
+        "f+0x1 hits": 3,
+        "f+0x4 hits": 2,
+        "g+0x0 hits": 2,
+        "handler events, in order": tuple(e),
+    }
+    live = {**model, "f+0x4 hits": 1, "handler events, in order": (e[0], e[3]), "extra": 5}
+    fake(monkeypatch, model, live)
+    code, out = crosscheck(["--arch", "x86_64", "fake"])
+    assert code == 1
+    [(title, rows)] = tables(out)
+    assert title == "fake on x86_64: DISAGREE"
+    assert rows == [
+        ["f(1..3): sum of results", "6", "6", "yes"],
+        ["f+0x0 … +0x1 hits (2 insns)", "3", "3", "yes"],
+        ["f+0x4 hits", "2", "1", "model 2, kernel 1"],
+        ["g+0x0 hits", "2", "2", "yes"],  # another function: a row of its own
+        [
+            "handler events, in order",
+            "entry(1) … entry(3) (3 events), return(9)",
+            "entry(1), return(9)",
+            "event 2: model entry(2), kernel return(9) (4 events in the model, 2 from the kernel)",
+        ],
+        ["extra", "-", "5", "only the kernel observed it"],
+    ]
+    assert out.splitlines()[-1] == "1 of 1 disagree: fake on x86_64"
+
+
+def test_a_side_that_cannot_run_exits_1(
+    targets: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def observe(exe: Path) -> tuple[Observation, Observation]:
+        raise ModelError("rec: the CPU stopped at 0x0")
+
+    monkeypatch.setitem(SCENARIOS, "fake", Scenario("fake", "fails", observe))
+    monkeypatch.setattr(LiveBackend, "require_root", staticmethod(lambda: None))
+    code, _out = crosscheck(["--arch", "i386", "fake"])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "kuprobe crosscheck: error: fake on i386: rec: the CPU stopped at 0x0\n"
+    )
+
+
+# --- live -------------------------------------------------------------------------------------
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_each_scenario_agrees_live(live: Path, name: str, arch: str) -> None:
+    code, out = crosscheck(["--arch", arch, name])
+    assert code == 0, out
+    [(title, rows)] = tables(out)
+    assert title == f"{name} on {arch}: agree"
+    assert rows and all(r[3] == "yes" and r[1] == r[2] for r in rows), rows
+    facts = [r[0] for r in rows]
+    assert facts[0].endswith(": sum of results")
+    if name != "every-insn":
+        assert "hits" in facts and "handler events, in order" in facts
+    assert out.splitlines()[-1] == "all 1 agree (model and kernel)"
+
+
+@pytest.mark.live
+def test_the_command_runs_every_scenario(live: Path) -> None:
+    """The installed entry point, every scenario on both arches, as a user runs it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "kuprobe.cli", "crosscheck"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [ln.strip() for ln in out.stdout.splitlines()]
+    titles = [ln for ln in lines if " on " in ln and ln.endswith(": agree")]
+    assert titles == [f"{n} on {a}: agree" for n in SCENARIOS for a in ARCHES]
+    assert lines[-1] == f"all {2 * len(SCENARIOS)} agree (model and kernel)"
+
+
+def test_a_missing_target_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kuprobe.crosscheck import _target
+
+    src = ROOT / "tests" / "targets"
+    for f in [src / "build.sh", *src.glob("*.c"), *src.glob("*.h")]:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "build.sh").chmod(0o755)
+    monkeypatch.setattr(_target, "TARGETS", tmp_path)
+    built = _target.target_path("x86_64")
+    assert built == tmp_path / "build" / "x86_64" / "target"
+    assert subprocess.run([built, "add", "2", "1"], capture_output=True, text=True).stdout == (
+        "add 2 9\n"  # add(1, 2) + add(2, 4)
+    )
+    assert not (tmp_path / "build" / "i386").exists()  # only the arch asked for
+
+
+def test_no_build_script_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kuprobe.crosscheck import _target
+
+    monkeypatch.setattr(_target, "TARGETS", tmp_path)
+    monkeypatch.setattr(LiveBackend, "require_root", staticmethod(lambda: None))
+    code, out = crosscheck(["--arch", "i386", "args"])
+    assert (code, out) == (1, "")
+    assert capsys.readouterr().err == (
+        f"kuprobe crosscheck: error: args on i386: {tmp_path}/build.sh is missing: "
+        "run kuprobe crosscheck from a kuprobe checkout\n"
+    )
