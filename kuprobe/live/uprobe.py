@@ -1,0 +1,170 @@
+"""Live uprobes and uretprobes (kernel/events/uprobes.c, kernel/trace/trace_uprobe.c):
+(inode, file offset) from the ELF, one slot per entry and return, consumers' handlers and
+filters, UPROBE_HANDLER_REMOVE per process."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kuprobe.errors import ProbeError
+from kuprobe.live import perf
+from kuprobe.live.core import (
+    BackendCore,
+    Registration,
+    attach_error,
+    perf_link,
+)
+from kuprobe.live.dispatch import SlotHandler
+from kuprobe.live.events import (
+    KUPROBE_CFG_REMOVABLE,
+    KUPROBE_CFG_RET,
+    KUPROBE_CFG_STREAM,
+    host_arch,
+    live_regs_parts,
+    regs_factory,
+)
+from kuprobe.live.pool import ProbePool
+from kuprobe.probes import (
+    UPROBE_HANDLER_REMOVE,
+    Uprobe,
+)
+from kuprobe.task import Task
+
+
+class UprobeOps(BackendCore):
+    """register_uprobe() and the dispatch of uprobe and uretprobe events."""
+
+    def register_uprobe(self, up: Uprobe) -> None:
+        from kuprobe.live.resolve import check_offset, resolve_uprobe
+
+        if not isinstance(up, Uprobe):
+            raise TypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")
+        with self._lock:
+            self._claim(up)
+            pid = 0
+            if up.pid is not None:
+                pid = check_offset(up.pid, "pid")
+                if pid == 0 or not os.path.exists(f"/proc/{pid}"):
+                    raise ProbeError(errno.ESRCH, f"no process {up.pid}", probe=up)
+            ref_ctr = check_offset(up.ref_ctr_offset, "ref_ctr_offset")
+            target = resolve_uprobe(
+                up.path, symbol_name=up.symbol_name, offset=up.offset, host_arch=host_arch()
+            )
+            self.require_root()
+            self.require_pmu("uprobe")
+            uc = up.consumer
+            handler = uc.handler if uc else None
+            ret_handler = uc.ret_handler if uc else None
+            reg = Registration(up)
+            pool = self._pool_with(2 if ret_handler else 1)
+            make_regs = regs_factory(target.arch)
+
+            multi = pool.uprobe_multi()
+
+            def open_uprobe(ret: bool) -> Callable[[int, int], tuple[int, int]]:
+                if multi:  # closes without the perf layer's serialisation (see perf.py)
+                    return lambda prog, slot: (
+                        perf.open_uprobe_multi(
+                            prog, target.path, target.offset,
+                            retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr, cookie=slot,
+                        ),
+                        -1,
+                    )  # fmt: skip
+                return lambda prog, slot: perf_link(
+                    perf.open_uprobe(
+                        target.path, target.offset, retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr
+                    ),
+                    prog,
+                    slot,
+                )
+
+            try:
+                entry_flags = (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE) if handler else 0
+                entry = self._attach_slot(
+                    reg,
+                    pool,
+                    flags=entry_flags,
+                    tgid=pid,
+                    handler=self._uprobe_handler(up, pool, reg, target.arch) if handler else None,
+                    attach=open_uprobe(False),
+                    uprobe_multi=multi,
+                )
+                if ret_handler:
+                    self._attach_slot(
+                        reg,
+                        pool,
+                        flags=KUPROBE_CFG_STREAM | KUPROBE_CFG_RET | KUPROBE_CFG_REMOVABLE,
+                        tgid=pid,
+                        handler=self._uretprobe_handler(up, make_regs),
+                        attach=open_uprobe(True),
+                        uprobe_multi=multi,
+                    )
+                del entry
+            except OSError as e:
+                self._rollback(reg)
+                raise attach_error(e, up, f"{target.path}:{target.offset:#x}") from e
+            except BaseException:
+                self._rollback(reg)
+                raise
+            up._inode = target.inode
+            up._file_offset = target.offset
+            up._owner = self
+            self._regs[id(up)] = reg
+
+    def _uprobe_handler(
+        self,
+        up: Uprobe,
+        pool: ProbePool,
+        reg: Registration,
+        arch: str,
+    ) -> SlotHandler:
+        uc = up.consumer
+        assert uc is not None and uc.handler is not None
+        handler, filt = uc.handler, uc.filter
+        report = self._reporter(up)
+        removed: set[int] = set()
+        regs_cls, decoder = live_regs_parts(arch)
+        new = object.__new__
+
+        def on_hit(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
+            # The hottest path of the live side: regs_factory() inlined.
+            if removed and task.pid in removed:
+                return  # recorded before the kernel-side removal took effect
+            try:
+                if filt is not None and not filt(uc, task):
+                    return
+                regs = new(regs_cls)
+                regs._raw = (decoder, chunk, off, ts)
+                ret = handler(uc, regs)
+            except Exception as e:
+                report(e)
+                return
+            if ret and ret & UPROBE_HANDLER_REMOVE:
+                # kernel/events/uprobes.c: handler_chain() -> unapply_uprobe(): no more calls
+                # of this consumer in that process.
+                removed.add(task.pid)
+                for att in reg.attaches:
+                    att.pool.mark_removed(att.slot, task.pid)
+
+        return on_hit
+
+    def _uretprobe_handler(
+        self, up: Uprobe, make_regs: Callable[[memoryview, int, int], Any]
+    ) -> SlotHandler:
+        uc = up.consumer
+        assert uc is not None and uc.ret_handler is not None
+        ret_handler, filt = uc.ret_handler, uc.filter
+        report = self._reporter(up)
+
+        def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
+            try:
+                if filt is not None and not filt(uc, task):
+                    return
+                ret_handler(uc, func_ip, make_regs(chunk, off, ts))
+            except Exception as e:
+                report(e)
+
+        return on_ret
