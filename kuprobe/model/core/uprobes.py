@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import weakref
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import ne
 
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
@@ -218,11 +220,9 @@ def regs_changed(before: list[int], regs: PtRegs) -> str:
     """For the trace: the registers an arch hook changed, ``name old->new`` each
     (``before`` is ``regs.values()`` from before the hook)."""
     names = regs.layout.fields
-    return " ".join(
-        f"{names[i]} {b:#x}->{a:#x}"
-        for i, (b, a) in enumerate(zip(before, regs.values(), strict=True))
-        if b != a
-    )
+    after = regs.values()
+    changed = compress(range(len(after)), map(ne, before, after))  # compared in C
+    return " ".join(f"{names[i]} {before[i]:#x}->{after[i]:#x}" for i in changed)
 
 
 def consumer_wants(up: Uprobe, task: Task) -> bool:
