@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
+
+from rich.console import Console
 
 from kuprobe.spec import EXAMPLES, ProbeSpec, SpecError, check_spec, parse_spec
 
@@ -46,3 +49,12 @@ def checked(specs: Sequence[ProbeSpec]) -> list[ProbeSpec]:
     for spec in specs:
         check_spec(spec)
     return list(specs)
+
+
+def make_console() -> Console:
+    """rich's console; written to a file or a pipe it is 120 columns wide (wide enough for
+    the tables), not rich's 80, unless COLUMNS says otherwise."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 120
+    return console

@@ -8,7 +8,6 @@ utask-state change, handler call, single-step and fix-up, in order — as a tabl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from kuprobe.commands._common import make_console
 from kuprobe.commands._session import Event, Watch
 from kuprobe.spec import ProbeSpec, SpecError, check_spec, parse_spec
 
@@ -117,9 +117,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     from kuprobe.model import Machine, ModelError
 
     if console is None:
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console.width = 120
+        console = make_console()
     specs = [model_spec(text, args.elf) for text in args.probes]
     for spec in specs:
         if spec.path is not None:

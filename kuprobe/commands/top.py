@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from rich.console import Console
-
 from kuprobe import dashboard
-from kuprobe.commands._common import SPEC_HELP, add_probe_options, checked, positive
+from kuprobe.commands._common import (
+    SPEC_HELP,
+    add_probe_options,
+    checked,
+    make_console,
+    positive,
+)
 from kuprobe.commands._session import Session, Watch
 from kuprobe.commands._signals import stop_requested
 
@@ -60,9 +63,7 @@ def add_display_options(parser: argparse.ArgumentParser) -> None:
 
 def show(session: Session, args: argparse.Namespace, *, title: str) -> int:
     """Register the session's probes, run the dashboard on them, unregister."""
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = 120  # a log file: wide enough for the table, not rich's 80
+    console = make_console()
     with session.active(), stop_requested() as stop:
         state = dashboard.run(
             session,

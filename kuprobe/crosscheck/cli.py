@@ -8,7 +8,6 @@ disagreement (or when a side could not run), 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from kuprobe.commands._common import make_console
 from kuprobe.crosscheck.scenarios import SCENARIOS, Event, Result, Value, diff
 
 ARCHES = ("x86_64", "i386")  # what live uprobes run here (a 64-bit host with IA32 emulation)
@@ -75,9 +75,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     from kuprobe.model import ModelError
 
     if console is None:
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console.width = 120
+        console = make_console()
     if args.list:
         console.print(scenario_list())
         return 0
