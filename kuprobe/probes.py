@@ -8,9 +8,12 @@ backend that holds the probe updates them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import errno
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kuprobe.errors import ProbeError
 
 if TYPE_CHECKING:
     from kuprobe.regs import PtRegs
@@ -194,3 +197,43 @@ class Uprobe(_Counted):
     def file_offset(self) -> int | None:
         """The probed instruction's offset in the file, once registered."""
         return self._file_offset
+
+
+def check_kretprobe_fields(rp: Kretprobe) -> None:
+    """What kernel/kprobes.c: register_kretprobe() refuses before touching any probe: a
+    kretprobe off a function's entry (kprobe_on_func_entry()), a negative maxactive, a
+    data_size over KRETPROBE_MAX_DATA_SIZE. Live and model backends both apply it."""
+    if not 0 <= rp.data_size <= KRETPROBE_MAX_DATA_SIZE:
+        raise ProbeError(
+            errno.E2BIG if rp.data_size > 0 else errno.EINVAL,
+            f"data_size {rp.data_size} is outside 0..{KRETPROBE_MAX_DATA_SIZE}",
+            probe=rp,
+        )
+    if rp.maxactive < 0:
+        raise ProbeError(errno.EINVAL, f"maxactive {rp.maxactive} is negative", probe=rp)
+    if rp.offset:
+        raise ProbeError(
+            errno.EINVAL,
+            "a kretprobe must be on a function entry (offset 0)",
+            probe=rp,
+            hint="use a kprobe for other offsets",
+        )
+
+
+P = TypeVar("P")
+
+
+def register_all_or_none(
+    probes: Sequence[P], register: Callable[[P], None], unregister: Callable[[P], None]
+) -> None:
+    """kernel/kprobes.c: register_kprobes(): register each in turn; on a failure, unregister
+    those already registered and re-raise, so the batch is all or none."""
+    done: list[P] = []
+    try:
+        for p in probes:
+            register(p)
+            done.append(p)
+    except BaseException:
+        for p in reversed(done):
+            unregister(p)
+        raise

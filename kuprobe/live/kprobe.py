@@ -29,10 +29,11 @@ from kuprobe.live.events import (
 )
 from kuprobe.probes import (
     KPROBE_FLAG_DISABLED,
-    KRETPROBE_MAX_DATA_SIZE,
     Kprobe,
     Kretprobe,
     KretprobeInstance,
+    check_kretprobe_fields,
+    register_all_or_none,
 )
 from kuprobe.regs import instruction_pointer
 from kuprobe.task import Task
@@ -62,15 +63,7 @@ class KprobeOps(BackendCore):
     def register_kprobes(self, kps: Sequence[Kprobe]) -> None:
         with self._lock:
             self._prevalidate(kps, Kprobe)
-            done: list[Kprobe] = []
-            try:
-                for kp in kps:
-                    self._register_kprobe(kp)
-                    done.append(kp)
-            except BaseException:
-                for kp in reversed(done):
-                    self.unregister(kp)
-                raise
+            register_all_or_none(kps, self._register_kprobe, self.unregister)
 
     def _prevalidate(self, probes: Sequence[Kprobe | Kretprobe], kind: type) -> None:
         """Check every probe of a batch before arming any (all or nothing)."""
@@ -137,29 +130,14 @@ class KprobeOps(BackendCore):
     def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
         with self._lock:
             self._prevalidate(rps, Kretprobe)
-            done: list[Kretprobe] = []
-            try:
-                for rp in rps:
-                    self._register_kretprobe(rp)
-                    done.append(rp)
-            except BaseException:
-                for rp in reversed(done):
-                    self.unregister(rp)
-                raise
+            register_all_or_none(rps, self._register_kretprobe, self.unregister)
 
     def _register_kretprobe(self, rp: Kretprobe) -> None:
         if not isinstance(rp, Kretprobe):
             raise TypeError(f"register_kretprobe() takes a Kretprobe, not {type(rp).__name__}")
         self._claim(rp)
         sym, off = self._check_kprobe_target(rp)
-        if not 0 <= rp.data_size <= KRETPROBE_MAX_DATA_SIZE:
-            raise ProbeError(
-                errno.E2BIG if rp.data_size > 0 else errno.EINVAL,
-                f"data_size {rp.data_size} is outside 0..{KRETPROBE_MAX_DATA_SIZE}",
-                probe=rp,
-            )
-        if rp.maxactive < 0:
-            raise ProbeError(errno.EINVAL, f"maxactive {rp.maxactive} is negative", probe=rp)
+        check_kretprobe_fields(rp)
         self.require_root()
         self.require_pmu("kprobe")
         reg = Registration(rp)

@@ -9,7 +9,7 @@ from kuprobe.errors import ProbeError
 from kuprobe.model.core.kprobes import KprobeTable
 from kuprobe.model.core.kretprobes import KretprobeCore
 from kuprobe.model.core.uprobes import REGISTRY
-from kuprobe.probes import Kprobe, Kretprobe, Uprobe
+from kuprobe.probes import Kprobe, Kretprobe, Uprobe, register_all_or_none
 
 
 class ProbeRegistration:
@@ -38,15 +38,7 @@ class ProbeRegistration:
 
     def register_kprobes(self, ps: Sequence[Kprobe]) -> None:
         """All or none, as the kernel's register_kprobes()."""
-        done: list[Kprobe] = []
-        try:
-            for p in ps:
-                self.register_kprobe(p)
-                done.append(p)
-        except ProbeError:
-            for p in reversed(done):
-                self.unregister_kprobe(p)
-            raise
+        register_all_or_none(ps, self.register_kprobe, self.unregister_kprobe)
 
     def unregister_kprobes(self, ps: Sequence[Kprobe]) -> None:
         for p in ps:
@@ -73,15 +65,7 @@ class ProbeRegistration:
         self.kretprobes.unregister(rp)
 
     def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
-        done: list[Kretprobe] = []
-        try:
-            for rp in rps:
-                self.register_kretprobe(rp)
-                done.append(rp)
-        except ProbeError:
-            for rp in reversed(done):
-                self.unregister_kretprobe(rp)
-            raise
+        register_all_or_none(rps, self.register_kretprobe, self.unregister_kretprobe)
 
     def unregister_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
         for rp in rps:

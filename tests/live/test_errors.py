@@ -123,6 +123,11 @@ def test_kretprobe_data_size_too_big() -> None:
     _refused(rp, errno.E2BIG, register_kretprobe)
 
 
+def test_kretprobe_off_the_function_entry() -> None:
+    """kernel/kprobes.c: register_kretprobe() wants the function's entry (the model agrees)."""
+    _refused(Kretprobe(symbol_name="do_sys_openat2", offset=4), errno.EINVAL, register_kretprobe)
+
+
 def test_kprobe_symbol_injection() -> None:
     _refused(Kprobe(symbol_name="f(){}; evil"), errno.EINVAL, register_kprobe)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kuprobe.errors import ProbeError
 from kuprobe.model.core.common import MachineLike, call_handler
 from kuprobe.model.core.kprobes import KprobeTable
-from kuprobe.probes import KRETPROBE_MAX_DATA_SIZE, Kprobe, Kretprobe, KretprobeInstance
+from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, check_kretprobe_fields
 from kuprobe.regs import PtRegs
 
 # kernel/kprobes.c: register_kretprobe(): with CONFIG_PREEMPTION (Debian's kernels) the
@@ -71,21 +71,7 @@ class KretprobeCore:
     def register(self, rp: Kretprobe) -> None:
         if rp._owner is not None:
             raise ProbeError(errno.EINVAL, "this kretprobe is already registered", probe=rp)
-        if rp.data_size < 0 or rp.data_size > KRETPROBE_MAX_DATA_SIZE:
-            raise ProbeError(
-                errno.E2BIG if rp.data_size > 0 else errno.EINVAL,
-                f"data_size {rp.data_size} is out of 0..{KRETPROBE_MAX_DATA_SIZE}",
-                probe=rp,
-            )
-        if rp.maxactive < 0:
-            raise ProbeError(errno.EINVAL, f"maxactive {rp.maxactive} is negative", probe=rp)
-        if rp.offset:  # kprobe_on_func_entry(): a kretprobe must be at a function's entry
-            raise ProbeError(
-                errno.EINVAL,
-                "a kretprobe must be on a function entry (offset 0)",
-                probe=rp,
-                hint="use a kprobe for other offsets",
-            )
+        check_kretprobe_fields(rp)
         maxactive = rp.maxactive if rp.maxactive > 0 else DEFAULT_MAXACTIVE
         entry = _KretprobeEntry(self, rp, maxactive)
         self.table.register(entry.kp, internal=entry)
