@@ -1,13 +1,21 @@
-"""The one exception kuprobe raises for a probe the kernel would refuse."""
+"""kuprobe's exceptions: one base, a shallow tree under it.
+
+Catch ``KuprobeError`` to catch anything kuprobe raised. Each subsystem's own errors derive
+from it (``kuprobe.cli.spec.SpecError``, ``kuprobe.model.ModelError``, ``kuprobe.vm.VmError``,
+``kuprobe.crosscheck.TargetError``); a probe the kernel would refuse is a ``ProbeError``.
+"""
 
 from __future__ import annotations
 
 import errno as _errno
-import os
 from typing import Any
 
 
-class ProbeError(OSError):
+class KuprobeError(Exception):
+    """Anything kuprobe raises on purpose."""
+
+
+class ProbeError(KuprobeError, OSError):
     """A probe was refused: ``errno`` is what the kernel would return, ``hint`` what to do."""
 
     def __init__(
@@ -18,7 +26,7 @@ class ProbeError(OSError):
         probe: Any = None,
         hint: str | None = None,
     ) -> None:
-        super().__init__(code, message)
+        OSError.__init__(self, code, message)
         self.probe = probe
         self.hint = hint
 
@@ -28,8 +36,3 @@ class ProbeError(OSError):
         if self.hint:
             text += f" (hint: {self.hint})"
         return text
-
-
-def errno_message(code: int) -> str:
-    """The C library's text for ``code`` (``ENOENT`` -> "No such file or directory")."""
-    return os.strerror(code)

@@ -9,9 +9,9 @@ backend that holds the probe updates them.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from kuprobe.errors import ProbeError
 
@@ -218,22 +218,3 @@ def check_kretprobe_fields(rp: Kretprobe) -> None:
             probe=rp,
             hint="use a kprobe for other offsets",
         )
-
-
-P = TypeVar("P")
-
-
-def register_all_or_none(
-    probes: Sequence[P], register: Callable[[P], None], unregister: Callable[[P], None]
-) -> None:
-    """kernel/kprobes.c: register_kprobes(): register each in turn; on a failure, unregister
-    those already registered and re-raise, so the batch is all or none."""
-    done: list[P] = []
-    try:
-        for p in probes:
-            register(p)
-            done.append(p)
-    except BaseException:
-        for p in reversed(done):
-            unregister(p)
-        raise

@@ -1,118 +1,31 @@
 """``struct pt_regs`` per arch, and the kernel's accessors for it.
 
 A ``PtRegs`` is one snapshot of the trapped task's registers under the kernel's field names
-for its arch, plus ``STACK_WORDS`` words read from the stack pointer. Live snapshots decode
-lazily from the event bytes (most handlers read two or three fields); the model builds them
-from emulator registers and reads back what a handler changed.
+for its arch (the layouts are in kuprobe/arch.py), plus ``STACK_WORDS`` words read from the
+stack pointer. Live snapshots decode lazily from the event bytes (most handlers read two or
+three fields); the model builds them from emulator registers and reads back what a handler
+changed.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kuprobe.arch import ARCHES, ARM64, ArchInfo, RegLayout, arch_info
 
 STACK_WORDS = 16
-
-
-@dataclass(frozen=True)
-class RegLayout:
-    """How one arch's pt_regs looks, and which fields the kernel's accessors read."""
-
-    arch: str
-    fields: tuple[str, ...]
-    word_bits: int
-    ip: str
-    sp: str
-    retval: str
-    args: tuple[str, ...]  # regs_get_kernel_argument(): register arguments, in order
-
-
-# arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_64), regs_get_kernel_argument()
-X86_64 = RegLayout(
-    arch="x86_64",
-    fields=(
-        "r15",
-        "r14",
-        "r13",
-        "r12",
-        "bp",
-        "bx",
-        "r11",
-        "r10",
-        "r9",
-        "r8",
-        "ax",
-        "cx",
-        "dx",
-        "si",
-        "di",
-        "orig_ax",
-        "ip",
-        "cs",
-        "flags",
-        "sp",
-        "ss",
-    ),
-    word_bits=64,
-    ip="ip",
-    sp="sp",
-    retval="ax",
-    args=("di", "si", "dx", "cx", "r8", "r9"),
-)
-# arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_32); the kernel is built with
-# -mregparm=3, so regs_get_kernel_argument() reads ax, dx, cx and then the stack.
-I386 = RegLayout(
-    arch="i386",
-    fields=(
-        "bx",
-        "cx",
-        "dx",
-        "si",
-        "di",
-        "bp",
-        "ax",
-        "ds",
-        "es",
-        "fs",
-        "gs",
-        "orig_ax",
-        "ip",
-        "cs",
-        "flags",
-        "sp",
-        "ss",
-    ),
-    word_bits=32,
-    ip="ip",
-    sp="sp",
-    retval="ax",
-    args=("ax", "dx", "cx"),
-)
-# arch/arm64/include/uapi/asm/ptrace.h: struct user_pt_regs { regs[31], sp, pc, pstate };
-# arch/arm64/include/asm/ptrace.h: regs_get_kernel_argument() reads x0..x7, then 0.
-ARM64 = RegLayout(
-    arch="arm64",
-    fields=(*(f"x{i}" for i in range(31)), "sp", "pc", "pstate"),
-    word_bits=64,
-    ip="pc",
-    sp="sp",
-    retval="x0",
-    args=tuple(f"x{i}" for i in range(8)),
-)
-
-LAYOUTS: dict[str, RegLayout] = {x.arch: x for x in (X86_64, I386, ARM64)}
 
 
 class PtRegs:
     """One register snapshot; attribute names are the kernel's for ``arch``.
 
-    Subclasses exist per arch (``PtRegsX86_64``, ``PtRegsI386``, ``PtRegsArm64``); build one
-    with ``PtRegs.of(arch, values, stack)``. Fields are writable (in the model a handler may
-    change them, as a kernel handler may).
+    One subclass exists per arch of kuprobe.arch.ARCHES (``regs_class(arch)``); build one with
+    ``PtRegs.of(arch, values, stack)``. Fields are writable (in the model a handler may change
+    them, as a kernel handler may).
     """
 
+    info: ClassVar[ArchInfo]
     layout: ClassVar[RegLayout]
     __slots__ = ("_raw", "_stack", "_ts", "_vals")
 
@@ -127,23 +40,25 @@ class PtRegs:
         n = len(self.layout.fields)
         vals = [0] * n if values is None else [int(v) for v in values]
         if len(vals) != n:
-            raise ValueError(f"{self.layout.arch} pt_regs has {n} fields, got {len(vals)}")
+            raise ValueError(f"{self.info.name} pt_regs has {n} fields, got {len(vals)}")
         self._vals = vals
         self._stack = tuple(int(w) for w in stack)
         self._ts = 0
 
+    if TYPE_CHECKING:
+        # Fields are properties made per arch (_make); to a type checker every field name
+        # (regs.di, regs.x0 …) is an int. arm64 also has regs.regs[n].
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
     @staticmethod
     def of(arch: str, values: Sequence[int] | None = None, stack: Sequence[int] = ()) -> PtRegs:
         """A snapshot for ``arch`` ("x86_64", "i386", "arm64")."""
-        try:
-            cls = _CLASSES[arch]
-        except KeyError:
-            raise ValueError(f"unknown arch {arch!r}; known: {', '.join(_CLASSES)}") from None
-        return cls(values, stack)
+        return regs_class(arch)(values, stack)
 
     @property
     def arch(self) -> str:
-        return self.layout.arch
+        return self.info.name
 
     @property
     def ts(self) -> int:
@@ -208,19 +123,16 @@ def _field(index: int, mask: int) -> property:
     return property(get, put)
 
 
-def _make(layout: RegLayout, name: str) -> type[PtRegs]:
-    mask = (1 << layout.word_bits) - 1
-    ns: dict[str, Any] = {"layout": layout, "__slots__": ()}
-    for i, fname in enumerate(layout.fields):
+def _make(info: ArchInfo, base: type[PtRegs] = PtRegs) -> type[PtRegs]:
+    """The PtRegs subclass of one arch: a property per pt_regs field, masked to its width."""
+    mask = (1 << info.bits) - 1
+    ns: dict[str, Any] = {"info": info, "layout": info.regs, "__slots__": ()}
+    for i, fname in enumerate(info.regs.fields):
         ns[fname] = _field(i, mask)
-    return type(name, (PtRegs,), ns)
+    return type(f"PtRegs_{info.name}", (base,), ns)
 
 
-PtRegsX86_64 = _make(X86_64, "PtRegsX86_64")
-PtRegsI386 = _make(I386, "PtRegsI386")
-
-
-class PtRegsArm64(_make(ARM64, "_PtRegsArm64Base")):  # type: ignore[misc]
+class _Arm64Regs(PtRegs):
     """arm64 ``user_pt_regs``: ``regs[0..30]`` (also ``x0``…``x30``), ``sp``, ``pc``, ``pstate``."""
 
     __slots__ = ()
@@ -252,15 +164,16 @@ class _RegsView:
         setattr(self._r, f"x{n}", value)
 
 
+# arm64's pt_regs is also read as regs->regs[n] (arch/arm64/include/asm/ptrace.h).
+_BASES: dict[str, type[PtRegs]] = {ARM64.name: _Arm64Regs}
 _CLASSES: dict[str, type[PtRegs]] = {
-    "x86_64": PtRegsX86_64,
-    "i386": PtRegsI386,
-    "arm64": PtRegsArm64,
+    name: _make(info, _BASES.get(name, PtRegs)) for name, info in ARCHES.items()
 }
 
 
 def regs_class(arch: str) -> type[PtRegs]:
-    return _CLASSES[arch]
+    """The PtRegs subclass for ``arch``; ValueError naming the known arches otherwise."""
+    return _CLASSES[arch_info(arch).name]
 
 
 # --- the kernel's accessors ------------------------------------------------------------
@@ -293,20 +206,26 @@ def regs_get_kernel_argument(regs: PtRegs, n: int) -> int:
     x86_64: di, si, dx, cx, r8, r9, then the stack; i386: ax, dx, cx (regparm(3)), then the
     stack; arm64: x0..x7, then 0 — as arch/*/include/asm/ptrace.h define it.
     """
-    args = regs.layout.args
+    args = regs.layout.kernel_args
     if 0 <= n < len(args):
         return int(getattr(regs, args[n]))
-    if regs.arch == "arm64":
+    if not regs.layout.kernel_args_spill:
         return 0
     return regs_get_kernel_stack_nth(regs, n - (len(args) - 1))
+
+
+def user_argument(regs: PtRegs, n: int) -> int:
+    """The n-th integer argument (0-based) of a user-space function, at its entry, per the
+    arch's psABI: its argument registers, then the stack words above the return address
+    (i386 cdecl: all on the stack). kuprobe's own accessor: the kernel has none for user code.
+    """
+    args = regs.layout.user_args
+    if 0 <= n < len(args):
+        return int(getattr(regs, args[n]))
+    return regs_get_kernel_stack_nth(regs, n - len(args) + 1)
 
 
 def signed(value: int, bits: int = 64) -> int:
     """A register's raw value read as a signed ``bits``-bit integer."""
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) else value
-
-
-def unpack_words(data: bytes, bits: int, count: int = STACK_WORDS) -> tuple[int, ...]:
-    fmt = f"<{count}{'Q' if bits == 64 else 'I'}"
-    return struct.unpack_from(fmt, data)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """``struct task_struct``, the part a probe handler reads: tgid (``pid``), tid, comm."""
+    """``struct task_struct``, the part a probe handler reads, with the kernel's meanings:
+    ``pid`` is the thread id, ``tgid`` the process (thread group) id, ``comm`` the name."""
 
     pid: int
-    tid: int
+    tgid: int
     comm: str
 
 

@@ -33,7 +33,7 @@ step "live tests skipped on a capable machine?"
 $py - "$junit" <<'PY'
 import os, sys
 import xml.etree.ElementTree as ET
-from kuprobe.doctor import live_uprobes_possible
+from kuprobe.live.checks import live_uprobes_possible
 
 ok, why = live_uprobes_possible()
 root = ET.parse(sys.argv[1]).getroot()

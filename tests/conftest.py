@@ -32,7 +32,7 @@ def targets() -> Path:
 
 @pytest.fixture(scope="session")
 def live_capable() -> None:
-    from kuprobe.doctor import live_uprobes_possible
+    from kuprobe.live.checks import live_uprobes_possible
 
     ok, why = live_uprobes_possible()
     if not ok:

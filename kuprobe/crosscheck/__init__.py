@@ -3,7 +3,7 @@ and diffed.
 
 ``SCENARIOS[name].run(arch)`` observes one scenario both ways on tests/targets' ``target``
 for that arch and returns a ``Result`` (``model``, ``live``, ``differences``, ``agree``).
-``kuprobe crosscheck`` (``kuprobe.crosscheck.cli``) runs them and prints what each side saw.
+``kuprobe crosscheck`` (``kuprobe.cli.crosscheck``) runs them and prints what each side saw.
 """
 
 from kuprobe.crosscheck.scenarios import (

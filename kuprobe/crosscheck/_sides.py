@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kuprobe.crosscheck._target import WaitingTarget
 from kuprobe.probes import Uprobe
-from kuprobe.regs import PtRegs, regs_get_kernel_argument, regs_get_kernel_stack_nth, signed
+from kuprobe.regs import PtRegs, signed, user_argument
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,13 @@ def call_args(func: str, a: int) -> tuple[int, ...]:
 
 
 def user_arg(regs: PtRegs, n: int) -> int:
-    """Argument ``n`` (0-based) of a user function at its entry, signed, per the user ABI.
-
-    x86_64 (System V AMD64 ABI): di, si, dx, cx, r8, r9 — what regs_get_kernel_argument()
-    reads. i386 (System V i386 ABI, cdecl): every argument on the stack above the return
-    address, so stack word ``n + 1``.
-    """
-    if regs.arch == "i386":
-        raw = regs_get_kernel_stack_nth(regs, n + 1)
-    else:
-        raw = regs_get_kernel_argument(regs, n)
-    return signed(raw, regs.layout.word_bits)
+    """Argument ``n`` (0-based) of a user function at its entry, signed, per the user ABI."""
+    return signed(user_argument(regs, n), regs.info.bits)
 
 
 def word(regs: PtRegs, value: int) -> int:
     """A register's raw value, signed at the arch's word size."""
-    return signed(value, regs.layout.word_bits)
+    return signed(value, regs.info.bits)
 
 
 def run_model(exe: Path, probes: Sequence[Uprobe], jobs: Sequence[Job]) -> list[int]:

@@ -1,6 +1,6 @@
-"""The probe target of tests/targets, built for each arch, and one live run of it.
+"""The bundled probe target, built for each arch, and one live run of it.
 
-``target wait FUNC N ARG`` (tests/targets/target.c) prints ``ready PID``, waits for a line on
+``target wait FUNC N ARG`` (kuprobe/targets/target.c) prints ``ready PID``, waits for a line on
 stdin, then calls ``FUNC(ARG + i)`` for ``i < N`` and prints ``FUNC N SUM``. Between the two, a
 scenario arms its live probes limited to that pid, so nothing else running the same file is
 counted.
@@ -8,35 +8,18 @@ counted.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-TARGETS = Path(__file__).resolve().parents[2] / "tests" / "targets"
+from kuprobe.targets import TargetError, bundled
+
+
 TIMEOUT = 60.0  # seconds for one run of the target
 
 
-class TargetError(RuntimeError):
-    """The probe target could not be built or did not run as expected."""
-
-
 def target_path(arch: str) -> Path:
-    """tests/targets/build/ARCH/target, built by tests/targets/build.sh if it is missing."""
-    path = TARGETS / "build" / arch / "target"
-    if path.exists():
-        return path
-    script = TARGETS / "build.sh"
-    if not script.exists():
-        raise TargetError(f"{script} is missing: run kuprobe crosscheck from a kuprobe checkout")
-    env = dict(os.environ, KUPROBE_TARGET_ARCHES=arch)
-    done = subprocess.run([str(script)], env=env, capture_output=True, text=True)
-    print(done.stdout + done.stderr, end="", file=sys.stderr)  # what it built, or why not
-    if done.returncode != 0:
-        raise TargetError(f"{script} failed for {arch} (exit status {done.returncode})")
-    if not path.exists():
-        raise TargetError(f"{script} did not build {path} (is the {arch} compiler installed?)")
-    return path
+    """The bundled ``target`` program for ``arch`` (kuprobe/targets), built on first use."""
+    return bundled(arch, "target")
 
 
 class WaitingTarget:

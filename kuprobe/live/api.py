@@ -53,46 +53,46 @@ def _install_signal_handlers() -> None:
 
 def register_kprobe(p: Kprobe) -> None:
     """Arm ``p`` on the live kernel; raises ProbeError with the kernel's errno."""
-    backend().register_kprobes([p])
+    backend().register_kprobe(p)
 
 
 def register_kprobes(kps: Sequence[Kprobe]) -> None:
     """All or none, as the kernel's register_kprobes()."""
-    backend().register_kprobes(list(kps))
+    backend().register_kprobes(kps)
 
 
 def unregister_kprobe(p: Kprobe) -> None:
     """Disarm ``p``; returns once every event recorded for it has been handled."""
-    backend().unregister(p)
+    backend().unregister_kprobe(p)
 
 
 def unregister_kprobes(kps: Sequence[Kprobe]) -> None:
-    backend().unregister_many(list(kps))
+    backend().unregister_kprobes(kps)
 
 
 def enable_kprobe(p: Kprobe) -> None:
-    backend().set_enabled(p, True)
+    backend().enable_kprobe(p)
 
 
 def disable_kprobe(p: Kprobe) -> None:
-    backend().set_enabled(p, False)
+    backend().disable_kprobe(p)
 
 
 def register_kretprobe(rp: Kretprobe) -> None:
-    backend().register_kretprobes([rp])
+    backend().register_kretprobe(rp)
 
 
 def register_kretprobes(rps: Sequence[Kretprobe]) -> None:
     """All or none, as the kernel's register_kretprobes()."""
-    backend().register_kretprobes(list(rps))
+    backend().register_kretprobes(rps)
 
 
 def unregister_kretprobe(rp: Kretprobe) -> None:
-    backend().unregister(rp)
+    backend().unregister_kretprobe(rp)
 
 
 def unregister_kretprobes(rps: Sequence[Kretprobe]) -> None:
-    backend().unregister_many(list(rps))
+    backend().unregister_kretprobes(rps)
 
 
 def register_uprobe(up: Uprobe) -> None:
@@ -102,9 +102,9 @@ def register_uprobe(up: Uprobe) -> None:
 
 def unregister_uprobe(up: Uprobe) -> None:
     """Disarm ``up``; returns with every recorded event handled and final counters."""
-    backend().unregister(up)
+    backend().unregister_uprobe(up)
 
 
 def unregister_uprobes(ups: Sequence[Uprobe]) -> None:
     """Disarm several at once: the kernel's grace periods run in parallel."""
-    backend().unregister_many(list(ups))
+    backend().unregister_uprobes(ups)

@@ -1,4 +1,4 @@
-"""Parameterises the BPF C in ``bpf_programs/``: integers only, never a user string.
+"""Parameterises the BPF C in ``kuprobe/bpf_programs/``: integers only, never a user string.
 
 All Python adds is ``-D NAME=INTEGER`` compile flags, each checked here; symbols, paths and
 pids reach the kernel through perf_event_open(2) and bpf(2), never through C.
@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf_programs"
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf_programs"  # package data
 POOL_TEMPLATE = "probe_pool.bpf.c"
 PROGRAM = "kuprobe_probe"  # the program every slot attaches
 MAX_SLOTS = 1 << 16

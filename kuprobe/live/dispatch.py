@@ -111,7 +111,7 @@ class Dispatcher:
         task = self._tasks.get(key)
         if task is None:
             name = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
-            task = Task(pid_tgid >> 32, pid_tgid & 0xFFFFFFFF, name)
+            task = Task(pid_tgid & 0xFFFFFFFF, pid_tgid >> 32, name)  # bpf_get_current_pid_tgid()
             if len(self._tasks) >= _TASK_CACHE_MAX:
                 self._tasks.clear()
             self._tasks[key] = task

@@ -1,4 +1,4 @@
-"""The event layout of bpf_programs/kuprobe_event.h, mirrored field by field.
+"""The event layout of kuprobe/bpf_programs/kuprobe_event.h, mirrored field by field.
 
 ``EVENT_FIELDS`` is what tests/unit/test_event_layout.py compares with the C header;
 ``decoder_for(arch)`` turns an event's bytes into (pt_regs values, stack words) lazily.
@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
-import os
+import errno
 import struct
 from collections.abc import Callable
 from typing import Any
 
-from kuprobe.regs import I386, STACK_WORDS, X86_64, PtRegs, regs_class
+from kuprobe.arch import I386, X86_64, ArchInfo, host_arch, host_machine
+from kuprobe.errors import ProbeError
+from kuprobe.regs import STACK_WORDS, PtRegs, regs_class
 
-# bpf_programs/kuprobe_event.h
+# kuprobe/bpf_programs/kuprobe_event.h
 KUPROBE_STACK_BYTES = 128
 KUPROBE_CFG_STREAM = 0x1
 KUPROBE_CFG_RET = 0x2
@@ -23,21 +25,27 @@ KUPROBE_CFG_OFF = 0x10
 KUPROBE_EV_RET = 0x1
 KUPROBE_EV_NOSTACK = 0x2
 
-# struct pt_regs of the host, in 64-bit words: arch/x86/include/asm/ptrace.h (x86_64)
-HOST_NREGS = {"x86_64": len(X86_64.fields)}
+# The host kernels whose struct pt_regs the event carries (kuprobe_event.h: KUPROBE_NREGS).
+LIVE_HOSTS: tuple[ArchInfo, ...] = (X86_64,)
 
 
-def host_arch() -> str:
-    return os.uname().machine
+def live_host() -> ArchInfo:
+    """This machine's arch, if the live backend runs on it; ProbeError(EOPNOTSUPP) if not."""
+    host = host_arch()
+    if host not in LIVE_HOSTS:
+        raise ProbeError(
+            errno.EOPNOTSUPP,
+            f"kuprobe's live backend runs on {', '.join(a.name for a in LIVE_HOSTS)} hosts; "
+            f"this is {host_machine()}",
+            hint="the model (kuprobe.model.Machine) runs anywhere",
+        )
+    assert host is not None
+    return host
 
 
 def host_nregs() -> int:
-    try:
-        return HOST_NREGS[host_arch()]
-    except KeyError:
-        raise OSError(
-            95, f"kuprobe's live backend supports x86_64 hosts; this is {host_arch()}"
-        ) from None
+    """struct pt_regs of the host kernel, in 64-bit words."""
+    return len(live_host().regs.fields)
 
 
 # (name, struct format) in the header's order; offsets follow from natural alignment.
@@ -48,7 +56,7 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("func_ip", "Q"),
     ("pid_tgid", "Q"),
     ("comm", "16s"),
-    ("regs", f"{len(X86_64.fields)}Q"),
+    ("regs", f"{len(X86_64.regs.fields)}Q"),
     ("stack", f"{KUPROBE_STACK_BYTES}s"),
 )
 EVENT_FORMAT = "<" + "".join(fmt for _n, fmt in EVENT_FIELDS)
@@ -64,10 +72,10 @@ RECORD = struct.Struct(
     f"<II{HEAD.format[1:]}{TASK.format[1:]}{RECORD_STRIDE - RINGBUF_HDR - HEAD.size - TASK.size}x"
 )
 REGS_OFFSET = TASK_OFFSET + TASK.size
-STACK_OFFSET = REGS_OFFSET + 8 * len(X86_64.fields)
+STACK_OFFSET = REGS_OFFSET + 8 * len(X86_64.regs.fields)
 assert STACK_OFFSET + KUPROBE_STACK_BYTES == EVENT_SIZE
 
-_X86_64_REGS = struct.Struct(f"<{len(X86_64.fields)}Q")
+_X86_64_REGS = struct.Struct(f"<{len(X86_64.regs.fields)}Q")
 _STACK64 = struct.Struct(f"<{STACK_WORDS}Q")
 _STACK32 = struct.Struct(f"<{STACK_WORDS}I")
 _M32 = 0xFFFFFFFF
@@ -81,7 +89,8 @@ def _decode_x86_64(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
 
 
 _I386_FROM_64 = tuple(
-    X86_64.fields.index(name) if name in X86_64.fields else -1 for name in I386.fields
+    X86_64.regs.fields.index(name) if name in X86_64.regs.fields else -1
+    for name in I386.regs.fields
 )
 
 
@@ -95,7 +104,7 @@ def _decode_i386(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
     return vals, _STACK32.unpack_from(buf, off + STACK_OFFSET)
 
 
-DECODERS: dict[str, Decoder] = {"x86_64": _decode_x86_64, "i386": _decode_i386}
+DECODERS: dict[str, Decoder] = {X86_64.name: _decode_x86_64, I386.name: _decode_i386}
 
 
 def live_regs_parts(arch: str) -> tuple[type[PtRegs], Decoder]:

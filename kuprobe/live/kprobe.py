@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+from kuprobe.backend import register_all_or_none
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
 from kuprobe.live.core import (
@@ -25,6 +26,7 @@ from kuprobe.live.events import (
     KUPROBE_CFG_KERNEL,
     KUPROBE_CFG_RET,
     KUPROBE_CFG_STREAM,
+    live_host,
     regs_factory,
 )
 from kuprobe.probes import (
@@ -33,9 +35,9 @@ from kuprobe.probes import (
     Kretprobe,
     KretprobeInstance,
     check_kretprobe_fields,
-    register_all_or_none,
 )
 from kuprobe.regs import instruction_pointer
+from kuprobe.resolve import check_kprobe_target
 from kuprobe.task import Task
 
 
@@ -43,22 +45,6 @@ class KprobeOps(BackendCore):
     """register_kprobe(s)/register_kretprobe(s), enable/disable, and their dispatch."""
 
     # --- kprobes -------------------------------------------------------------------
-
-    def _check_kprobe_target(self, p: Kprobe | Kretprobe) -> tuple[str | None, int]:
-        from kuprobe.live.resolve import check_offset, check_symbol_name
-
-        if (p.symbol_name is None) == (p.addr is None):
-            raise ProbeError(
-                errno.EINVAL,
-                "give a kprobe either symbol_name (+ offset) or addr, not "
-                + ("both" if p.symbol_name is not None else "neither"),
-                probe=p,
-            )
-        if p.symbol_name is not None:
-            return check_symbol_name(p.symbol_name), check_offset(p.offset, "offset")
-        if p.offset:
-            raise ProbeError(errno.EINVAL, "offset goes with symbol_name, not addr", probe=p)
-        return None, check_offset(p.addr, "addr")
 
     def register_kprobes(self, kps: Sequence[Kprobe]) -> None:
         with self._lock:
@@ -73,13 +59,13 @@ class KprobeOps(BackendCore):
             if not isinstance(p, kind):
                 raise TypeError(f"expected {kind.__name__}, not {type(p).__name__}")
             self._claim(p)
-            self._check_kprobe_target(p)
+            check_kprobe_target(p)
 
     def _register_kprobe(self, kp: Kprobe) -> None:
         if not isinstance(kp, Kprobe):
             raise TypeError(f"register_kprobe() takes a Kprobe, not {type(kp).__name__}")
         self._claim(kp)
-        sym, off = self._check_kprobe_target(kp)
+        sym, off = check_kprobe_target(kp)
         for name in ("post_handler", "fault_handler"):
             if getattr(kp, name) is not None:
                 raise ProbeError(
@@ -93,7 +79,7 @@ class KprobeOps(BackendCore):
         self.require_pmu("kprobe")
         reg = Registration(kp)
         pool = self._pool_with(1)
-        make_regs = regs_factory("x86_64")
+        make_regs = regs_factory(live_host().name)
         pre = kp.pre_handler
         handler: SlotHandler | None = None
         if pre is not None:
@@ -136,7 +122,7 @@ class KprobeOps(BackendCore):
         if not isinstance(rp, Kretprobe):
             raise TypeError(f"register_kretprobe() takes a Kretprobe, not {type(rp).__name__}")
         self._claim(rp)
-        sym, off = self._check_kprobe_target(rp)
+        sym, off = check_kprobe_target(rp)
         check_kretprobe_fields(rp)
         self.require_root()
         self.require_pmu("kprobe")
@@ -193,7 +179,7 @@ class KprobeOps(BackendCore):
 
     def _kretprobe_handlers(self, rp: Kretprobe) -> tuple[SlotHandler, SlotHandler | None]:
         """Entry and return handlers sharing one KretprobeInstance per call (per task, LIFO)."""
-        make_regs = regs_factory("x86_64")
+        make_regs = regs_factory(live_host().name)
         in_flight: dict[int, list[KretprobeInstance | None]] = {}
         report = self._reporter(rp)
         entry_handler, handler = rp.entry_handler, rp.handler
@@ -207,10 +193,10 @@ class KprobeOps(BackendCore):
                 except Exception as e:
                     report(e)
                     ri = None
-            in_flight.setdefault(task.tid, []).append(ri)
+            in_flight.setdefault(task.pid, []).append(ri)
 
         def on_ret(chunk: memoryview, off: int, ts: int, ip: int, task: Task) -> None:
-            stack = in_flight.get(task.tid)
+            stack = in_flight.get(task.pid)
             regs = make_regs(chunk, off, ts)
             if stack:
                 ri = stack.pop()

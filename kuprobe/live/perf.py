@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import re
 from pathlib import Path
@@ -19,8 +20,6 @@ from typing import Any
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
-# arch/x86/entry/syscalls/syscall_64.tbl, arch/arm64 (asm-generic/unistd.h)
-_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[os.uname().machine]
 
 # include/uapi/linux/perf_event.h
 PERF_TYPE_TRACEPOINT = 2
@@ -34,6 +33,14 @@ PMU_DIR = Path("/sys/bus/event_source/devices")
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 TRACEFS_GROUP = "kuprobe"
 _EVENT_NAME = re.compile(r"^kuprobe_(\d+)_(\d+)$")
+
+
+@functools.cache
+def _nr(name: str) -> int:
+    """The host's number for syscall ``name`` (kuprobe.arch), or ProbeError(EOPNOTSUPP)."""
+    from kuprobe.live.events import live_host
+
+    return live_host().syscalls[name]
 
 
 class PerfEventAttr(ctypes.Structure):
@@ -54,7 +61,6 @@ class PerfEventAttr(ctypes.Structure):
     )
 
 
-_NR_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
 BPF_MAP_CREATE = 0
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_RINGBUF = 27  # kernel 5.8
@@ -92,7 +98,9 @@ def _format_bit(pmu: str, field: str) -> int:
 
 
 def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int) -> int:
-    fd = _libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    fd = _libc.syscall(
+        _nr("perf_event_open"), ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC
+    )
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -173,7 +181,7 @@ class _LinkCreatePerfEvent(ctypes.Structure):
 
 
 def _bpf(cmd: int, attr: Any) -> int:
-    fd = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd = _libc.syscall(_nr("bpf"), cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -1,4 +1,4 @@
-"""The compiled probe program (bpf_programs/probe_pool.bpf.c), its maps and its slots.
+"""The compiled probe program (kuprobe/bpf_programs/probe_pool.bpf.c), its maps and its slots.
 
 One BCC compile per process. Each registered probe takes a slot: its attachments carry the
 slot number as their BPF cookie, and its ``kuprobe_cfg`` entry says what the program does

@@ -22,7 +22,7 @@ from kuprobe.live.events import (
     KUPROBE_CFG_REMOVABLE,
     KUPROBE_CFG_RET,
     KUPROBE_CFG_STREAM,
-    host_arch,
+    live_host,
     live_regs_parts,
     regs_factory,
 )
@@ -38,7 +38,7 @@ class UprobeOps(BackendCore):
     """register_uprobe() and the dispatch of uprobe and uretprobe events."""
 
     def register_uprobe(self, up: Uprobe) -> None:
-        from kuprobe.live.resolve import check_offset, resolve_uprobe
+        from kuprobe.resolve import check_offset, resolve_uprobe
 
         if not isinstance(up, Uprobe):
             raise TypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")
@@ -50,8 +50,13 @@ class UprobeOps(BackendCore):
                 if pid == 0 or not os.path.exists(f"/proc/{pid}"):
                     raise ProbeError(errno.ESRCH, f"no process {up.pid}", probe=up)
             ref_ctr = check_offset(up.ref_ctr_offset, "ref_ctr_offset")
+            host = live_host()
             target = resolve_uprobe(
-                up.path, symbol_name=up.symbol_name, offset=up.offset, host_arch=host_arch()
+                up.path,
+                symbol_name=up.symbol_name,
+                offset=up.offset,
+                runs=host.runs,
+                where=f"this {host.name} kernel",
             )
             self.require_root()
             self.require_pmu("uprobe")
@@ -131,7 +136,7 @@ class UprobeOps(BackendCore):
 
         def on_hit(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
             # The hottest path of the live side: regs_factory() inlined.
-            if removed and task.pid in removed:
+            if removed and task.tgid in removed:
                 return  # recorded before the kernel-side removal took effect
             try:
                 if filt is not None and not filt(uc, task):
@@ -145,9 +150,9 @@ class UprobeOps(BackendCore):
             if ret and ret & UPROBE_HANDLER_REMOVE:
                 # kernel/events/uprobes.c: handler_chain() -> unapply_uprobe(): no more calls
                 # of this consumer in that process.
-                removed.add(task.pid)
+                removed.add(task.tgid)
                 for att in reg.attaches:
-                    att.pool.mark_removed(att.slot, task.pid)
+                    att.pool.mark_removed(att.slot, task.tgid)
 
         return on_hit
 

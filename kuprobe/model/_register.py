@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 
+from kuprobe.backend import register_all_or_none
 from kuprobe.errors import ProbeError
 from kuprobe.model.core.kprobes import KprobeTable
 from kuprobe.model.core.kretprobes import KretprobeCore
 from kuprobe.model.core.uprobes import REGISTRY
-from kuprobe.probes import Kprobe, Kretprobe, Uprobe, register_all_or_none
+from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 
 
 class ProbeRegistration:

@@ -21,6 +21,8 @@ from typing import Any
 import unicorn as _unicorn
 from unicorn import arm64_const, x86_const
 
+from kuprobe.errors import KuprobeError
+
 # Unicorn's bindings are only partly typed: use them as Any, checked by the tests.
 unicorn: Any = _unicorn
 try:  # the C library itself: one batch call per trap instead of ~20 Python-level reads
@@ -57,7 +59,7 @@ InterruptCallback = Callable[[int], None]
 UnmappedCallback = Callable[[str, int, int], bool]
 
 
-class EmuError(Exception):
+class EmuError(KuprobeError):
     """The emulated CPU stopped on something nobody handled (bad fetch, bad access …)."""
 
     def __init__(self, message: str, *, pc: int = 0) -> None:

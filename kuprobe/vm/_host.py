@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kuprobe.errors import KuprobeError
+
 SETUP_HINT = "run `sh scripts/setup-vm.sh` as root to install it"
 
 
-class VmError(Exception):
+class VmError(KuprobeError):
     """The VM could not be built or booted; the message says why and what to do."""
 
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import pytest
 from rich.console import Console, RenderableType
 
-from kuprobe import dashboard
-from kuprobe.dashboard import (
+from kuprobe.cli import dashboard
+from kuprobe.cli.dashboard import (
     LATENCY_BUCKETS,
     DashboardState,
     ProbeSample,

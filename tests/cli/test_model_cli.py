@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kuprobe.cli import build_parser, main
-from kuprobe.commands.model import model_spec, run
-from kuprobe.spec import parse_spec
+from kuprobe.cli.main import build_parser, main
+from kuprobe.cli.model import model_spec, run
+from kuprobe.cli.spec import parse_spec
 
 
 def model(argv: list[str]) -> tuple[int, list[list[str]], list[str]]:
@@ -73,7 +73,7 @@ def test_kprobe_timeline_in_kernel_space(targets: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["add", "1", "--probe", "u:add+2"], 1, "add+0x2 is not an instruction boundary [EILSEQ]"),
+        (["add", "1", "--probe", "u:add+2"], 2, "add+0x2 is inside an instruction [EILSEQ]"),
         (["nosuch"], 1, "no symbol 'nosuch' [ENOENT]"),
         (["add", "--probe", "u:nosuch"], 2, "no symbol 'nosuch'"),
         (["add", "--probe", "u:add", "--probe", "k:add"], 2, "either kernel (k:/kr:) or user"),

@@ -1,22 +1,23 @@
-"""What the handlers of ``kuprobe trace/top`` record, called as the dispatcher calls them.
+"""What the handlers of ``kuprobe trace/top`` record, and a Session on a backend.
 
-No kernel here: the handlers get PtRegs snapshots built by hand and ``current`` set as the
-live dispatcher sets it; the probes are never registered.
+The handler tests call them as the live dispatcher does (PtRegs snapshots and ``current``
+set by hand, the probes unregistered); the Session test registers on a real model Machine.
 """
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
-from kuprobe.commands._session import Event, Session, Watch
-from kuprobe.dashboard import LATENCY_BOUNDS
+from kuprobe.cli.dashboard import LATENCY_BOUNDS
+from kuprobe.cli.session import Event, Session, Watch
+from kuprobe.cli.spec import parse_spec
+from kuprobe.cli.trace import _Printer, summary
 from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 from kuprobe.regs import PtRegs
-from kuprobe.spec import parse_spec
 from kuprobe.task import Task, set_current
-from kuprobe.trace import _Printer, summary
 
 
 def regs(arch: str, ts: int, **fields: int) -> PtRegs:
@@ -35,8 +36,8 @@ def call(task: Task, handler: object, *args: object) -> None:
         set_current(None)
 
 
-T1 = Task(100, 101, "demo")
-T2 = Task(100, 102, "demo")
+T1 = Task(101, 100, "demo")
+T2 = Task(102, 100, "demo")
 
 
 def test_probe_objects_from_specs() -> None:
@@ -63,7 +64,7 @@ def test_return_latency_per_thread_and_nested() -> None:
     call(T1, uc.ret_handler, uc, 0, regs("x86_64", 2_300, ax=1))  # inner: 300ns
     call(T2, uc.ret_handler, uc, 0, regs("x86_64", 9_500, ax=5))  # 8µs
     call(T1, uc.ret_handler, uc, 0, regs("x86_64", 4_000, ax=2))  # outer: 3µs
-    assert [(e.task.tid, e.latency_ns, e.values) for e in events] == [
+    assert [(e.task.pid, e.latency_ns, e.values) for e in events] == [
         (101, 300, ("retval=1",)),
         (102, 8_000, ("retval=5",)),
         (101, 3_000, ("retval=2",)),
@@ -95,39 +96,38 @@ def test_pid_filter_for_kprobes() -> None:
     assert w.tasks == {(100, "demo"): 1}
 
 
-def test_session_sample_and_all_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kuprobe
+def test_session_on_a_model_backend_all_or_none(targets: Path) -> None:
+    """A Session registers on any backend: here a real model Machine (no root, no fake)."""
     from kuprobe.errors import ProbeError
+    from kuprobe.model import Machine
 
-    done: list[str] = []
-
-    def register(p: Uprobe) -> None:
-        if p.symbol_name == "bad":
-            raise ProbeError(22, "refused")
-        p._owner = "fake backend"
-        done.append(f"+{p.symbol_name}")
-
-    def unregister(p: Uprobe) -> None:
-        p._owner = None
-        done.append(f"-{p.symbol_name}")
-
-    monkeypatch.setattr(kuprobe, "register_uprobe", register)
-    monkeypatch.setattr(kuprobe, "unregister_uprobe", unregister)
-    ok = Session([Watch(parse_spec(f"u:/p:{f}")) for f in ("a", "b")])
+    exe = targets / "x86_64" / "target-static"
+    m = Machine.load(str(exe))
+    ok = Session([Watch(parse_spec(f"u:{exe}:{f} arg0")) for f in ("add", "sw")], backend=m)
     with ok.active():
-        assert done == ["+a", "+b"]
-    assert done == ["+a", "+b", "-b", "-a"]
-    done.clear()
-    bad = Session([Watch(parse_spec(f"u:/p:{f}")) for f in ("a", "bad", "c")])
+        assert all(w.probe.registered for w in ok.watches)
+        assert m.call("add", 3, 4) == 7
+        assert m.call("add", 5, 6) == 11
+    assert not any(w.probe.registered for w in ok.watches)
+    s = ok.sample()
+    assert [(p.label, p.hits) for p in s.probes] == [
+        ("u:target-static:add", 2),
+        ("u:target-static:sw", 0),
+    ]
+    assert s.tasks == {(m.task.tgid, m.task.comm): 2}
+
+    bad = Session(
+        [Watch(parse_spec(f"u:{exe}:{f}")) for f in ("add", "no_such_function", "sw")], backend=m
+    )
     with pytest.raises(ProbeError):
         bad.register()
-    assert done == ["+a", "-a"]
-    done.clear()
+    assert not any(w.probe.registered for w in bad.watches)  # all or none
+    assert m.call("add", 1, 1) == 2
+    assert bad.watches[0].probe.hits == 0  # the first one was really taken back
+
     with ok.active():
-        ok.watches[0].probe._owner = None  # as the backend's own SIGINT hook does
-    assert done == ["+a", "+b", "-b"]  # and no EINVAL for a probe already gone
-    s = ok.sample()
-    assert [p.label for p in s.probes] == ["u:p:a", "u:p:b"]
+        m.unregister_uprobe(ok.watches[0].probe)  # as the live backend's own SIGINT hook does
+    assert not any(w.probe.registered for w in ok.watches)  # and no EINVAL for the one gone
 
 
 def test_trace_lines_and_summary() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kuprobe.cli import main
-from kuprobe.spec import Arg, ProbeSpec, SpecError, check_spec, parse_spec
+from kuprobe.cli.spec import Arg, ProbeSpec, SpecError, check_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "tests" / "targets" / "build" / "x86_64" / "demo"
@@ -104,11 +104,15 @@ def test_bad_spec_exits_2(
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("u:/nonexistent/prog:main", "/nonexistent/prog: no such file (check the path)"),
+        (
+            "u:/nonexistent/prog:main",
+            "/nonexistent/prog: no such file [ENOENT] (hint: check the path)",
+        ),
         ("u:/etc/hostname:main", "/etc/hostname: not an ELF file"),
         (f"u:{DEMO}:no_such_function", "no symbol 'no_such_function'"),
         (f"u:{DEMO}:demo_hash+0x10000", "is past the end of demo_hash"),
         (f"u:{DEMO}:0x0", "file offset 0x0 is not in executable code"),
+        (f"u:{DEMO}:demo_hash+1", "demo_hash+0x1 is inside an instruction [EILSEQ]"),
         (f"u:{DEMO}:demo_hash x5", "x86_64 has no register 'x5'"),
     ],
 )

@@ -54,7 +54,7 @@ def test_entry_counts_arguments_and_current(live: Path, arch: str) -> None:
     assert out == run(exe, "add", 50, 7)  # probing changed nothing the program computes
     assert up.hits == 50 and up.lost == 0 and up.handler_errors == 0
     assert seen == [(7 + i, 2 * (7 + i)) for i in range(50)]
-    assert {(x.pid, x.tid, x.comm) for x in tasks} == {(t.pid, t.pid, "target")}
+    assert {(x.pid, x.tgid, x.comm) for x in tasks} == {(t.pid, t.pid, "target")}
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -141,7 +141,7 @@ def test_pid_filter_two_processes(live: Path) -> None:
         str(exe),
         symbol_name="add",
         pid=b.pid,
-        consumer=UprobeConsumer(handler=lambda uc, regs: pids.append(current().pid) or 0),
+        consumer=UprobeConsumer(handler=lambda uc, regs: pids.append(current().tgid) or 0),
     )
     register_uprobe(up)
     try:
@@ -161,11 +161,11 @@ def test_consumer_filter_and_handler_remove(live: Path) -> None:
     called: list[int] = []
 
     def filt(uc: UprobeConsumer, task: Task) -> bool:
-        filtered.append(task.pid)
-        return task.pid != a.pid
+        filtered.append(task.tgid)
+        return task.tgid != a.pid
 
     def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
-        called.append(current().pid)
+        called.append(current().tgid)
         return UPROBE_HANDLER_REMOVE
 
     up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=handler, filter=filt))

@@ -17,7 +17,7 @@ def test_arch_and_task_come_from_the_elf(user: Machine, arch: str) -> None:
     assert user.arch == arch
     assert user.space == "user"
     assert user.task.comm == "target-static"
-    assert user.task.pid == user.task.tid
+    assert user.task.pid == user.task.tgid
 
 
 @pytest.mark.parametrize(

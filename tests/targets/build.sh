@@ -1,60 +1,7 @@
 #!/usr/bin/env bash
-# Builds the probe targets into tests/targets/build/<arch>/ (idempotent: make-like mtime check).
-#   <arch>/<stem>           x86_64, i386: PIE, dynamically linked (what users probe)
-#   <arch>/<stem>-nopie     x86_64, i386: ET_EXEC, dynamically linked
-#   <arch>/<stem>-stripped  x86_64, i386: PIE, stripped of .symtab
-#   <arch>/<stem>-static    every arch: static, non-PIE (what the model loads)
-# Every program links funcs.c. Arches whose compiler is missing are skipped with a warning
-# unless KUPROBE_TARGET_ARCHES names them.
+# Builds the probe targets the tests use into tests/targets/build/<arch>/: the bundled ones
+# (kuprobe/targets/*.c) and this folder's own (model_funcs.c). See kuprobe/targets/build.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out="$here/build"
-arches=${KUPROBE_TARGET_ARCHES:-x86_64 i386 arm64}
-cflags=(-O2 -g -fno-omit-frame-pointer -fcf-protection=none -Wall -Werror -I"$here")
-progs=()
-for src in "$here"/*.c; do
-	[ "$(basename "$src")" = funcs.c ] || progs+=("$src")
-done
-
-cc_for() {
-	case "$1" in
-	x86_64) echo "gcc" ;;
-	i386) echo "gcc -m32" ;;
-	arm64) echo "aarch64-linux-gnu-gcc" ;;
-	esac
-}
-
-newer() { # newer OUT SRC... : true if OUT is missing or older than a SRC
-	local o=$1; shift
-	[ -e "$o" ] || return 0
-	for s in "$@"; do [ "$s" -nt "$o" ] && return 0; done
-	return 1
-}
-
-build() { # build OUT SRC CC FLAGS...
-	local o=$1 src=$2 cc=$3; shift 3
-	if newer "$o" "$src" "$here/funcs.c" "$here/funcs.h" "$0"; then
-		$cc "${cflags[@]}" "$@" -o "$o" "$src" "$here/funcs.c"
-		echo "  built $(realpath --relative-to="$here/../.." "$o")"
-	fi
-}
-
-for arch in $arches; do
-	cc=$(cc_for "$arch")
-	if ! command -v "${cc%% *}" >/dev/null; then
-		echo "warning: no compiler for $arch (${cc%% *}); its targets are not built" >&2
-		continue
-	fi
-	mkdir -p "$out/$arch"
-	for src in "${progs[@]}"; do
-		stem=$(basename "$src" .c)
-		if [ "$arch" != arm64 ]; then
-			build "$out/$arch/$stem" "$src" "$cc" -fPIE -pie
-			build "$out/$arch/$stem-nopie" "$src" "$cc" -fno-pie -no-pie
-			if newer "$out/$arch/$stem-stripped" "$out/$arch/$stem"; then
-				strip -o "$out/$arch/$stem-stripped" "$out/$arch/$stem"
-			fi
-		fi
-		build "$out/$arch/$stem-static" "$src" "$cc" -static -fno-pie -no-pie
-	done
-done
+KUPROBE_TARGET_OUT="$here/build" KUPROBE_TARGET_EXTRA="$here" \
+	exec bash "$here/../../kuprobe/targets/build.sh" "$@"

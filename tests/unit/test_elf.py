@@ -10,7 +10,7 @@ import pytest
 
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
-from kuprobe.live.resolve import resolve_uprobe
+from kuprobe.resolve import resolve_uprobe
 
 ARCHES = ["x86_64", "i386"]
 
@@ -63,7 +63,10 @@ def test_stripped_file_keeps_no_local_symbols(targets: Path, arch: str) -> None:
     with ElfImage(str(targets / arch / "target")) as full:
         off = full.vaddr_to_offset(full.symbols["add"].value)
     t = resolve_uprobe(
-        str(targets / arch / "target-stripped"), symbol_name=None, offset=off, host_arch="x86_64"
+        str(targets / arch / "target-stripped"),
+        symbol_name=None,
+        offset=off,
+        runs=("x86_64", "i386"),
     )
     assert t.offset == off and t.arch == arch
 
@@ -73,7 +76,7 @@ def test_symbol_plus_offset_on_an_instruction_boundary(targets: Path) -> None:
     with ElfImage(str(path)) as elf:
         mid = elf.symbols["mid_label"].value - elf.symbols["midpoint"].value
         want = elf.vaddr_to_offset(elf.symbols["mid_label"].value)
-    t = resolve_uprobe(str(path), symbol_name="midpoint", offset=mid, host_arch="x86_64")
+    t = resolve_uprobe(str(path), symbol_name="midpoint", offset=mid, runs=("x86_64", "i386"))
     assert t.offset == want
 
 

@@ -1,4 +1,4 @@
-"""kuprobe/live/events.py against bpf_programs/kuprobe_event.h, field by field.
+"""kuprobe/live/events.py against kuprobe/bpf_programs/kuprobe_event.h, field by field.
 
 The C side is compiled by gcc here (offsetof/sizeof of the real header), so a field added,
 moved or resized on one side only fails this test.
@@ -10,9 +10,9 @@ import struct
 import subprocess
 from pathlib import Path
 
+from kuprobe.arch import X86_64
 from kuprobe.live import events
 from kuprobe.live.codegen import BPF_DIR
-from kuprobe.regs import X86_64
 
 PROBE = r"""
 #include <stdio.h>
@@ -38,7 +38,7 @@ def _c_layout(tmp_path: Path) -> dict[str, tuple[int, int]]:
     src.write_text(PROBE)
     exe = tmp_path / "layout"
     subprocess.run(
-        ["gcc", f"-I{BPF_DIR}", f"-DKUPROBE_NREGS={len(X86_64.fields)}", "-o", exe, src],
+        ["gcc", f"-I{BPF_DIR}", f"-DKUPROBE_NREGS={len(X86_64.regs.fields)}", "-o", exe, src],
         check=True,
     )
     out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
@@ -74,21 +74,16 @@ def test_constants_match_header(tmp_path: Path) -> None:
     assert c["cfg"] == (8, 16)
 
 
-def test_offsets_used_by_the_dispatcher() -> None:
-    assert events.HEAD.size == events.TASK_OFFSET
-    assert events.TASK_OFFSET + events.TASK.size == events.REGS_OFFSET
-
-
 def test_i386_view_of_a_64bit_frame() -> None:
-    vals = list(range(1, len(X86_64.fields) + 1))
-    vals[X86_64.fields.index("ax")] = 0xFFFFFFFF_FFFFFFFE
+    vals = list(range(1, len(X86_64.regs.fields) + 1))
+    vals[X86_64.regs.fields.index("ax")] = 0xFFFFFFFF_FFFFFFFE
     raw = bytearray(events.EVENT_SIZE)
     struct.pack_into(f"<{len(vals)}Q", raw, events.REGS_OFFSET, *vals)
     struct.pack_into("<16I", raw, events.STACK_OFFSET, *range(100, 116))
     r = events.regs_factory("i386")(bytes(raw), 0, 5)
     assert r.ax == 0xFFFFFFFE  # truncated to 32 bits
-    assert r.bx == X86_64.fields.index("bx") + 1
-    assert r.ip == X86_64.fields.index("ip") + 1
+    assert r.bx == X86_64.regs.fields.index("bx") + 1
+    assert r.ip == X86_64.regs.fields.index("ip") + 1
     assert r.ds == r.es == r.fs == r.gs == 0  # not in the 64-bit frame
     assert r.stack[:3] == (100, 101, 102)
     assert r.ts == 5

@@ -50,10 +50,10 @@ def s32(value: int) -> int:
 
 
 def recorder(seen: list[int]) -> Callable[[Kprobe, PtRegs], int]:
-    """A pre_handler appending the trapped task's pid to `seen`."""
+    """A pre_handler appending the trapped task's tgid to `seen`."""
 
     def pre(p: Kprobe, regs: PtRegs) -> int:
-        seen.append(current().pid)
+        seen.append(current().tgid)
         return 0
 
     return pre
@@ -74,13 +74,13 @@ def test_open_of_missing_path_arguments_and_return_value() -> None:
     returns: list[int] = []
 
     def ours(regs: PtRegs) -> bool:
-        return current().pid == me and regs_get_kernel_argument(regs, 1) == ctypes.addressof(buf)
+        return current().tgid == me and regs_get_kernel_argument(regs, 1) == ctypes.addressof(buf)
 
     def pre(p: Kprobe, regs: PtRegs) -> int:
         if ours(regs):
             dfd = s32(regs_get_kernel_argument(regs, 0))
             name = ctypes.string_at(regs_get_kernel_argument(regs, 1))
-            entries.append((dfd, name, current().tid))
+            entries.append((dfd, name, current().tgid))
         return 0
 
     def entry(ri: object, regs: PtRegs) -> int:

@@ -31,7 +31,7 @@ def test_maxactive_smaller_than_concurrent_activations_counts_nmissed() -> None:
     returned: list[int] = []
 
     def handler(ri: KretprobeInstance, regs: PtRegs) -> int:
-        returned.append(ri.task.tid if ri.task else -1)
+        returned.append(ri.task.pid if ri.task else -1)
         return 0
 
     rp = Kretprobe(symbol_name=SLEEPY, handler=handler, maxactive=MAXACTIVE)

@@ -25,7 +25,7 @@ def test_kprobe_counts_each_veth_pair_made_in_a_netns() -> None:
     creators: list[int] = []
 
     def pre(p: Kprobe, regs: PtRegs) -> int:
-        creators.append(current().pid)
+        creators.append(current().tgid)
         return 0
 
     kp = Kprobe(symbol_name=LINK_CREATION, pre_handler=pre)

@@ -156,7 +156,7 @@ class X86(Arch):
 
     def kprobe_trap_addr(self, regs: PtRegs) -> int:
         # kprobe_int3_handler(): addr = regs->ip - sizeof(kprobe_opcode_t)
-        return (int(regs.ip) - 1) & self.mask  # type: ignore[attr-defined]
+        return (int(regs.ip) - 1) & self.mask
 
     def arch_prepare_kprobe(self, addr: int, code: bytes, slot: int) -> ArchSpecificInsn:
         insn = self.decode(code, addr)
@@ -175,7 +175,7 @@ class X86(Arch):
         )
 
     def set_current_kprobe_flags(self, kcb: Any, regs: PtRegs, ainsn: ArchSpecificInsn) -> None:
-        flags = int(regs.flags)  # type: ignore[attr-defined]
+        flags = int(regs.flags)
         kcb.saved_flags = kcb.old_flags = flags & (X86_EFLAGS_TF | X86_EFLAGS_IF)
         if ainsn.extra.get("if_modifier"):
             kcb.saved_flags &= ~X86_EFLAGS_IF
@@ -213,14 +213,14 @@ class X86(Arch):
         r.flags = (int(r.flags) & ~X86_EFLAGS_TF) | kcb.old_flags
 
     def arch_prepare_kretprobe(self, mem: Memory, regs: PtRegs, trampoline: int) -> tuple[int, int]:
-        sara = int(regs.sp)  # type: ignore[attr-defined]
+        sara = int(regs.sp)
         ret = int.from_bytes(mem.read(sara, self.word), "little")
         mem.write(sara, trampoline.to_bytes(self.word, "little"))
         return ret, sara
 
     def kretprobe_frame(self, regs: PtRegs) -> int:
         # trampoline_handler(): frame_pointer = &regs->sp, the slot the address was popped from
-        return (int(regs.sp) - self.word) & self.mask  # type: ignore[attr-defined]
+        return (int(regs.sp) - self.word) & self.mask
 
     # --- uprobes ----------------------------------------------------------------------------
 
@@ -334,7 +334,7 @@ class X86(Arch):
             r.flags = int(r.flags) & ~X86_EFLAGS_TF
 
     def arch_uretprobe_hijack_return_addr(self, mem: Memory, regs: PtRegs, trampoline: int) -> int:
-        sp = int(regs.sp)  # type: ignore[attr-defined]
+        sp = int(regs.sp)
         orig = int.from_bytes(mem.read(sp, self.word), "little")
         mem.write(sp, trampoline.to_bytes(self.word, "little"))
         return orig

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
+from kuprobe.errors import KuprobeError
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task, set_current
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from kuprobe.model.arch.base import Arch
 
 
-class ModelError(RuntimeError):
+class ModelError(KuprobeError, RuntimeError):
     """The emulated run cannot go on (bad fetch, bound exceeded, a kernel oops …)."""
 
 

@@ -18,6 +18,7 @@ from kuprobe.model.arch.base import ArchSpecificInsn
 from kuprobe.model.core.common import HandlerAbandoned, MachineLike, ModelError, call_handler
 from kuprobe.probes import KPROBE_FLAG_DISABLED, Kprobe
 from kuprobe.regs import PtRegs
+from kuprobe.resolve import check_kprobe_target
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -103,19 +104,11 @@ class KprobeTable:
     def resolve(self, p: Any) -> int:
         """_kprobe_addr() + check_kprobe_address_safe() + can_probe(): the checked address."""
         m = self.m
-        if (p.symbol_name is None) == (p.addr is None):
-            raise ProbeError(
-                errno.EINVAL,
-                "give symbol_name (+ offset) or addr, exactly one of them",
-                probe=p,
-            )
-        if p.symbol_name is not None:
-            sym = m.image.symbol(p.symbol_name)
-            addr = m.load_bias + int(sym.value) + int(p.offset)
+        symbol_name, off = check_kprobe_target(p)
+        if symbol_name is not None:
+            addr = m.load_bias + int(m.image.symbol(symbol_name).value) + off
         else:
-            if p.offset:  # as the live side: an address is exact (kuprobe/live/backend.py)
-                raise ProbeError(errno.EINVAL, "offset goes with symbol_name, not addr", probe=p)
-            addr = int(p.addr)
+            addr = off
         if not self.is_kernel_text(addr):
             raise ProbeError(
                 errno.EINVAL,

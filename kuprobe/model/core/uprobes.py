@@ -17,12 +17,12 @@ from operator import ne
 
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
-from kuprobe.insn import is_boundary
-from kuprobe.model.arch import get_arch
+from kuprobe.model.arch import ARCHES, get_arch
 from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask
 from kuprobe.model.core.common import MachineLike, call_handler
 from kuprobe.probes import UPROBE_HANDLER_REMOVE, Uprobe
 from kuprobe.regs import PtRegs
+from kuprobe.resolve import resolve_uprobe
 from kuprobe.task import Task
 
 # include/linux/uprobes.h: enum uprobe_task_state (UTASK_BP_HIT: seed 004)
@@ -129,50 +129,31 @@ class UprobeRegistry:
         return None if f is None else f.uprobes.get(offset)
 
     def resolve(self, up: Uprobe) -> tuple[ElfImage, int]:
-        """The file and the file offset ``up`` names, checked as uprobe_register() does."""
-        image = ElfImage(up.path)
-        if up.symbol_name is not None:
-            sym = image.symbol(up.symbol_name)
-            off = up.offset or 0
-            vaddr = sym.value + off
-            code = image.read_vaddr(sym.value, max(sym.size, off + 1))
-            if not is_boundary(image.arch, code, off):
-                raise ProbeError(
-                    errno.EILSEQ,
-                    f"{up.symbol_name}+{off:#x} is not an instruction boundary",
-                    probe=up,
-                    hint="use an offset where an instruction starts (objdump -d)",
-                )
-            offset = image.vaddr_to_offset(vaddr)
-        elif up.offset is not None:
-            offset = up.offset
-        else:
-            raise ProbeError(errno.EINVAL, "give offset or symbol_name", probe=up)
-        if offset < 0 or not image.executable_offset(offset):
-            raise ProbeError(
-                errno.EINVAL,
-                f"{up.path}: file offset {offset:#x} is in no executable segment",
-                probe=up,
-            )
-        return image, offset
+        """The file and the file offset ``up`` names, checked as uprobe_register() does
+        (kuprobe/resolve.py: the same rules as the live backend's)."""
+        t = resolve_uprobe(
+            up.path,
+            symbol_name=up.symbol_name,
+            offset=up.offset,
+            runs=tuple(ARCHES),
+            where="the model",
+        )
+        return t.image, t.offset
 
     def register(self, up: Uprobe) -> None:
         if up._owner is not None:
             raise ProbeError(errno.EINVAL, "this uprobe is already registered", probe=up)
-        image, offset = self.resolve(up)
-        try:
-            arch = get_arch(image.arch)
-            entry = self.entry(image.inode, offset)
-            if entry is None:
-                insn = image.read(offset, arch.MAX_UINSN_BYTES)
-                vaddr = image.offset_to_vaddr(offset)
-                entry = UprobeEntry(
-                    image.inode, offset, up.path, arch.arch_uprobe_analyze_insn(insn, vaddr)
-                )
-                pf = self.files.setdefault(image.inode, ProbedFile(image.inode, up.path))
-                pf.uprobes[offset] = entry
-        finally:
-            image.close()
+        image, offset = self.resolve(up)  # one image per file version, shared: not closed
+        arch = get_arch(image.arch)
+        entry = self.entry(image.inode, offset)
+        if entry is None:
+            insn = image.read(offset, arch.MAX_UINSN_BYTES)
+            vaddr = image.offset_to_vaddr(offset)
+            entry = UprobeEntry(
+                image.inode, offset, up.path, arch.arch_uprobe_analyze_insn(insn, vaddr)
+            )
+            pf = self.files.setdefault(image.inode, ProbedFile(image.inode, up.path))
+            pf.uprobes[offset] = entry
         if up.ref_ctr_offset:
             if entry.ref_ctr_offset and entry.ref_ctr_offset != up.ref_ctr_offset:
                 raise ProbeError(
@@ -227,7 +208,7 @@ def regs_changed(before: list[int], regs: PtRegs) -> str:
 
 def consumer_wants(up: Uprobe, task: Task) -> bool:
     """consumer_filter(): the consumer's filter (and the probe's pid) accept ``task``."""
-    if up.pid is not None and up.pid != task.pid:
+    if up.pid is not None and up.pid != task.tgid:
         return False
     uc = up.consumer
     if uc is None or uc.filter is None:

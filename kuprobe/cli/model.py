@@ -16,20 +16,23 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from kuprobe.commands._common import make_console
-from kuprobe.commands._session import Event, Watch
-from kuprobe.spec import ProbeSpec, SpecError, check_spec, parse_spec
+from kuprobe.cli._common import make_console
+from kuprobe.cli.session import Event, Session, Watch
+from kuprobe.cli.spec import ProbeSpec, SpecError, check_spec, parse_spec
 
 EXAMPLES = """\
 examples:
-  kuprobe model tests/targets/build/i386/target-static rec 3 --probe 'u:rec arg0'
-  kuprobe model tests/targets/build/x86_64/target-static rec 2 --probe 'ur:rec retval'
-  kuprobe model tests/targets/build/arm64/target-static midpoint 5 --probe u:mid_label
-  kuprobe model tests/targets/build/x86_64/target-static add 1 2 \\
-      --probe 'u:add arg0 arg1' --probe 'u:add+4'
+  kuprobe model bundled:i386 rec 3 --probe 'u:rec arg0'
+  kuprobe model bundled:x86_64 rec 2 --probe 'ur:rec retval'
+  kuprobe model bundled:arm64 midpoint 5 --probe u:mid_label
+  kuprobe model bundled:x86_64 add 1 2 --probe 'u:add arg0 arg1' --probe 'u:add+4'
+  kuprobe model bundled:x86_64 add 1 2 --probe 'k:add arg0'      (add as kernel text)
+  kuprobe model ./prog-static my_func 7 --probe 'u:my_func arg0'
 
-A --probe spec is a trace spec whose file may be left out (it is ELF): 'u:rec' means
-'u:ELF:rec'. k:/kr: specs run ELF as kernel text. No root needed: nothing is attached.
+ELF is a file, or bundled:ARCH for kuprobe's own probe target (kuprobe/targets/target.c,
+static, built for ARCH on first use). A --probe spec is a trace spec whose file may be left
+out (it is ELF): 'u:rec' means 'u:ELF:rec'. k:/kr: specs run ELF as kernel text. No root
+needed: nothing is attached.
 """
 
 
@@ -42,7 +45,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("elf", metavar="ELF", help="a statically linked or self-contained ELF")
+    parser.add_argument(
+        "elf",
+        metavar="ELF",
+        type=_elf_arg,
+        help="a statically linked or self-contained ELF, or bundled:ARCH",
+    )
     parser.add_argument("function", metavar="FUNCTION", help="the function to call")
     parser.add_argument(
         "args", nargs="*", type=_int_arg, metavar="ARG", help="integer arguments (0x… too)"
@@ -57,6 +65,22 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
+
+
+def _elf_arg(text: str) -> str:
+    """``bundled:ARCH``: the bundled target, static, built for ARCH; else a path."""
+    if not text.startswith("bundled:"):
+        return text
+    from kuprobe.arch import ARCHES
+    from kuprobe.targets import TargetError, bundled
+
+    arch = text.removeprefix("bundled:")
+    if arch not in ARCHES:
+        raise argparse.ArgumentTypeError(f"{text!r}: no arch {arch!r} (one of {', '.join(ARCHES)})")
+    try:
+        return str(bundled(arch, "target-static"))
+    except TargetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _int_arg(text: str) -> int:
@@ -129,13 +153,8 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     machine = Machine.load(args.elf, space=space)
     events: list[Event] = []
     watches = [Watch(spec, sink=events.append) for spec in specs]
-    for w in watches:
-        if w.spec.kind == "k":
-            machine.register_kprobe(w.probe)
-        elif w.spec.kind == "kr":
-            machine.register_kretprobe(w.probe)
-        else:
-            machine.register_uprobe(w.probe)
+    session = Session(watches, backend=machine)
+    session.register()
     called = f"{args.function}({', '.join(map(str, args.args))})"
     try:
         result = machine.call(args.function, *args.args)
@@ -146,23 +165,11 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
         return 1
     finally:
         # Model uprobes are global to their file, as in the kernel: leave none behind.
-        for w in watches:
-            _unregister(machine, w.spec.kind, w.probe)
+        session.unregister()
     console.print(timeline(machine, watches))
     _print_events(console, events, watches)
     console.print(f"{called} = {_result(result)}")
     return 0
-
-
-def _unregister(machine: Any, kind: str, probe: Any) -> None:
-    if not probe.registered:
-        return
-    if kind == "k":
-        machine.unregister_kprobe(probe)
-    elif kind == "kr":
-        machine.unregister_kretprobe(probe)
-    else:
-        machine.unregister_uprobe(probe)
 
 
 def _result(result: Any) -> str:

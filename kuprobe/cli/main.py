@@ -1,42 +1,23 @@
-"""The ``kuprobe`` command: one subcommand per module, each adding its own parser.
+"""The ``kuprobe`` command's parser and its error handling.
 
-A subcommand's parser sets ``func(args) -> int``. Errors the user can fix end here: a bad
-probe spec exits with status 2 (as a usage error does), a probe the kernel refuses with 1,
-each with the message and its hint.
+Every subcommand is a module with ``add_parser(sub)``, whose parser sets ``func(args) -> int``;
+they are listed in ``COMMANDS``, in the order ``--help`` shows them. Errors the user can fix
+end here: a bad probe spec exits with status 2 (as a usage error does), a probe the kernel
+refuses with 1 (the message and its hint), any other kuprobe error with 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
-from kuprobe import trace
-from kuprobe.commands import demo, model, top
-from kuprobe.errors import ProbeError
-from kuprobe.spec import SpecError
+from kuprobe.cli import crosscheck, demo, doctor, model, top, trace, vm
+from kuprobe.cli.spec import SpecError
+from kuprobe.errors import KuprobeError, ProbeError
 
-# Subcommands other sessions write: listed when their module exists (a module that exists
-# but fails to import still fails loudly).
-_OPTIONAL = ("kuprobe.doctor", "kuprobe.crosscheck.cli", "kuprobe.vm.cli")
-
-
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
-            return None
-        raise
-
-
-def _commands() -> tuple[ModuleType, ...]:
-    found = [m for m in map(_optional, _OPTIONAL) if m is not None and hasattr(m, "add_parser")]
-    return (demo, top, trace, model, *found)
-
+COMMANDS = (demo, top, trace, model, doctor, crosscheck, vm)
 
 # The kernel's names where the C library has two for one number.
 _ERRNO_NAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP", errno.EAGAIN: "EAGAIN"}
@@ -58,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _commands():
+    for module in COMMANDS:
         module.add_parser(sub)
     return parser
 
@@ -81,9 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.hint:
             print(f"{prog}: hint: {e.hint}", file=sys.stderr)
         return 1
+    except KuprobeError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from kuprobe.dashboard import LATENCY_BOUNDS, LATENCY_BUCKETS, ProbeSample, Sample
+from kuprobe.backend import Backend, register_all_or_none, register_probe, unregister_probe
+from kuprobe.cli.dashboard import LATENCY_BOUNDS, LATENCY_BUCKETS, ProbeSample, Sample
+from kuprobe.cli.spec import ProbeSpec, format_value
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import PtRegs
-from kuprobe.spec import ProbeSpec, format_value
 from kuprobe.task import Task, current
 
 MAX_DEPTH = 64  # kernel/events/uprobes.c: MAX_URETPROBE_DEPTH; entries kept per thread
@@ -114,15 +115,15 @@ class Watch:
 
     def _entry(self, regs: PtRegs, *, record: bool) -> None:
         task = current()
-        if self.pid is not None and task.pid != self.pid:
+        if self.pid is not None and task.tgid != self.pid:
             return  # kprobes have no pid filter in the kernel: filter here
         if record:
             ts = _ts(regs)
-            starts = self._starts.get(task.tid)
+            starts = self._starts.get(task.pid)
             if starts is None:
                 if len(self._starts) >= _STALE_THREADS:
                     self._starts.clear()
-                starts = self._starts[task.tid] = []
+                starts = self._starts[task.pid] = []
             if len(starts) < MAX_DEPTH:
                 starts.append(ts)
             return  # a return probe is counted and printed at the return
@@ -132,11 +133,11 @@ class Watch:
 
     def _return(self, regs: PtRegs) -> None:
         task = current()
-        if self.pid is not None and task.pid != self.pid:
+        if self.pid is not None and task.tgid != self.pid:
             return
         ts = _ts(regs)
         latency = None
-        starts = self._starts.get(task.tid)
+        starts = self._starts.get(task.pid)
         if starts:
             latency = max(ts - starts.pop(), 0)
             self.hist[bisect_right(LATENCY_BOUNDS, latency)] += 1
@@ -145,7 +146,7 @@ class Watch:
             self.sink(Event(ts, task, self, True, self._values(regs), latency))
 
     def _count(self, task: Task) -> None:
-        key = (task.pid, task.comm)
+        key = (task.tgid, task.comm)
         self.tasks[key] = self.tasks.get(key, 0) + 1
 
     def _values(self, regs: PtRegs) -> tuple[str, ...]:
@@ -168,51 +169,47 @@ class Watch:
         )
 
 
-def _register(probe: Any) -> None:
-    import kuprobe
-
-    if isinstance(probe, Kprobe):
-        kuprobe.register_kprobe(probe)
-    elif isinstance(probe, Kretprobe):
-        kuprobe.register_kretprobe(probe)
-    else:
-        kuprobe.register_uprobe(probe)
-
-
-def _unregister(probe: Any) -> None:
-    import kuprobe
-
-    if isinstance(probe, Kprobe):
-        kuprobe.unregister_kprobe(probe)
-    elif isinstance(probe, Kretprobe):
-        kuprobe.unregister_kretprobe(probe)
-    else:
-        kuprobe.unregister_uprobe(probe)
-
-
 class Session:
-    """A set of watches registered together (all or none) and a source of samples."""
+    """A set of watches registered together on one backend (all or none) and a source of
+    samples. The backend is the live kernel's by default, or a model ``Machine``."""
 
-    def __init__(self, watches: Sequence[Watch]) -> None:
+    def __init__(self, watches: Sequence[Watch], backend: Backend | None = None) -> None:
         self.watches = tuple(watches)
+        self.backend = backend
         self._registered: list[Watch] = []
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            from kuprobe.live.api import backend
+
+            self.backend = backend()
+        return self.backend
 
     def register(self) -> None:
         """Register every probe; on a refusal unregister those done and re-raise."""
-        try:
-            for w in self.watches:
-                _register(w.probe)
-                self._registered.append(w)
-        except BaseException:
-            self.unregister()
-            raise
+        backend = self._backend()
+        register_all_or_none(
+            self.watches,
+            lambda w: self._register_one(backend, w),
+            lambda w: self._unregister_one(backend, w),
+        )
+
+    def _register_one(self, backend: Backend, w: Watch) -> None:
+        register_probe(backend, w.probe)
+        self._registered.append(w)
+
+    def _unregister_one(self, backend: Backend, w: Watch) -> None:
+        if w in self._registered:
+            self._registered.remove(w)
+        if w.probe.registered:  # the backend's own SIGINT/exit hook may have been first
+            unregister_probe(backend, w.probe)
 
     def unregister(self) -> None:
         """Unregister in reverse order; afterwards no handler runs and counters are final."""
+        if self.backend is None:
+            return
         while self._registered:
-            probe = self._registered.pop().probe
-            if probe.registered:  # the backend's own SIGINT/exit hook may have been first
-                _unregister(probe)
+            self._unregister_one(self.backend, self._registered[-1])
 
     @contextmanager
     def active(self) -> Iterator[Session]:

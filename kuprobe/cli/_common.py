@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from kuprobe.spec import EXAMPLES, ProbeSpec, SpecError, check_spec, parse_spec
+from kuprobe.cli.spec import EXAMPLES, ProbeSpec, SpecError, check_spec, parse_spec
 
 SPEC_HELP = f"""\
 probe specs (quote a spec that lists values to print):

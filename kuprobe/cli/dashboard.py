@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from kuprobe.commands._terminal import Keys, log_to, ticks
+from kuprobe.cli._terminal import Keys, log_to, ticks
 
 # Latency buckets by the 1-2-5 series, 100ns … 50s: bucket i holds [BOUNDS[i-1], BOUNDS[i]),
 # bucket 0 everything under 100ns and the last everything from 50s. Handlers find the bucket
@@ -65,7 +65,7 @@ class Sample:
 
 
 class CounterSource(Protocol):
-    """What the dashboard reads: ``kuprobe.commands._session.Session`` is one."""
+    """What the dashboard reads: ``kuprobe.cli.session.Session`` is one."""
 
     def sample(self) -> Sample: ...
 
@@ -358,7 +358,7 @@ def run(
     On a terminal: a full-screen live view refreshed every ``refresh`` seconds, with keys
     ``s`` (next sort order), ``p`` or space (pause the display; counting goes on) and ``q``.
     Elsewhere: ``summary`` printed every ``interval`` seconds. Setting ``stop`` (from a
-    signal handler: see ``kuprobe.commands._signals``) ends it, as Ctrl-C does.
+    signal handler: see ``kuprobe.cli._signals``) ends it, as Ctrl-C does.
     """
     console = console or Console()
     state = DashboardState(title=title)

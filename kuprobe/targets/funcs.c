@@ -68,7 +68,8 @@ NOINLINE long midpoint(long x)
 	return y - 7;
 }
 
-/* Starts with the NOP pattern uprobes skip instead of single-stepping (seed 004). */
+/* Starts with the NOP pattern uprobes skip instead of single-stepping (arch_uprobe_skip_sstep(),
+ * from the patch "uprobes/core: handle breakpoint and signal step exception"). */
 NOINLINE long nop_entry(long x)
 {
 #if defined(__x86_64__) || defined(__i386__)

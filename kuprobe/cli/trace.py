@@ -12,10 +12,10 @@ import time
 from collections import deque
 from typing import IO, Any
 
-from kuprobe.commands._common import SPEC_HELP, add_probe_options, checked
-from kuprobe.commands._session import Event, Session, Watch
-from kuprobe.commands._signals import stop_requested
-from kuprobe.dashboard import format_ns
+from kuprobe.cli._common import SPEC_HELP, add_probe_options, checked
+from kuprobe.cli._signals import stop_requested
+from kuprobe.cli.dashboard import format_ns
+from kuprobe.cli.session import Event, Session, Watch
 
 MAX_PENDING = 100_000  # events waiting to be printed; beyond it they are counted, not kept
 _POLL = 0.05
@@ -70,7 +70,7 @@ class _Printer:
 
     def line(self, ev: Event) -> str:
         t = (ev.ts - self.start_ns) / 1e9
-        who = f"{ev.task.pid}/{ev.task.tid}"
+        who = f"{ev.task.tgid}/{ev.task.pid}"
         parts = [f"{t:10.6f} {who:<15} {ev.task.comm:<16} {ev.watch.label}", *ev.values]
         if ev.latency_ns is not None:
             parts.append(f"({format_ns(ev.latency_ns)})")

@@ -1,8 +1,10 @@
-"""Where a uprobe goes: (inode, file offset) from a path and symbol+offset or a file offset.
+"""Where a probe lands, decided once for the live backend, the model and the command's specs.
 
-As the kernel does for kprobes (kernel/kprobes.c: _kprobe_addr(), check_kprobe_address_safe()
-and arch/x86/kernel/kprobes/core.c: can_probe()), a symbol+offset must stay inside the symbol
-and fall on an instruction boundary decoded from its start.
+A uprobe: (inode, file offset) from a path and symbol+offset or a file offset. As the kernel
+does for kprobes (kernel/kprobes.c: _kprobe_addr(), check_kprobe_address_safe() and
+arch/x86/kernel/kprobes/core.c: can_probe()), a symbol+offset must stay inside the symbol and
+fall on an instruction boundary decoded from its start. A kprobe: symbol_name (+ offset) or
+addr, checked before either backend looks the symbol up.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import errno
 import functools
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
@@ -19,7 +23,6 @@ from kuprobe.insn import is_boundary
 
 # What a C or assembler symbol may be called (GNU as: letters, digits, _ . $; @ for versions).
 SYMBOL_RE = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$@]*$")
-SUPPORTED_LIVE_ARCHES = {"x86_64": ("x86_64", "i386")}
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class UprobeTarget:
     offset: int  # file offset of the probed instruction
     arch: str  # of the probed file: the trapped task's register layout
     vaddr: int  # the link-time virtual address (before any PIE load bias)
+    image: ElfImage
 
 
 def check_symbol_name(name: object, what: str = "symbol_name") -> str:
@@ -64,19 +68,45 @@ def open_image(path: str) -> ElfImage:
     return _image(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def check_kprobe_target(p: Any) -> tuple[str | None, int]:
+    """kernel/kprobes.c: _kprobe_addr(): a kprobe names symbol_name (+ offset) or addr, not
+    both and not neither. Returns (symbol_name, offset) or (None, addr), each checked."""
+    if (p.symbol_name is None) == (p.addr is None):
+        raise ProbeError(
+            errno.EINVAL,
+            "give a kprobe either symbol_name (+ offset) or addr, not "
+            + ("both" if p.symbol_name is not None else "neither"),
+            probe=p,
+        )
+    if p.symbol_name is not None:
+        return check_symbol_name(p.symbol_name), check_offset(p.offset, "offset")
+    if p.offset:
+        raise ProbeError(errno.EINVAL, "offset goes with symbol_name, not addr", probe=p)
+    return None, check_offset(p.addr, "addr")
+
+
 def resolve_uprobe(
-    path: str, *, symbol_name: str | None, offset: int | None, host_arch: str
+    path: str,
+    *,
+    symbol_name: str | None,
+    offset: int | None,
+    runs: Collection[str] | None = None,
+    where: str = "this kernel",
 ) -> UprobeTarget:
+    """The (inode, file offset) a uprobe on ``path`` names, or the kernel's error.
+
+    ``runs``: the arches the caller can run (the host kernel's, or the model's); ``None``
+    accepts any arch kuprobe knows. ``where`` names the caller in that error.
+    """
     if not isinstance(path, str | os.PathLike) or not str(path):
         raise ProbeError(errno.EINVAL, "a Uprobe needs the path of an executable file")
     real = os.path.realpath(path)
     elf = open_image(real)
     arch = elf.arch
-    if arch not in SUPPORTED_LIVE_ARCHES.get(host_arch, ()):
+    if runs is not None and arch not in runs:
         raise ProbeError(
             errno.ENOEXEC,
-            f"{path} is an {arch} program; this {host_arch} kernel runs only "
-            f"{' and '.join(SUPPORTED_LIVE_ARCHES.get(host_arch, ()))} programs",
+            f"{path} is an {arch} program; {where} runs only {' and '.join(runs) or 'no'} programs",
             hint="use kuprobe.model.Machine to run it in the model",
         )
     if symbol_name is not None:
@@ -116,4 +146,4 @@ def resolve_uprobe(
         raise ProbeError(
             errno.EINVAL, f"{path}: file offset {file_off:#x} is not in executable code"
         )
-    return UprobeTarget(real, elf.inode, file_off, arch, vaddr)
+    return UprobeTarget(real, elf.inode, file_off, arch, vaddr, elf)

@@ -10,12 +10,15 @@ name for it (``di``, ``ax``, ``x0`` …); ``:x`` after a name prints it in hex.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
 from typing import Literal
 
-from kuprobe.regs import LAYOUTS, PtRegs, regs_get_kernel_argument, regs_get_kernel_stack_nth
+from kuprobe.arch import ARCHES, host_arch
+from kuprobe.errors import KuprobeError, ProbeError
+from kuprobe.regs import PtRegs, regs_get_kernel_argument, user_argument
 
 Kind = Literal["k", "kr", "u", "ur"]
 
@@ -34,7 +37,7 @@ _SYMBOL = re.compile(r"[A-Za-z_.$][\w.$@]*")
 _ARG = re.compile(r"(?P<name>[a-z_][a-z0-9_]*)(?::(?P<fmt>[a-z]+))?")
 _ARGN = re.compile(r"arg(\d+)")
 MAX_ARG = 11  # arg0 .. arg11: registers and then the captured stack words
-_REGISTERS = frozenset(f for layout in LAYOUTS.values() for f in layout.fields)
+_REGISTERS = frozenset(f for info in ARCHES.values() for f in info.regs.fields)
 
 EXAMPLES = """\
   k:do_sys_openat2              kernel function entry
@@ -48,7 +51,7 @@ EXAMPLES = """\
                                 print the first argument, and %rdi in hex"""
 
 
-class SpecError(ValueError):
+class SpecError(KuprobeError, ValueError):
     """A probe spec that cannot be read; the message says what is wrong and shows the form."""
 
 
@@ -192,39 +195,31 @@ def parse_spec(text: str) -> ProbeSpec:
 
 
 def check_spec(spec: ProbeSpec) -> str:
-    """Open a uprobe spec's file: it must be an ELF of a known arch with that symbol.
+    """Resolve a uprobe spec as registering it would (kuprobe/resolve.py: the file, the
+    symbol, the offset inside it and on an instruction boundary), so a mistake is reported
+    before anything attaches.
 
-    Returns the arch ("x86_64" for kernel specs: the running kernel's). Raises ``SpecError``.
+    Returns the probed code's arch (for kernel specs: the running kernel's). Raises
+    ``SpecError``.
     """
-    from kuprobe.elf import ElfImage
-    from kuprobe.errors import ProbeError
+    from kuprobe.resolve import resolve_uprobe
 
     if spec.path is None:
-        return _host_arch()
-    try:
-        with ElfImage(spec.path) as image:
-            arch = image.arch
-            if spec.symbol is not None:
-                sym = image.symbol(spec.symbol)
-                if sym.size and spec.offset >= sym.size:
-                    raise SpecError(
-                        f"{spec}: offset {spec.offset:#x} is past the end of {spec.symbol} "
-                        f"({sym.size:#x} bytes)"
-                    )
-            elif not image.executable_offset(spec.offset):
-                raise SpecError(f"{spec}: file offset {spec.offset:#x} is not in executable code")
-    except ProbeError as e:
-        text = f"{e.strerror}" + (f" ({e.hint})" if e.hint else "")
-        raise SpecError(text) from e
+        host = host_arch()
+        if host is None:
+            raise SpecError(f"{spec}: kuprobe knows no arch {os.uname().machine!r}")
+        arch = host.name
+    else:
+        try:
+            arch = resolve_uprobe(spec.path, symbol_name=spec.symbol, offset=spec.offset).arch
+        except ProbeError as e:
+            code = errno.errorcode.get(e.errno or 0, str(e.errno))
+            text = f"{e.strerror} [{code}]" + (f" (hint: {e.hint})" if e.hint else "")
+            raise SpecError(text) from e
     for arg in spec.args:
-        if arg.name in _REGISTERS and arg.name not in LAYOUTS[arch].fields:
+        if arg.name in _REGISTERS and arg.name not in ARCHES[arch].regs.fields:
             raise SpecError(f"{spec}: {arch} has no register {arg.name!r}")
     return arch
-
-
-def _host_arch() -> str:
-    machine = os.uname().machine
-    return {"aarch64": "arm64", "i686": "i386"}.get(machine, machine)
 
 
 def fetch(regs: PtRegs, arg: Arg, *, user: bool) -> int:
@@ -240,9 +235,7 @@ def fetch(regs: PtRegs, arg: Arg, *, user: bool) -> int:
         return int(getattr(regs, regs.layout.retval))
     if m := _ARGN.fullmatch(name):
         n = int(m.group(1))
-        if user and regs.arch == "i386":
-            return regs_get_kernel_stack_nth(regs, n + 1)
-        return regs_get_kernel_argument(regs, n)
+        return user_argument(regs, n) if user else regs_get_kernel_argument(regs, n)
     return int(getattr(regs, name))
 
 
@@ -250,7 +243,7 @@ def format_value(regs: PtRegs, arg: Arg, *, user: bool) -> str:
     value = fetch(regs, arg, user=user)
     if arg.hex:
         return f"{arg.name}={value:#x}"
-    bits = regs.layout.word_bits
+    bits = regs.info.bits
     if value >> (bits - 1):  # print negative numbers as such; pointers read better in :x
         value -= 1 << bits
     return f"{arg.name}={value}"

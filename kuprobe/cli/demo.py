@@ -1,7 +1,7 @@
 """``kuprobe demo``: the bundled workload, probed live, in the dashboard.
 
-Builds tests/targets (the demo "service" for x86_64 and, where ``gcc -m32`` works, i386),
-starts one process of each and probes them: a function entry with its arguments, a return
+Builds the bundled demo (kuprobe/targets/demo.c, a "service") for x86_64 and, where
+``gcc -m32`` works, i386, starts one process of each and probes them: a function entry with its arguments, a return
 with its latency, an instruction in the middle of a function, and the same in the 32-bit
 process. Each probe is limited to its own process.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
 import signal
 import subprocess
 import sys
@@ -20,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kuprobe.commands._common import positive
-from kuprobe.commands._session import Session, Watch
-from kuprobe.commands.top import add_display_options, show
-from kuprobe.spec import ProbeSpec, parse_spec
+from kuprobe.cli._common import positive
+from kuprobe.cli.session import Session, Watch
+from kuprobe.cli.spec import ProbeSpec, parse_spec
+from kuprobe.cli.top import add_display_options, show
+from kuprobe.targets import TargetError, bundled
 
-TARGETS = Path(__file__).resolve().parents[2] / "tests" / "targets"
 _PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
 
 EXAMPLES = """\
@@ -81,17 +80,14 @@ PROBES = (
 
 
 def build(arches: tuple[str, ...] = ("x86_64", "i386")) -> dict[str, Path]:
-    """Build the demo for ``arches`` (tests/targets/build.sh, make-like); the ones built."""
-    script = TARGETS / "build.sh"
-    if not script.exists():
-        raise SystemExit(f"kuprobe demo: {script} is missing: run from a kuprobe checkout")
-    env = dict(os.environ, KUPROBE_TARGET_ARCHES=" ".join(arches))
-    try:
-        subprocess.run([str(script)], check=True, env=env, stdout=sys.stderr)
-    except subprocess.CalledProcessError as e:
-        raise SystemExit(f"kuprobe demo: building the demo failed ({script}: {e})") from e
-    built = {a: TARGETS / "build" / a / "demo" for a in arches}
-    return {a: p for a, p in built.items() if p.exists()}
+    """Build the demo for ``arches`` (kuprobe/targets, make-like); the ones that built."""
+    built: dict[str, Path] = {}
+    for arch in arches:
+        try:
+            built[arch] = bundled(arch, "demo")
+        except TargetError as e:
+            print(f"kuprobe demo: {e}", file=sys.stderr)
+    return built
 
 
 def first_call_offset(path: Path, function: str) -> int:

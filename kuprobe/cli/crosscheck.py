@@ -18,7 +18,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from kuprobe.commands._common import make_console
+from kuprobe.cli._common import make_console
 from kuprobe.crosscheck.scenarios import SCENARIOS, Event, Result, Value, diff
 
 ARCHES = ("x86_64", "i386")  # what live uprobes run here (a 64-bit host with IA32 emulation)
@@ -70,7 +70,7 @@ def _scenario_arg(text: str) -> str:
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
-    from kuprobe.crosscheck._target import TargetError
+    from kuprobe.targets import TargetError
     from kuprobe.live.backend import LiveBackend
     from kuprobe.model import ModelError
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kuprobe import dashboard
-from kuprobe.commands._common import (
+from kuprobe.cli import dashboard
+from kuprobe.cli._common import (
     SPEC_HELP,
     add_probe_options,
     checked,
     make_console,
     positive,
 )
-from kuprobe.commands._session import Session, Watch
-from kuprobe.commands._signals import stop_requested
+from kuprobe.cli._signals import stop_requested
+from kuprobe.cli.session import Session, Watch
 
 EXAMPLES = """\
 examples:

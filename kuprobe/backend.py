@@ -1,0 +1,78 @@
+"""The contract the live backend and the model share: the kernel's registration verbs.
+
+``kuprobe.live.LiveBackend`` (a real kernel through BPF) and ``kuprobe.model.Machine`` (the
+reference model) both implement ``Backend``; mypy checks each against it. The module-level
+functions of ``kuprobe`` bind to the default live backend; ``kuprobe.cli``'s sessions and the
+cross-check take any backend. ``register_probe`` / ``unregister_probe`` pick the verb for a
+probe object's kind, and ``register_all_or_none`` is the one all-or-none batch rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
+
+from kuprobe.probes import Kprobe, Kretprobe, Uprobe
+
+AnyProbe = Kprobe | Kretprobe | Uprobe
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """include/linux/kprobes.h and include/linux/uprobes.h, as methods."""
+
+    def register_kprobe(self, p: Kprobe) -> None: ...
+    def unregister_kprobe(self, p: Kprobe) -> None: ...
+    def register_kprobes(self, kps: Sequence[Kprobe]) -> None: ...
+    def unregister_kprobes(self, kps: Sequence[Kprobe]) -> None: ...
+    def enable_kprobe(self, p: Kprobe) -> None: ...
+    def disable_kprobe(self, p: Kprobe) -> None: ...
+    def register_kretprobe(self, rp: Kretprobe) -> None: ...
+    def unregister_kretprobe(self, rp: Kretprobe) -> None: ...
+    def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None: ...
+    def unregister_kretprobes(self, rps: Sequence[Kretprobe]) -> None: ...
+    def register_uprobe(self, up: Uprobe) -> None: ...
+    def unregister_uprobe(self, up: Uprobe) -> None: ...
+
+
+def register_probe(backend: Backend, probe: AnyProbe) -> None:
+    """The backend's register verb for ``probe``'s kind."""
+    if isinstance(probe, Kprobe):
+        backend.register_kprobe(probe)
+    elif isinstance(probe, Kretprobe):
+        backend.register_kretprobe(probe)
+    elif isinstance(probe, Uprobe):
+        backend.register_uprobe(probe)
+    else:
+        raise TypeError(f"not a probe: {type(probe).__name__}")
+
+
+def unregister_probe(backend: Backend, probe: AnyProbe) -> None:
+    """The backend's unregister verb for ``probe``'s kind."""
+    if isinstance(probe, Kprobe):
+        backend.unregister_kprobe(probe)
+    elif isinstance(probe, Kretprobe):
+        backend.unregister_kretprobe(probe)
+    elif isinstance(probe, Uprobe):
+        backend.unregister_uprobe(probe)
+    else:
+        raise TypeError(f"not a probe: {type(probe).__name__}")
+
+
+P = TypeVar("P")
+
+
+def register_all_or_none(
+    probes: Sequence[P], register: Callable[[P], None], unregister: Callable[[P], None]
+) -> None:
+    """kernel/kprobes.c: register_kprobes(): register each in turn; on a failure, unregister
+    those already registered and re-raise, so the batch is all or none."""
+    done: list[P] = []
+    try:
+        for p in probes:
+            register(p)
+            done.append(p)
+    except BaseException:
+        for p in reversed(done):
+            unregister(p)
+        raise
