@@ -70,9 +70,9 @@ def _scenario_arg(text: str) -> str:
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
-    from kuprobe.targets import TargetError
     from kuprobe.live.backend import LiveBackend
     from kuprobe.model import ModelError
+    from kuprobe.targets import TargetError
 
     if console is None:
         console = make_console()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from kuprobe.targets import TargetError, bundled
 
-
 TIMEOUT = 60.0  # seconds for one run of the target
 
 
