@@ -1,9 +1,9 @@
 """``kuprobe demo``: the bundled workload, probed live, in the dashboard.
 
 Builds the bundled demo (kuprobe/targets/demo.c, a "service") for x86_64 and, where
-``gcc -m32`` works, i386, starts one process of each and probes them: a function entry with its arguments, a return
-with its latency, an instruction in the middle of a function, and the same in the 32-bit
-process. Each probe is limited to its own process.
+``gcc -m32`` works, i386, starts one process of each and probes them: a function entry with
+its arguments, a return with its latency, an instruction in the middle of a function, and the
+same in the 32-bit process. Each probe is limited to its own process.
 """
 
 from __future__ import annotations
