@@ -9,6 +9,7 @@ from typing import Any
 
 from kuprobe.live import perf
 from kuprobe.live._bcc import kernel_build_tree
+from kuprobe.live.hazards import doctor_rows
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def run(args: Any) -> int:
         table.add_row(
             c.name, "[green]ok[/]" if c.ok else "[red]no[/]", c.detail, "" if c.ok else c.fix
         )
+    for name, ok, detail, fix in doctor_rows():  # kernel hazards, found by doing them
+        table.add_row(name, "[green]ok[/]" if ok else "[red]no[/]", detail, "" if ok else fix)
     Console().print(table)
     live, _ = live_uprobes_possible()
     return 0 if live else 1
