@@ -46,6 +46,7 @@ class _Counted:
     _nmissed: int = field(default=0, init=False, repr=False)
     _lost: int = field(default=0, init=False, repr=False)
     _handler_errors: int = field(default=0, init=False, repr=False)
+    _dropped: int = field(default=0, init=False, repr=False)
     # The backend (live or a model Machine) this object is registered with, or None.
     _owner: Any = field(default=None, init=False, repr=False)
 
@@ -77,6 +78,13 @@ class _Counted:
     def handler_errors(self) -> int:
         """Handler calls that raised (each is reported; dispatch goes on)."""
         return self._handler_errors
+
+    @property
+    def dropped(self) -> int:
+        """Events recorded but never handed to a handler: an ``unregister_*(timeout=)`` that
+        ran out, interpreter exit or SIGINT/SIGTERM (which stop within 2 s). With ``lost``,
+        ``handler_errors`` and the handler's own calls it adds up to the hits."""
+        return self._dropped
 
     @property
     def registered(self) -> bool:
@@ -175,6 +183,8 @@ class Uprobe(_Counted):
     consumer: UprobeConsumer | None = None
     pid: int | None = None
     _ret_hits: int = field(default=0, init=False, repr=False)
+    _ret_lost: int = field(default=0, init=False, repr=False)
+    _ret_dropped: int = field(default=0, init=False, repr=False)
     # Resolved at register time: (st_dev, st_ino) and the file offset of the probed insn.
     _inode: tuple[int, int] | None = field(default=None, init=False, repr=False)
     _file_offset: int | None = field(default=None, init=False, repr=False)
@@ -187,6 +197,24 @@ class Uprobe(_Counted):
         """How many times the probed function returned (the uretprobe fired)."""
         self._refresh()
         return self._ret_hits
+
+    @property
+    def lost(self) -> int:
+        """Entry events that fired but could not be delivered (buffer full); the return
+        side's are ``ret_lost``."""
+        self._refresh()
+        return self._lost
+
+    @property
+    def ret_lost(self) -> int:
+        """Return (uretprobe) events that could not be delivered (buffer full)."""
+        self._refresh()
+        return self._ret_lost
+
+    @property
+    def ret_dropped(self) -> int:
+        """Return events recorded but never handed to ``ret_handler`` (see ``dropped``)."""
+        return self._ret_dropped
 
     @property
     def inode(self) -> tuple[int, int] | None:

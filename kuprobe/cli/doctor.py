@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from kuprobe.live.checks import checks, live_uprobes_possible
+from kuprobe.live.hazards import doctor_rows
 
 
 def run(args: Any) -> int:
@@ -22,6 +23,8 @@ def run(args: Any) -> int:
         table.add_row(
             c.name, "[green]ok[/]" if c.ok else "[red]no[/]", c.detail, "" if c.ok else c.fix
         )
+    for name, ok, detail, fix in doctor_rows():  # kernel hazards, found by doing them
+        table.add_row(name, "[green]ok[/]" if ok else "[red]no[/]", detail, "" if ok else fix)
     Console().print(table)
     live, _ = live_uprobes_possible()
     return 0 if live else 1

@@ -28,20 +28,22 @@ def backend() -> LiveBackend:
         return _backend
 
 
-def _shutdown() -> None:
-    if _backend is not None:
-        _backend.shutdown()
-
-
 def _install_signal_handlers() -> None:
-    """SIGINT/SIGTERM unregister everything first, then do what they did before."""
+    """SIGINT/SIGTERM unregister everything first (within 2 s: events still queued then are
+    counted in ``dropped``), then do what they did before. A signal that arrives while
+    kuprobe creates or closes a BPF link, or while it is already shutting down, waits for
+    that to end (kuprobe/live/core.py: SignalsDeferred)."""
     if threading.current_thread() is not threading.main_thread():
         return  # signals can only be handled on the main thread; atexit still cleans up
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(signum)
 
         def handler(sig: int, frame: FrameType | None, previous: Any = previous) -> None:
-            _shutdown()
+            b = _backend
+            if b is not None:
+                if b.signals.defer(lambda: handler(sig, frame, previous)):
+                    return
+                b.shutdown(close=False)
             if callable(previous):
                 previous(sig, frame)
             elif previous == signal.SIG_DFL:
@@ -61,13 +63,14 @@ def register_kprobes(kps: Sequence[Kprobe]) -> None:
     backend().register_kprobes(kps)
 
 
-def unregister_kprobe(p: Kprobe) -> None:
-    """Disarm ``p``; returns once every event recorded for it has been handled."""
-    backend().unregister_kprobe(p)
+def unregister_kprobe(p: Kprobe, timeout: float | None = None) -> None:
+    """Disarm ``p``; returns once every event recorded for it has been handled (with
+    ``timeout`` s: the events still queued then are counted in ``p.dropped``)."""
+    backend().unregister_kprobe(p, timeout=timeout)
 
 
-def unregister_kprobes(kps: Sequence[Kprobe]) -> None:
-    backend().unregister_kprobes(kps)
+def unregister_kprobes(kps: Sequence[Kprobe], timeout: float | None = None) -> None:
+    backend().unregister_kprobes(kps, timeout=timeout)
 
 
 def enable_kprobe(p: Kprobe) -> None:
@@ -87,12 +90,12 @@ def register_kretprobes(rps: Sequence[Kretprobe]) -> None:
     backend().register_kretprobes(rps)
 
 
-def unregister_kretprobe(rp: Kretprobe) -> None:
-    backend().unregister_kretprobe(rp)
+def unregister_kretprobe(rp: Kretprobe, timeout: float | None = None) -> None:
+    backend().unregister_kretprobe(rp, timeout=timeout)
 
 
-def unregister_kretprobes(rps: Sequence[Kretprobe]) -> None:
-    backend().unregister_kretprobes(rps)
+def unregister_kretprobes(rps: Sequence[Kretprobe], timeout: float | None = None) -> None:
+    backend().unregister_kretprobes(rps, timeout=timeout)
 
 
 def register_uprobe(up: Uprobe) -> None:
@@ -100,11 +103,12 @@ def register_uprobe(up: Uprobe) -> None:
     backend().register_uprobe(up)
 
 
-def unregister_uprobe(up: Uprobe) -> None:
-    """Disarm ``up``; returns with every recorded event handled and final counters."""
-    backend().unregister_uprobe(up)
+def unregister_uprobe(up: Uprobe, timeout: float | None = None) -> None:
+    """Disarm ``up``; returns with every recorded event handled and final counters (with
+    ``timeout`` s: the events still queued then are counted in ``up.dropped``)."""
+    backend().unregister_uprobe(up, timeout=timeout)
 
 
-def unregister_uprobes(ups: Sequence[Uprobe]) -> None:
+def unregister_uprobes(ups: Sequence[Uprobe], timeout: float | None = None) -> None:
     """Disarm several at once: the kernel's grace periods run in parallel."""
-    backend().unregister_uprobes(ups)
+    backend().unregister_uprobes(ups, timeout=timeout)

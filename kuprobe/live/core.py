@@ -16,8 +16,10 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
@@ -35,6 +37,10 @@ from kuprobe.probes import (
 
 log = logging.getLogger("kuprobe")
 AnyProbe = Kprobe | Kretprobe | Uprobe
+# Interpreter exit and SIGINT/SIGTERM: how long events still queued get handled before the
+# rest are counted in ``dropped``, and how long a handler already running is then waited for.
+SHUTDOWN_TIMEOUT = 1.5
+IN_FLIGHT_GRACE = 0.4
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Attach:
     ret: bool
     link_fd: int = -1  # closing it detaches the program (a BPF link)
     perf_fd: int = -1  # the kprobe/uprobe perf event under a perf-event link, if any
+    target: int = -1  # the ring position past this slot's last event, once detached
 
 
 @dataclass
@@ -52,7 +59,43 @@ class Registration:
     attaches: list[Attach] = field(default_factory=list)
     tracefs_event: str | None = None  # kept after removal: kprobe_profile is read by name
     tracefs_removed: bool = False
-    final: bool = False
+    detached: bool = False  # no program of it runs any more; it waits in BackendCore._closing
+    dropping: bool = False  # its slots' handlers only count what is left, in dropped
+    final: bool = False  # counters final, slots released, the probe's _owner cleared
+    profile: dict[str, tuple[int, int]] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class SignalsDeferred:
+    """SIGINT/SIGTERM wait while the main thread is inside: a KeyboardInterrupt raised between
+    creating a BPF link and recording its fd, or between closing it and forgetting it, would
+    leave a live probe nobody can remove (kuprobe/live/api.py's handlers ask defer()).
+    Other threads never run Python signal handlers, so only the main thread counts."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: list[Callable[[], None]] = []
+
+    def defer(self, fn: Callable[[], None]) -> bool:
+        if self.depth:
+            self.pending.append(fn)
+            return True
+        return False
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.depth += 1
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.depth -= 1
+        if self.depth == 0 and self.pending:
+            pending, self.pending = self.pending, []
+            for fn in pending:
+                fn()
 
 
 class BackendCore:
@@ -62,6 +105,8 @@ class BackendCore:
         self._lock = threading.RLock()
         self._pools: list[ProbePool] = []
         self._regs: dict[int, Registration] = {}
+        self._closing: dict[int, Registration] = {}  # detached, events still being handled
+        self.signals = SignalsDeferred()
         self.dispatcher = Dispatcher()
         self._event_seq = 0
         self._stale_checked = False
@@ -138,15 +183,18 @@ class BackendCore:
         att = Attach(pool, slot, bool(flags & KUPROBE_CFG_RET))
         reg.attaches.append(att)
         self.dispatcher.set_handler(pool, slot, handler)
-        att.link_fd, att.perf_fd = attach(pool.prog_fd(uprobe_multi=uprobe_multi), slot)
+        prog_fd = pool.prog_fd(uprobe_multi=uprobe_multi)
+        with self.signals:  # the link exists only once its fd is recorded
+            att.link_fd, att.perf_fd = attach(prog_fd, slot)
         return att
 
     def _rollback(self, reg: Registration) -> None:
-        self._detach(reg)
-        for att in reg.attaches:
-            self.dispatcher.set_handler(att.pool, att.slot, None)
-            att.pool.release(att.slot)
-        reg.attaches.clear()
+        with self.signals:
+            self._detach(reg)
+            for att in reg.attaches:
+                self.dispatcher.set_handler(att.pool, att.slot, None)
+                att.pool.release(att.slot)
+            reg.attaches.clear()
 
     def _reporter(self, probe: _Counted) -> Callable[[BaseException], None]:
         def report(e: BaseException) -> None:
@@ -165,10 +213,11 @@ class BackendCore:
     def _detach(self, reg: Registration) -> None:
         # Return probes first: no return event then arrives without its entry.
         for att in sorted(reg.attaches, key=lambda a: not a.ret):
-            for fd in (att.link_fd, att.perf_fd):
+            fds = (att.link_fd, att.perf_fd)
+            att.link_fd = att.perf_fd = -1
+            for fd in fds:
                 if fd >= 0:
                     os.close(fd)
-            att.link_fd = att.perf_fd = -1
         if reg.tracefs_event and not reg.tracefs_removed:
             try:
                 perf.remove_kprobe_event(reg.tracefs_event)
@@ -176,37 +225,144 @@ class BackendCore:
                 log.warning("could not remove kuprobe/%s: %s", reg.tracefs_event, e)
             reg.tracefs_removed = True
 
-    def unregister(self, probe: AnyProbe) -> None:
-        self.unregister_many([probe])
+    def unregister(self, probe: AnyProbe, timeout: float | None = None) -> None:
+        self.unregister_many([probe], timeout=timeout)
 
-    def unregister_many(self, probes: Sequence[AnyProbe]) -> None:
+    def unregister_many(self, probes: Sequence[AnyProbe], timeout: float | None = None) -> None:
         """Unregister several probes: detach all, drain, read final counters, free slots.
+
+        Returns once every event recorded for them has been handled, and no handler of them
+        runs afterwards; with ``timeout`` (seconds), events still queued when it runs out are
+        counted in ``dropped`` instead (a handler call already running is waited for).
 
         kernel/events/uprobes.c: uprobe_unregister() waits for an SRCU grace period (~0.1 s
         here) per probe; a batch closes its perf events side by side, so it waits about once
         (as the kernel's own uprobe_unregister_nosync() + uprobe_unregister_sync() do).
+        The backend lock is held only to detach and to release, never while handlers are
+        waited for: a handler may register or unregister meanwhile.
         """
-        with self._lock:
-            regs = [self._regs.pop(id(p), None) for p in probes]
-            for p, r in zip(probes, regs, strict=True):
-                if r is None and p._owner is not self:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        with self.signals, self._lock:
+            regs: list[Registration] = []
+            for p in probes:
+                r = self._regs.get(id(p)) or self._closing.get(id(p))
+                if r is None:
                     raise ProbeError(
                         errno.EINVAL, f"this {type(p).__name__} is not registered", probe=p
                     )
-            todo = [r for r in regs if r is not None]
-            profile = self._read_profile(todo)
-            in_parallel(self._detach, todo)
-            # The perf events are closed: no program of these slots runs any more.
-            for pool in {id(a.pool): a.pool for r in todo for a in r.attaches}.values():
-                self.dispatcher.drain(pool)
+                regs.append(r)
+            self._detach_all([r for r in regs if not r.detached])
+        self._finish(regs, deadline)
+
+    def _detach_all(self, regs: Sequence[Registration]) -> None:
+        """With the lock held and signals deferred: detach, note where each slot's events end
+        in the ring, and move the registrations to ``_closing``."""
+        if not regs:
+            return
+        profile = self._read_profile(regs)
+        try:
+            in_parallel(self._detach, regs)
+        finally:
+            # Whatever closed: no program of these slots runs any more.
+            for r in regs:
+                if all(a.link_fd < 0 and a.perf_fd < 0 for a in r.attaches):
+                    r.profile = profile
+                    r.detached = True
+                    for att in r.attaches:
+                        att.target = att.pool.ring.producer_pos()
+                    self._regs.pop(id(r.probe), None)
+                    self._closing[id(r.probe)] = r
+
+    def _finish(self, regs: Sequence[Registration], deadline: float | None) -> None:
+        """Wait (until ``deadline``) for the dispatcher to handle every event of the detached
+        ``regs``, count the rest in ``dropped``, then make the counters final and free the
+        slots. Idempotent: any thread that unregisters one of them may finish it.
+
+        From a handler (the dispatcher thread) nothing can be waited for: the events still
+        queued behind that handler are counted in ``dropped``, and the probe stays
+        ``registered`` until the dispatcher has passed them (then its counters are final)."""
+        todo = [r for r in regs if r.detached and not r.final]
+        if self.dispatcher.on_dispatcher_thread():
+            with self.signals, self._lock:
+                for r in todo:
+                    if not r.final and not r.dropping:
+                        self._drop_rest(r)
+                        self._sync(r, r.profile)
+                        att = max(r.attaches, key=lambda a: a.target, default=None)
+                        if att is None:
+                            self._finalize(r)
+                        else:
+                            self.dispatcher.after(att.pool, att.target, self._finalizer(r))
+            return
+        drained = True
+        try:
             for r in todo:
-                self._sync(r, profile)
-                r.final = True
                 for att in r.attaches:
-                    self.dispatcher.set_handler(att.pool, att.slot, None)
-                    att.pool.forget_removed(att.slot)
-                    att.pool.release(att.slot)
-                r.probe._owner = None
+                    drained = self.dispatcher.drain(att.pool, att.target, deadline) and drained
+        finally:
+            if not drained:
+                with self.signals, self._lock:
+                    for r in todo:
+                        if not r.final and not r.dropping:
+                            self._drop_rest(r)
+                # a handler call already running: waited for, briefly
+                grace = time.monotonic() + IN_FLIGHT_GRACE
+                for r in todo:
+                    for att in r.attaches:
+                        self.dispatcher.drain(att.pool, att.target, grace)
+            with self.signals, self._lock:
+                for r in todo:
+                    if not r.final:
+                        self._sync(r, r.profile)
+                        self._finalize(r)
+
+    def _drop_rest(self, r: Registration) -> None:
+        """Count every event of ``r`` still queued in ``dropped`` instead of handling it."""
+        r.dropping = True
+        for att in r.attaches:
+            self.dispatcher.set_handler(att.pool, att.slot, _dropper(r.probe, att))
+
+    def _finalizer(self, r: Registration) -> Callable[[], None]:
+        def finalize() -> None:
+            if not r.final:
+                self._finalize(r)
+
+        return finalize
+
+    def _finalize(self, r: Registration) -> None:
+        """Counters final (hits and lost are synced by the caller), slots free, owner cleared."""
+        r.final = True
+        late = [a for a in r.attaches if not self.dispatcher.handled_past(a.pool, a.target)]
+        if late:
+            log.warning(
+                "%s: a handler is still running; its slot is freed once the dispatcher passes",
+                describe(r.probe),
+            )
+        for att in r.attaches:
+            if att in late:
+                self.dispatcher.after(att.pool, att.target, self._releaser(att))
+            else:
+                self._release(att)
+        p = r.probe
+        dropped = p._dropped + (p._ret_dropped if isinstance(p, Uprobe) else 0)
+        if dropped and not self.dispatcher.on_dispatcher_thread():
+            log.warning(
+                "%s: %d recorded events were not handled (unregister timed out, exit or a "
+                "signal); counted in dropped",
+                describe(p),
+                dropped,
+            )
+        self._closing.pop(id(p), None)
+        p._owner = None
+        r.done.set()
+
+    def _release(self, att: Attach) -> None:
+        self.dispatcher.set_handler(att.pool, att.slot, None)
+        att.pool.forget_removed(att.slot)
+        att.pool.release(att.slot)
+
+    def _releaser(self, att: Attach) -> Callable[[], None]:
+        return lambda: self._release(att)
 
     def _read_profile(self, regs: Sequence[Registration]) -> dict[str, tuple[int, int]]:
         if any(r.tracefs_event for r in regs):
@@ -214,18 +370,22 @@ class BackendCore:
         return {}
 
     def _sync(self, reg: Registration, profile: dict[str, tuple[int, int]] | None = None) -> None:
-        hits = ret_hits = lost = 0
+        hits = ret_hits = lost = ret_lost = 0
         for att in reg.attaches:
             h, lo = att.pool.counts(att.slot)
-            lost += lo
             if att.ret:
                 ret_hits += h
+                ret_lost += lo
             else:
                 hits += h
+                lost += lo
         p = reg.probe
         if isinstance(p, Uprobe):
-            p._hits, p._ret_hits = hits, ret_hits
+            if ret_lost > p._ret_lost:
+                log.warning("%s: %d return events lost", describe(p), ret_lost)
+            p._hits, p._ret_hits, p._ret_lost = hits, ret_hits, ret_lost
         elif isinstance(p, Kretprobe):
+            lost += ret_lost
             p._hits = ret_hits
             if reg.tracefs_event:
                 prof = profile if profile is not None else perf.kprobe_profile()
@@ -249,16 +409,38 @@ class BackendCore:
     def registered(self) -> list[AnyProbe]:
         return [r.probe for r in self._regs.values()]
 
-    def shutdown(self) -> None:
-        """Unregister everything (atexit, SIGINT/SIGTERM) and free the pools."""
-        with self._lock:
-            if self._regs:
-                self.unregister_many(self.registered())
-            self.dispatcher.stop()
-            for pool in self._pools:
-                self.dispatcher.remove_pool(pool)
-                pool.close()
-            self._pools.clear()
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT, *, close: bool = True) -> None:
+        """Unregister everything, within ``timeout`` s (the rest counted in ``dropped``): at
+        interpreter exit (``close``: and free the pools) and on SIGINT/SIGTERM."""
+        with self.signals:
+            probes = [r.probe for r in (*self._regs.values(), *self._closing.values())]
+            if probes:
+                self.unregister_many(probes, timeout=timeout)
+            if not close:
+                return
+            if not self.dispatcher.stop(timeout=IN_FLIGHT_GRACE):
+                log.warning("kuprobe: a handler is still running at exit; left to the OS")
+                return  # the maps stay mapped: the kernel frees them with the process
+            with self._lock:
+                for pool in self._pools:
+                    self.dispatcher.remove_pool(pool)
+                    pool.close()
+                self._pools.clear()
+
+
+def _dropper(probe: AnyProbe, att: Attach) -> SlotHandler:
+    """A slot handler that only counts: the events left when an unregister gave up waiting."""
+    if att.ret and isinstance(probe, Uprobe):
+
+        def drop_ret(chunk: memoryview, off: int, ts: int, ip: int, task: object) -> None:
+            probe._ret_dropped += 1
+
+        return drop_ret
+
+    def drop(chunk: memoryview, off: int, ts: int, ip: int, task: object) -> None:
+        probe._dropped += 1
+
+    return drop
 
 
 def perf_link(perf_fd: int, prog_fd: int, slot: int) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from kuprobe.live.events import EVENT_SIZE, RECORD, RECORD_STRIDE, RINGBUF_HDR
@@ -34,7 +35,9 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._tasks: dict[tuple[int, bytes], Task] = {}
+        self._after: list[tuple[ProbePool, int, Callable[[], None]]] = []
         self.events = 0
+        self.errors = 0  # exceptions that escaped a slot handler (each logged)
 
     # --- set-up, from the registering thread ---
 
@@ -57,32 +60,53 @@ class Dispatcher:
     def on_dispatcher_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def drain(self, pool: ProbePool) -> None:
-        """Return once every event committed to ``pool`` before now has been handled."""
-        target = pool.ring.producer_pos()
+    def after(self, pool: ProbePool, target: int, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the dispatcher thread once ``pool`` is handled past ``target``
+        (at once if it is and this is not the dispatcher thread in a batch)."""
+        with self._cond:
+            if not self.handled_past(pool, target) or self.on_dispatcher_thread():
+                self._after.append((pool, target, fn))
+                self._wake.set()
+                return
+        fn()
+
+    def handled_past(self, pool: ProbePool, target: int) -> bool:
+        return self._handled.get(id(pool), target) >= target
+
+    def drain(
+        self, pool: ProbePool, target: int | None = None, deadline: float | None = None
+    ) -> bool:
+        """Return once every event committed to ``pool`` before now (or before ring position
+        ``target``) has been handled: True; False if ``deadline`` (time.monotonic()) came
+        first, the dispatcher is not running, or this is the dispatcher thread (a handler
+        cannot wait for the events queued behind it)."""
+        if target is None:
+            target = pool.ring.producer_pos()
         if self.on_dispatcher_thread():
-            # unregister from inside a handler: handle the rest of the ring here, in order.
-            outer = _state.task
-            try:
-                while self._handled.get(id(pool), target) < target:
-                    if not self._poll(pool):
-                        break
-            finally:
-                _state.task = outer
-            return
+            return self.handled_past(pool, target)  # a handler cannot wait for itself
         with self._cond:
             self._wake.set()
-            while self._handled.get(id(pool), target) < target and self._alive():
-                self._cond.wait(0.05)
+            while not self.handled_past(pool, target) and self._alive():
+                wait = 0.05
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        return False
+                self._cond.wait(wait)
                 self._wake.set()
+        return self.handled_past(pool, target)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread; False if it was still inside a handler after ``timeout`` s."""
         self._stop = True
         self._wake.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
-            t.join(timeout=5)
+            t.join(timeout=timeout)
+            if t.is_alive():
+                return False
         self._thread = None
+        return True
 
     # --- the dispatcher thread ---
 
@@ -101,7 +125,11 @@ class Dispatcher:
         while not self._stop:
             got = 0
             for pool in self._pools:
-                got += self._poll(pool)
+                try:
+                    got += self._poll(pool)
+                except BaseException as e:  # never die: every later event would vanish
+                    self.errors += 1
+                    log.error("kuprobe's dispatcher: %r; it goes on", e, exc_info=e)
             if not got:
                 wake.wait(self.interval)
                 wake.clear()
@@ -121,26 +149,41 @@ class Dispatcher:
         """Handle one batch: every record committed to ``pool``'s ring buffer by now."""
         chunk, n = pool.ring.read(EVENT_SIZE)
         if n:
-            handlers = self._handlers.get(id(pool))
-            if handlers is not None:
-                state = _state
-                last_pid_tgid, last_comm, task = -1, b"", None
-                off = RINGBUF_HDR  # of each event's data in ``chunk``
-                # the hot loop: fields of each record unpacked in C, a handler call per event
-                for _len, _pg, slot, _fl, ts, ip, pid_tgid, comm in RECORD.iter_unpack(chunk):
-                    h = handlers[slot]
-                    if h is not None:
-                        if pid_tgid != last_pid_tgid or comm != last_comm:
-                            task = self._task(pid_tgid, comm)
-                            state.task = task
-                            last_pid_tgid, last_comm = pid_tgid, comm
-                        h(chunk, off, ts, ip, task)
-                    off += RECORD_STRIDE
-                state.task = None
+            self._handle(pool, chunk)
             self.events += n
+        self._mark_handled(pool)
+        return n
+
+    def _handle(self, pool: ProbePool, chunk: memoryview) -> None:
+        handlers = self._handlers.get(id(pool))
+        if handlers is None:
+            return
+        state = _state
+        last_pid_tgid, last_comm, task = -1, b"", None
+        # the hot loop: fields of each record unpacked in C, a handler call per event
+        off = RINGBUF_HDR  # of each event's data in ``chunk``
+        for _len, _pg, slot, _fl, ts, ip, pid_tgid, comm in RECORD.iter_unpack(chunk):
+            h = handlers[slot]
+            if h is not None:
+                if pid_tgid != last_pid_tgid or comm != last_comm:
+                    task = self._task(pid_tgid, comm)
+                    state.task = task
+                    last_pid_tgid, last_comm = pid_tgid, comm
+                try:
+                    h(chunk, off, ts, ip, task)
+                except BaseException as e:  # the slot handlers count their own; a bug here
+                    self.errors += 1
+                    log.error("kuprobe: a slot handler raised %r", e, exc_info=e)
+            off += RECORD_STRIDE
+        state.task = None
+
+    def _mark_handled(self, pool: ProbePool) -> None:
         end = pool.ring.consumer_pos
         if end > self._handled.get(id(pool), end):
             with self._cond:
                 self._handled[id(pool)] = end
                 self._cond.notify_all()
-        return n
+                due = [a for a in self._after if a[0] is pool and a[1] <= end]
+                self._after = [a for a in self._after if a not in due]
+            for _, _, fn in due:
+                fn()

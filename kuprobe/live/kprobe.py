@@ -88,7 +88,7 @@ class KprobeOps(BackendCore):
             def handler(chunk: memoryview, off_: int, ts: int, ip: int, task: Task) -> None:
                 try:
                     pre(kp, make_regs(chunk, off_, ts))
-                except Exception as e:
+                except BaseException as e:
                     report(e)
 
         try:
@@ -190,7 +190,7 @@ class KprobeOps(BackendCore):
                 try:
                     if entry_handler(ri, make_regs(chunk, off, ts)):  # type: ignore[arg-type]
                         ri = None  # kernel/kprobes.c: nonzero -> no return handler this call
-                except Exception as e:
+                except BaseException as e:
                     report(e)
                     ri = None
             in_flight.setdefault(task.pid, []).append(ri)
@@ -208,7 +208,7 @@ class KprobeOps(BackendCore):
             if handler is not None:
                 try:
                     handler(ri, regs)
-                except Exception as e:
+                except BaseException as e:
                     report(e)
 
         return on_entry, (on_ret if handler is not None or entry_handler is not None else None)

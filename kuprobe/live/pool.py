@@ -120,7 +120,10 @@ class ProbePool:
     def mark_removed(self, slot: int, tgid: int) -> None:
         """UPROBE_HANDLER_REMOVE: no more hits of ``slot`` from process ``tgid``."""
         key = self._removed.Key(slot, tgid)
-        self._removed[key] = ctypes.c_uint8(1)
+        try:
+            self._removed[key] = ctypes.c_uint8(1)
+        except Exception as e:  # BCC raises a bare Exception; the map holds 4,096 entries
+            raise OSError(errno.E2BIG, f"kuprobe_removed: {e}") from e
 
     def forget_removed(self, slot: int) -> None:
         for key in list(self._removed.keys()):

@@ -5,6 +5,7 @@ filters, UPROBE_HANDLER_REMOVE per process."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from kuprobe.live.core import (
     BackendCore,
     Registration,
     attach_error,
+    describe,
     perf_link,
 )
 from kuprobe.live.dispatch import SlotHandler
@@ -32,6 +34,8 @@ from kuprobe.probes import (
     Uprobe,
 )
 from kuprobe.task import Task
+
+log = logging.getLogger("kuprobe")
 
 
 class UprobeOps(BackendCore):
@@ -131,6 +135,7 @@ class UprobeOps(BackendCore):
         handler, filt = uc.handler, uc.filter
         report = self._reporter(up)
         removed: set[int] = set()
+        warned: list[int] = []
         regs_cls, decoder = live_regs_parts(arch)
         new = object.__new__
 
@@ -144,15 +149,24 @@ class UprobeOps(BackendCore):
                 regs = new(regs_cls)
                 regs._raw = (decoder, chunk, off, ts)
                 ret = handler(uc, regs)
-            except Exception as e:
+            except BaseException as e:  # SystemExit too: the dispatcher never dies
                 report(e)
                 return
             if ret and ret & UPROBE_HANDLER_REMOVE:
                 # kernel/events/uprobes.c: handler_chain() -> unapply_uprobe(): no more calls
                 # of this consumer in that process.
                 removed.add(task.tgid)
-                for att in reg.attaches:
-                    att.pool.mark_removed(att.slot, task.tgid)
+                try:
+                    for att in reg.attaches:
+                        att.pool.mark_removed(att.slot, task.tgid)
+                except (OSError, KeyError) as e:  # the map is full: filtered here instead
+                    if not warned:
+                        warned.append(1)
+                        log.warning(
+                            "%s: the kernel's removal map is full (%s); process %d is "
+                            "filtered out by kuprobe instead",
+                            describe(up), e, task.tgid,
+                        )  # fmt: skip
 
         return on_hit
 
@@ -169,7 +183,7 @@ class UprobeOps(BackendCore):
                 if filt is not None and not filt(uc, task):
                     return
                 ret_handler(uc, func_ip, make_regs(chunk, off, ts))
-            except Exception as e:
+            except BaseException as e:  # SystemExit too: the dispatcher never dies
                 report(e)
 
         return on_ret

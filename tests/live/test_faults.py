@@ -1,0 +1,309 @@
+"""The live backend under faults: a handler that raises anything, a full kernel map, a handler
+that registers while another thread unregisters, Ctrl-C in the middle of an unregister, and
+waits that a caller, exit and a signal can bound."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
+from kuprobe.live.api import backend, unregister_uprobes
+from kuprobe.probes import UPROBE_HANDLER_REMOVE
+from kuprobe.regs import PtRegs
+
+from .helpers import Target
+
+pytestmark = pytest.mark.live
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def bpf_fds(pid: int | str = "self") -> list[str]:
+    """The BPF links and perf events a process holds open (each one a live attachment)."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            what = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
+            out.append(what)
+    return out
+
+
+def test_handler_raising_systemexit_or_keyboardinterrupt_is_counted(live: Path) -> None:
+    """A handler raising a BaseException is one handler error; dispatch goes on."""
+    exe = live / "x86_64" / "target"
+    calls: list[int] = []
+
+    def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit(3)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 0
+
+    up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=handler))
+    t = Target(exe, "add", 40, 1)
+    register_uprobe(up)
+    try:
+        t.go()
+    finally:
+        unregister_uprobe(up)
+    assert len(calls) == 40
+    assert up.hits == 40 and up.handler_errors == 2 and up.lost == 0 and up.dropped == 0
+    # and the dispatcher still delivers to the next probe
+    seen: list[int] = []
+    up2 = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(lambda uc, r: seen.append(1)))
+    t = Target(exe, "add", 5, 1)
+    register_uprobe(up2)
+    try:
+        t.go()
+    finally:
+        unregister_uprobe(up2)
+    assert len(seen) == 5
+
+
+def test_full_removed_map_does_not_stop_dispatch(live: Path) -> None:
+    """UPROBE_HANDLER_REMOVE when the kernel's per-process removal map is full: the process is
+    still filtered out in Python, and every other probe keeps delivering."""
+    exe = live / "x86_64" / "target"
+    removing: list[int] = []
+    others: list[int] = []
+
+    def remove(uc: UprobeConsumer, regs: PtRegs) -> int:
+        removing.append(1)
+        return UPROBE_HANDLER_REMOVE
+
+    up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=remove))
+    other = Uprobe(
+        str(exe), symbol_name="add", consumer=UprobeConsumer(lambda u, r: others.append(1))
+    )
+    register_uprobe(up)
+    register_uprobe(other)
+    try:
+        att = backend()._regs[id(up)].attaches[0]
+        other_slot = backend()._regs[id(other)].attaches[0].slot
+        for tgid in range(1, 5000):  # the map holds 4,096 entries: fill it with no process
+            try:
+                att.pool.mark_removed(other_slot, 0x7FFF0000 + tgid)
+            except (OSError, KeyError):
+                break
+        t = Target(exe, "add", 30, 1)
+        t.go()
+    finally:
+        unregister_uprobes([up, other])
+    assert len(removing) == 1
+    assert len(others) == 30
+    assert up.hits == 30 and up.handler_errors == 0
+
+
+def test_handler_registering_while_another_thread_unregisters(live: Path) -> None:
+    """No deadlock: the unregistering thread waits for the dispatcher, whose handler
+    registers and unregisters another probe."""
+    exe = live / "x86_64" / "target"
+    entering = threading.Event()
+    inner_done: list[int] = []
+
+    def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
+        if not inner_done:
+            entering.wait(10)
+            time.sleep(0.2)  # the other thread is inside unregister_uprobe() by now
+            inner = Uprobe(str(exe), symbol_name="sw", consumer=UprobeConsumer(lambda u, r: 0))
+            register_uprobe(inner)
+            unregister_uprobe(inner)
+            inner_done.append(1)
+        return 0
+
+    up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=handler))
+    t = Target(exe, "add", 20, 1)
+    register_uprobe(up)
+    t.go()
+    done = threading.Event()
+
+    def unreg() -> None:
+        unregister_uprobe(up)
+        done.set()
+
+    th = threading.Thread(target=unreg, daemon=True)
+    th.start()
+    entering.set()
+    assert done.wait(20), "unregister_uprobe() deadlocked with a registering handler"
+    assert inner_done == [1] and up.hits == 20 and not up.registered
+
+
+def test_handler_unregistering_its_probe_mid_batch_loses_nothing(live: Path) -> None:
+    """Every event recorded before unregister is handled or counted: hits adds up."""
+    exe = live / "x86_64" / "target"
+    calls: list[int] = []
+
+    def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.3)  # the other 1,999 are recorded meanwhile
+        if len(calls) == 10:
+            unregister_uprobe(up)
+        return 0
+
+    up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=handler))
+    t = Target(exe, "add", 2000, 1)
+    register_uprobe(up)
+    t.go()  # all 2,000 recorded before the dispatcher's first batch is handled
+    deadline = time.monotonic() + 20
+    while up.registered and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not up.registered
+    assert up.hits == len(calls) + up.dropped + up.lost + up.handler_errors
+    assert up.hits == 2000 and up.dropped > 0 and len(calls) == 10
+
+
+def test_unregister_timeout_bounds_the_wait_and_counts_dropped(live: Path) -> None:
+    exe = live / "x86_64" / "target"
+    calls: list[int] = []
+
+    def slow(uc: UprobeConsumer, regs: PtRegs) -> int:
+        calls.append(1)
+        time.sleep(0.05)
+        return 0
+
+    up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=slow))
+    t = Target(exe, "add", 400, 1)  # 20 s of handling
+    register_uprobe(up)
+    t.go()
+    t0 = time.monotonic()
+    backend().unregister(up, timeout=0.5)
+    took = time.monotonic() - t0
+    n = len(calls)
+    time.sleep(0.2)
+    assert len(calls) == n, "a handler ran after unregister returned"
+    assert took < 1.5
+    assert not up.registered and up.dropped > 0
+    assert up.hits == 400 == n + up.dropped + up.lost + up.handler_errors
+    assert bpf_fds() == []
+
+
+SCRIPT_EXIT = textwrap.dedent(
+    """
+    import sys, time
+    from kuprobe import Uprobe, UprobeConsumer, register_uprobe
+    from kuprobe.live.api import backend
+    exe = sys.argv[1]
+    def slow(uc, regs):
+        time.sleep(0.1)
+        return 0
+    up = Uprobe(exe, symbol_name="add", consumer=UprobeConsumer(handler=slow))
+    register_uprobe(up)
+    import subprocess
+    subprocess.run([exe, "add", "2000", "1"], check=True, capture_output=True)
+    print("armed", flush=True)
+    if sys.argv[2] == "wait":
+        time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["exit", "SIGINT", "SIGTERM"])
+def test_exit_and_signals_stop_within_two_seconds(live: Path, how: str) -> None:
+    """2,000 events queued for a 0.1 s handler: exit, SIGINT and SIGTERM stop in 2 s and
+    report what was not handled."""
+    exe = live / "x86_64" / "target"
+    p = subprocess.Popen(
+        [PYTHON, "-c", SCRIPT_EXIT, str(exe), "go" if how == "exit" else "wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "armed"
+    t0 = time.monotonic()
+    if how != "exit":
+        p.send_signal(getattr(signal, how))
+    _, err = p.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert took < 3.0, (took, err)
+    assert "not handled" in err, err  # the dropped events are reported
+
+
+SCRIPT_SIGINT_LOOP = textwrap.dedent(
+    """
+    import os, sys, time
+    from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
+    exe = sys.argv[1]
+    def fds():
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                w = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            n += w in ("anon_inode:bpf_link", "anon_inode:[perf_event]")
+        return n
+    def slow(uc, regs):
+        time.sleep(0.001)
+        return 0
+    up = Uprobe(exe, symbol_name="add", consumer=UprobeConsumer(handler=slow))
+    work = __import__("subprocess").Popen([exe, "add", "100000000", "1"], stdout=-3)
+    interrupted = 0
+    register_uprobe(up)  # the one compile, before the signals start
+    unregister_uprobe(up)
+    end = time.monotonic() + float(sys.argv[2])
+    print("ready", flush=True)
+    while True:
+        try:
+            if time.monotonic() > end:
+                break
+            register_uprobe(up)
+            unregister_uprobe(up)
+        except KeyboardInterrupt:
+            interrupted += 1
+            try:
+                if up.registered:  # whatever was interrupted, it can be unregistered
+                    unregister_uprobe(up)
+            except KeyboardInterrupt:
+                interrupted += 1
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    time.sleep(0.5)  # the parent has stopped sending
+    if up.registered:
+        unregister_uprobe(up)
+    work.kill()
+    print(interrupted, fds(), up.registered, flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_register_unregister_loop_leaks_nothing(live: Path) -> None:
+    exe = live / "x86_64" / "target"
+    p = subprocess.Popen(
+        [PYTHON, "-c", SCRIPT_SIGINT_LOOP, str(exe), "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    sent = 0
+    t_end = time.monotonic() + 4
+    while time.monotonic() < t_end:
+        time.sleep(0.05 + (sent % 7) * 0.013)
+        p.send_signal(signal.SIGINT)
+        sent += 1
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, (out, err)
+    interrupted, fds, registered = out.split()[-3:]
+    assert int(interrupted) > 0 and fds == "0" and registered == "False", (out, err)
+    assert "Traceback" not in err, err
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
