@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,12 +308,12 @@ def main() -> int:
     print(f"1. per-hit overhead of a count-only uprobe ({n:,} calls, median of {runs} rounds)")
     for kind in ("nop5", "push"):
         peers: dict[str, Callable[[], float]] = {
-            "none": lambda k=kind: workload(k, n),
-            "kuprobe": lambda k=kind: per_hit_kuprobe(k, n),
-            "bcc": lambda k=kind: per_hit_bcc(BPF, k, n),
+            "none": partial(workload, kind, n),
+            "kuprobe": partial(per_hit_kuprobe, kind, n),
+            "bcc": partial(per_hit_bcc, BPF, kind, n),
         }
         if have_bpftrace:
-            peers["bpftrace"] = lambda k=kind: per_hit_bpftrace(k, n)
+            peers["bpftrace"] = partial(per_hit_bpftrace, kind, n)
         got: dict[str, list[float]] = {name: [] for name in peers}
         for _ in range(runs):  # one of each per round, so drift in the machine hits all alike
             for name, f in peers.items():
@@ -331,10 +332,10 @@ def main() -> int:
 
     m = 1_000_000 if args.quick else 4_000_000
     print(f"2. events delivered to a trivial Python handler ({m:,} events)")
-    rate, got, lost = events_kuprobe(m)
+    rate, handled, lost = events_kuprobe(m)
     brate, bgot, blost = events_bcc(BPF, m)
     row("events/s handled (higher is better)", rate / 1e6, brate / 1e6, "M/s")
-    print(f"  kuprobe: {got:,} handled, {lost:,} lost (reported)")
+    print(f"  kuprobe: {handled:,} handled, {lost:,} lost (reported)")
     print(f"  raw BCC: {bgot:,} handled, {blost:,} lost (BCC reports none of them)")
 
     print("3. arm and remove 20 uprobes, fresh process (median of 3)")

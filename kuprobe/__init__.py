@@ -5,7 +5,7 @@ delivered to the Python handlers) — see ``kuprobe.live`` — and the same obje
 reference model of the kernel's trap semantics, ``kuprobe.model.Machine``.
 """
 
-from kuprobe.errors import ProbeError
+from kuprobe.errors import KuprobeError, ProbeError
 from kuprobe.live.api import (
     disable_kprobe,
     enable_kprobe,
@@ -35,6 +35,7 @@ __all__ = [
     "Kprobe",
     "Kretprobe",
     "KretprobeInstance",
+    "KuprobeError",
     "ProbeError",
     "PtRegs",
     "Uprobe",

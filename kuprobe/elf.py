@@ -12,10 +12,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
+from kuprobe.arch import ARCHES, elf_arch
 from kuprobe.errors import ProbeError
-
-# e_machine -> our arch name (the kernel's names for them)
-_ARCHES = {("EM_X86_64", 64): "x86_64", ("EM_386", 32): "i386", ("EM_AARCH64", 64): "arm64"}
 
 
 @dataclass(frozen=True)
@@ -84,15 +82,15 @@ class ElfImage:
 
     @cached_property
     def arch(self) -> str:
-        key = (self.elf["e_machine"], self.elf.elfclass)
-        try:
-            return _ARCHES[key]
-        except KeyError:
+        machine, bits = self.elf["e_machine"], int(self.elf.elfclass)
+        info = elf_arch(machine, bits)
+        if info is None:
             raise ProbeError(
                 errno.ENOEXEC,
-                f"{self.path}: {key[0]} ({key[1]}-bit) is not an arch kuprobe knows "
-                f"(x86_64, i386, arm64)",
-            ) from None
+                f"{self.path}: {machine} ({bits}-bit) is not an arch kuprobe knows "
+                f"({', '.join(ARCHES)})",
+            )
+        return info.name
 
     @property
     def bits(self) -> int:

@@ -12,16 +12,12 @@ from collections.abc import Iterator
 
 import capstone
 
-_MODES = {
-    "x86_64": (capstone.CS_ARCH_X86, capstone.CS_MODE_64),
-    "i386": (capstone.CS_ARCH_X86, capstone.CS_MODE_32),
-    "arm64": (capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM),
-}
+from kuprobe.arch import arch_info
 
 
 def disassembler(arch: str) -> capstone.Cs:
-    cs_arch, cs_mode = _MODES[arch]
-    return capstone.Cs(cs_arch, cs_mode)
+    """A capstone decoder for ``arch`` (its mode from kuprobe.arch)."""
+    return capstone.Cs(*arch_info(arch).capstone_mode())
 
 
 def boundaries(arch: str, code: bytes, address: int = 0) -> Iterator[tuple[int, int]]:

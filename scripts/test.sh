@@ -8,10 +8,11 @@ cd "$top"
 py=.venv/bin/python
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-step "ruff"
+step "ruff check, ruff format --check"
 .venv/bin/ruff check kuprobe tests benchmarks
-step "mypy --strict"
-.venv/bin/mypy kuprobe
+.venv/bin/ruff format --check kuprobe tests benchmarks
+step "mypy --strict (kuprobe, tests, benchmarks)"
+.venv/bin/mypy
 
 # The VM tests need kprobes: on a host without them they run in the VM (below), so the host
 # run leaves them out instead of skipping them.

@@ -18,10 +18,13 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from kuprobe.arch import host_arch
 from kuprobe.cli._common import make_console
 from kuprobe.crosscheck.scenarios import SCENARIOS, Event, Result, Value, diff
 
-ARCHES = ("x86_64", "i386")  # what live uprobes run here (a 64-bit host with IA32 emulation)
+# What live uprobes run here: the host's programs and its compat ones (x86_64: i386 too).
+_HOST = host_arch()
+ARCHES = _HOST.runs if _HOST is not None else ()
 
 EXAMPLES = f"""\
 examples:

@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from kuprobe.backend import Backend
 from kuprobe.crosscheck._target import WaitingTarget
 from kuprobe.probes import Uprobe
 from kuprobe.regs import PtRegs, signed, user_argument
@@ -66,14 +67,19 @@ def run_model(exe: Path, probes: Sequence[Uprobe], jobs: Sequence[Job]) -> list[
                 machine.unregister_uprobe(p)
 
 
-def run_live(exe: Path, jobs: Sequence[tuple[Job, Sequence[Uprobe]]]) -> list[int]:
-    """Each job in its own ``target wait`` process, with its probes limited to that pid.
+def run_live(
+    exe: Path, jobs: Sequence[tuple[Job, Sequence[Uprobe]]], backend: Backend | None = None
+) -> list[int]:
+    """Each job in its own ``target wait`` process, with its probes limited to that pid, on
+    ``backend`` (this process's live backend by default).
 
     Sets each probe's ``pid``. Returns each job's sum of results, once every probe is
     unregistered (so every event is handled and the counters are final).
     """
-    from kuprobe.live.api import register_uprobe, unregister_uprobes
+    if backend is None:
+        from kuprobe.live.api import backend as live_backend
 
+        backend = live_backend()
     with ExitStack() as stack:
         targets = [stack.enter_context(WaitingTarget(exe, j.func, j.n, j.arg)) for j, _ in jobs]
         registered: list[Uprobe] = []
@@ -81,8 +87,8 @@ def run_live(exe: Path, jobs: Sequence[tuple[Job, Sequence[Uprobe]]]) -> list[in
             for target, (_job, probes) in zip(targets, jobs, strict=True):
                 for p in probes:
                     p.pid = target.pid
-                    register_uprobe(p)
+                    backend.register_uprobe(p)
                     registered.append(p)
             return [t.go() for t in targets]
         finally:
-            unregister_uprobes(registered)
+            backend.unregister_uprobes(registered)

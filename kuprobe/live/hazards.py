@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from kuprobe.arch import X86_64, host_arch
 from kuprobe.live import perf
 
 NOP5 = bytes.fromhex("0f1f440000")
@@ -67,7 +68,7 @@ def nop5_fork(timeout: float = 20.0) -> Hazard:
     """Probe a 5-byte nop, hit it, fork, call it in the child: does the child survive?"""
     name = "uprobe on a 5-byte nop, then fork"
     kernel = os.uname().release
-    if platform.machine() != "x86_64":
+    if host_arch() is not X86_64:  # the optimisation is x86's (arch/x86/kernel/uprobes.c)
         return Hazard(name, False, f"not x86_64 ({platform.machine()}): no nop5 optimisation")
     root = perf.tracefs()
     if root is None or not (root / "uprobe_events").exists():

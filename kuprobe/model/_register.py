@@ -80,3 +80,7 @@ class ProbeRegistration:
     def unregister_uprobe(self, up: Uprobe) -> None:
         self._need("user", "uprobes")
         REGISTRY.unregister(up)
+
+    def unregister_uprobes(self, ups: Sequence[Uprobe]) -> None:
+        for up in ups:
+            self.unregister_uprobe(up)

@@ -64,7 +64,9 @@ def test_handler_raising_systemexit_or_keyboardinterrupt_is_counted(live: Path) 
     assert up.hits == 40 and up.handler_errors == 2 and up.lost == 0 and up.dropped == 0
     # and the dispatcher still delivers to the next probe
     seen: list[int] = []
-    up2 = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(lambda uc, r: seen.append(1)))
+    up2 = Uprobe(
+        str(exe), symbol_name="add", consumer=UprobeConsumer(lambda uc, r: seen.append(1) or 0)
+    )
     t = Target(exe, "add", 5, 1)
     register_uprobe(up2)
     try:
@@ -87,7 +89,7 @@ def test_full_removed_map_does_not_stop_dispatch(live: Path) -> None:
 
     up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=remove))
     other = Uprobe(
-        str(exe), symbol_name="add", consumer=UprobeConsumer(lambda u, r: others.append(1))
+        str(exe), symbol_name="add", consumer=UprobeConsumer(lambda u, r: others.append(1) or 0)
     )
     register_uprobe(up)
     register_uprobe(other)

@@ -15,7 +15,7 @@ from kuprobe import (
     regs_return_value,
     unregister_uprobe,
 )
-from kuprobe.probes import UPROBE_HANDLER_REMOVE
+from kuprobe.probes import UPROBE_HANDLER_REMOVE, UprobeHandler
 from kuprobe.regs import PtRegs, signed
 from kuprobe.task import Task
 
@@ -28,7 +28,7 @@ ARCHES = ["x86_64", "i386"]
 def args_of(regs: PtRegs) -> tuple[int, int]:
     """add(a, b)'s arguments per the user-space ABI of the trapped task."""
     if regs.arch == "x86_64":
-        return regs.di, regs.si  # type: ignore[attr-defined]
+        return regs.di, regs.si
     return regs_get_kernel_stack_nth(regs, 1), regs_get_kernel_stack_nth(regs, 2)  # cdecl
 
 
@@ -94,7 +94,7 @@ def test_mid_function_register(live: Path, arch: str) -> None:
         str(exe),
         symbol_name="midpoint",
         offset=mid,
-        consumer=UprobeConsumer(handler=lambda uc, regs: seen.append(regs.ax) or 0),  # type: ignore[attr-defined]
+        consumer=UprobeConsumer(handler=lambda uc, regs: seen.append(regs.ax) or 0),
     )
     t = Target(exe, "midpoint", 10, 100)
     register_uprobe(up)
@@ -109,12 +109,12 @@ def test_mid_function_register(live: Path, arch: str) -> None:
 def test_several_consumers_on_one_offset(live: Path) -> None:
     exe = live / "x86_64" / "target"
     calls: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+
+    def recorder(k: str) -> UprobeHandler:
+        return lambda uc, regs: calls[k].append(regs.di) or 0
+
     probes = [
-        Uprobe(
-            str(exe),
-            symbol_name="add",
-            consumer=UprobeConsumer(handler=lambda uc, regs, k=k: calls[k].append(regs.di) or 0),
-        )  # type: ignore[misc]
+        Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=recorder(k)))
         for k in calls
     ]
     # the same (inode, offset) given as a file offset: one kernel uprobe, three consumers
@@ -263,7 +263,7 @@ def test_non_pie_executables(live: Path, variant: str) -> None:
     up = Uprobe(
         str(exe),
         symbol_name="add",
-        consumer=UprobeConsumer(ret_handler=lambda uc, f, regs: rets.append(regs.ax) or 0),  # type: ignore[attr-defined]
+        consumer=UprobeConsumer(ret_handler=lambda uc, f, regs: rets.append(regs.ax) or 0),
     )
     t = Target(exe, "add", 30, 5)
     register_uprobe(up)
