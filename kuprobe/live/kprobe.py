@@ -32,6 +32,7 @@ from kuprobe.probes import (
     Kprobe,
     Kretprobe,
     KretprobeInstance,
+    check_handlers,
     check_kretprobe_fields,
     register_all_or_none,
 )
@@ -73,6 +74,10 @@ class KprobeOps(BackendCore):
             if not isinstance(p, kind):
                 raise TypeError(f"expected {kind.__name__}, not {type(p).__name__}")
             self._claim(p)
+            if isinstance(p, Kprobe):
+                check_handlers(p, pre_handler=p.pre_handler, post_handler=p.post_handler)
+            else:
+                check_handlers(p, handler=p.handler, entry_handler=p.entry_handler)
             self._check_kprobe_target(p)
 
     def _register_kprobe(self, kp: Kprobe) -> None:
