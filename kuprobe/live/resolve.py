@@ -160,12 +160,12 @@ def _resolve(
             raise ProbeError(errno.EINVAL, "a Uprobe needs symbol_name, offset, or both")
         file_off = check_offset(offset, "offset")
         vaddr = elf.offset_to_vaddr(file_off)
-        if not unsafe:
-            check_boundary(elf, path, arch, vaddr, file_off)
     if not elf.executable_offset(file_off):
         raise ProbeError(
             errno.EINVAL, f"{path}: file offset {file_off:#x} is not in executable code"
         )
+    if symbol_name is None and not unsafe:
+        check_boundary(elf, path, arch, vaddr, file_off)
     return UprobeTarget(real, elf.inode, file_off, arch, vaddr)
 
 

@@ -307,3 +307,26 @@ def test_ctrl_c_during_register_unregister_loop_leaks_nothing(live: Path) -> Non
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_uretprobe_losses_are_counted_apart_from_entry_losses(live: Path) -> None:
+    """With the ring buffer full, each side's lost is at most its own hits."""
+    exe = live / "x86_64" / "target"
+
+    def slow(uc: UprobeConsumer, regs: PtRegs) -> int:
+        time.sleep(0.0005)
+        return 0
+
+    def slow_ret(uc: UprobeConsumer, func: int, regs: PtRegs) -> int:
+        time.sleep(0.0005)
+        return 0
+
+    up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(slow, slow_ret))
+    t = Target(exe, "add", 200_000, 1)  # 400,000 events: far more than the ring holds
+    register_uprobe(up)
+    t.go()
+    unregister_uprobe(up, timeout=0.5)
+    assert up.hits == up.ret_hits == 200_000
+    assert up.lost + up.ret_lost > 0
+    assert up.lost <= up.hits and up.ret_lost <= up.ret_hits
+    assert up.dropped + up.ret_dropped > 0
