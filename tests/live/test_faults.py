@@ -20,7 +20,7 @@ from kuprobe.live.api import backend, unregister_uprobes
 from kuprobe.probes import UPROBE_HANDLER_REMOVE
 from kuprobe.regs import PtRegs
 
-from .helpers import Target
+from .helpers import Target, counting
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_handler_raising_systemexit_or_keyboardinterrupt_is_counted(live: Path) 
     assert up.hits == 40 and up.handler_errors == 2 and up.lost == 0 and up.dropped == 0
     # and the dispatcher still delivers to the next probe
     seen: list[int] = []
-    up2 = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(lambda uc, r: seen.append(1)))
+    up2 = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(counting(seen)))
     t = Target(exe, "add", 5, 1)
     register_uprobe(up2)
     try:
@@ -86,9 +86,7 @@ def test_full_removed_map_does_not_stop_dispatch(live: Path) -> None:
         return UPROBE_HANDLER_REMOVE
 
     up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=remove))
-    other = Uprobe(
-        str(exe), symbol_name="add", consumer=UprobeConsumer(lambda u, r: others.append(1))
-    )
+    other = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(counting(others)))
     register_uprobe(up)
     register_uprobe(other)
     try:

@@ -15,7 +15,7 @@ from kuprobe import ProbeError, Uprobe, UprobeConsumer, register_uprobe, unregis
 from kuprobe.elf import ElfImage
 from kuprobe.regs import PtRegs
 
-from .helpers import Target, file_offset_of
+from .helpers import Target, counting, file_offset_of
 
 pytestmark = pytest.mark.live
 
@@ -50,7 +50,7 @@ def test_raw_offset_in_stripped_file_is_decoded_from_eh_frame(live: Path) -> Non
     e = refused(Uprobe(str(stripped), offset=off + 1))
     assert e.errno == errno.EILSEQ
     calls: list[int] = []
-    up = Uprobe(str(stripped), offset=off, consumer=UprobeConsumer(lambda u, r: calls.append(1)))
+    up = Uprobe(str(stripped), offset=off, consumer=UprobeConsumer(counting(calls)))
     t = Target(stripped, "add", 7, 1)
     register_uprobe(up)
     try:
@@ -70,8 +70,8 @@ def test_truncated_and_corrupt_elf(live: Path, tmp_path: Path) -> None:
     b[0x28:0x30] = (len(data) * 4).to_bytes(8, "little")  # e_shoff far past the end
     bad.write_bytes(bytes(b))
     for path in (short, bad):
-        for kw in ({"symbol_name": "add"}, {"offset": 0x1000}):
-            e = refused(Uprobe(str(path), **kw))  # type: ignore[arg-type]
+        for up in (Uprobe(str(path), symbol_name="add"), Uprobe(str(path), offset=0x1000)):
+            e = refused(up)
             assert e.errno in (errno.ENOEXEC, errno.ENOENT, errno.EINVAL), e
 
 
