@@ -6,7 +6,10 @@ Prints, for each measure, kuprobe's figure, its peers' and the ratio:
   1. per-hit overhead of a count-only uprobe (ns added per probed call), on a nop5 entry
      (the kernel optimises it) and a push %rbp entry (the kernel emulates it);
   2. events/s delivered to a trivial Python handler, and how many were lost;
-  3. time to arm 20 uprobes from a fresh process (compile included) and to remove them.
+  3. time to arm 20 uprobes from a fresh process (compile included) and to remove them;
+  4. bounded stops: 2,000 events queued for a 0.1 s handler (200 s of handling), removed by
+     ``unregister_uprobe(up, timeout=0.5)``, by interpreter exit and by SIGINT (kuprobe only;
+     ``--stops`` runs this part alone).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -281,6 +285,54 @@ def arm_remove_bpftrace() -> tuple[float, float]:
 # --- report ---------------------------------------------------------------------------
 
 
+STOP_SCRIPT = """
+import subprocess, sys, time
+sys.path.insert(0, {root!r})
+from kuprobe import Uprobe, UprobeConsumer, register_uprobe
+def slow(uc, regs):
+    time.sleep(0.1)
+    return 0
+up = Uprobe({exe!r}, symbol_name="bench_push", consumer=UprobeConsumer(handler=slow))
+register_uprobe(up)
+subprocess.run([{exe!r}, "push", "2000"], check=True, capture_output=True)
+print("queued", flush=True)
+if sys.argv[1] == "SIGINT":
+    time.sleep(60)
+"""
+
+
+def bounded_stops() -> None:
+    print("4. bounded stops: 2,000 events queued for a 0.1 s handler")
+    calls = [0]
+
+    def slow(uc: UprobeConsumer, regs: object) -> int:
+        calls[0] += 1
+        time.sleep(0.1)
+        return 0
+
+    up = Uprobe(str(EXE), symbol_name="bench_push", consumer=UprobeConsumer(handler=slow))
+    register_uprobe(up)
+    subprocess.run([str(EXE), "push", "2000"], check=True, capture_output=True)
+    t0 = time.perf_counter()
+    unregister_uprobe(up, timeout=0.5)
+    dt = time.perf_counter() - t0
+    print(
+        f"  unregister_uprobe(timeout=0.5): {dt:.2f} s; {calls[0]} handled, {up.dropped} "
+        f"dropped, hits {up.hits}"
+    )
+    script = STOP_SCRIPT.format(root=str(ROOT), exe=str(EXE))
+    for how in ("exit", "SIGINT"):
+        p = subprocess.Popen(
+            [sys.executable, "-c", script, how], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert p.stdout is not None and p.stdout.readline().strip() == b"queued"
+        t0 = time.perf_counter()
+        if how == "SIGINT":
+            p.send_signal(signal.SIGINT)
+        p.communicate(timeout=600)
+        print(f"  {how} with the events queued: {time.perf_counter() - t0:.2f} s")
+
+
 def row(name: str, ours: float, peer: float, unit: str, better: str = "lower") -> None:
     ratio = ours / peer if peer else float("nan")
     print(f"  {name:<44} kuprobe {ours:10.3f} {unit:<8} peer {peer:10.3f}   ratio {ratio:5.2f}x")
@@ -289,11 +341,15 @@ def row(name: str, ours: float, peer: float, unit: str, better: str = "lower") -
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer calls and repeats")
+    ap.add_argument("--stops", action="store_true", help="only the bounded stops (part 4)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("benchmarks need root (live probes)", file=sys.stderr)
         return 1
     build()
+    if args.stops:
+        bounded_stops()
+        return 0
     from kuprobe.live import _bcc
 
     _bcc._prepare_env()  # raw BCC and bpftrace need the same headers tree (BCC_KERNEL_SOURCE)
@@ -352,6 +408,7 @@ def main() -> int:
         bt = [arm_remove_bpftrace() for _ in range(3)]
         row("arm 20 (s) vs bpftrace", arm, statistics.median(a for a, _ in bt), "s")
         row("remove 20 one by one (s) vs bpftrace", rem, statistics.median(r for _, r in bt), "s")
+    bounded_stops()
     return 0
 
 

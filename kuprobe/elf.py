@@ -170,6 +170,52 @@ class ElfImage:
     def read_vaddr(self, vaddr: int, size: int) -> bytes:
         return self.read(self.vaddr_to_offset(vaddr), size)
 
+    @cached_property
+    def code_starts(self) -> tuple[tuple[int, int], ...]:
+        """(vaddr, size or 0 if unknown) of every place the file says an instruction starts:
+        function and untyped symbols of .symtab and .dynsym, and the first instruction of
+        every function .eh_frame describes (its FDEs, kept by stripped files too)."""
+        starts: dict[int, int] = {}
+        for sym in self.symbols.values():
+            if sym.type in ("STT_FUNC", "STT_NOTYPE", "STT_GNU_IFUNC") and self._in_text(sym.value):
+                starts[sym.value] = max(starts.get(sym.value, 0), sym.size)
+        for start, size in self._fde_ranges():
+            starts[start] = max(starts.get(start, 0), size)
+        return tuple(sorted(starts.items()))
+
+    def _fde_ranges(self) -> list[tuple[int, int]]:
+        from elftools.dwarf.callframe import FDE
+
+        if self.elf.get_section_by_name(".eh_frame") is None:
+            return []
+        try:
+            dwarf = self.elf.get_dwarf_info(relocate_dwarf_sections=False)
+            if not dwarf.has_EH_CFI():
+                return []
+            return [
+                (int(e.header["initial_location"]), int(e.header["address_range"]))
+                for e in dwarf.EH_CFI_entries()
+                if isinstance(e, FDE)
+            ]
+        except (ELFError, ValueError, KeyError, struct.error):  # a damaged .eh_frame: no starts
+            return []
+
+    def _in_text(self, vaddr: int) -> bool:
+        return any(s.executable and s.vaddr <= vaddr < s.vaddr + s.filesz for s in self.segments)
+
+    def start_before(self, vaddr: int) -> tuple[int, int] | None:
+        """The known instruction start to decode ``vaddr`` from: the nearest one whose extent
+        holds it, else the nearest one at or before it; None if the file names none."""
+        best: tuple[int, int] | None = None
+        for start, size in self.code_starts:
+            if start > vaddr:
+                break
+            if size and vaddr < start + size:
+                best = (start, size)  # the innermost (latest) start that holds vaddr
+            elif best is None or not (best[1] and vaddr < best[0] + best[1]):
+                best = (start, size)
+        return best
+
     def symbol_at(self, vaddr: int) -> Symbol | None:
         """The function containing ``vaddr``, if any."""
         for sym in self.symbols.values():

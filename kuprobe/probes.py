@@ -174,6 +174,11 @@ class Uprobe(_Counted):
     and must fall on an instruction boundary. ``pid`` limits the probe to one process (in the
     kernel). ``ref_ctr_offset`` is the file offset of a USDT semaphore the kernel increments
     while the probe is registered.
+
+    An offset must be provably an instruction boundary, decoded from the nearest function
+    start the ELF file gives (.symtab, .dynsym, .eh_frame): a breakpoint inside an
+    instruction corrupts the traced program. ``unsafe=True`` skips that proof, as bpftrace's
+    ``--unsafe`` does (live backend).
     """
 
     path: str = ""
@@ -182,6 +187,7 @@ class Uprobe(_Counted):
     ref_ctr_offset: int = 0
     consumer: UprobeConsumer | None = None
     pid: int | None = None
+    unsafe: bool = False
     _ret_hits: int = field(default=0, init=False, repr=False)
     _ret_lost: int = field(default=0, init=False, repr=False)
     _ret_dropped: int = field(default=0, init=False, repr=False)
@@ -246,3 +252,15 @@ def check_kretprobe_fields(rp: Kretprobe) -> None:
             probe=rp,
             hint="use a kprobe for other offsets",
         )
+
+
+def check_handlers(probe: object, **handlers: object) -> None:
+    """What a register function refuses at once rather than on every event: a handler, filter
+    or consumer field that is set but cannot be called."""
+    for name, h in handlers.items():
+        if h is not None and not callable(h):
+            raise ProbeError(
+                errno.EINVAL,
+                f"{name} must be callable or None, not {type(h).__name__} {h!r:.40}",
+                probe=probe,
+            )

@@ -13,9 +13,13 @@ import errno
 import functools
 import os
 import re
+import stat
+import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
+
+from elftools.common.exceptions import ELFError
 
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
@@ -65,7 +69,36 @@ def open_image(path: str) -> ElfImage:
         st = os.stat(real)
     except FileNotFoundError:
         raise ProbeError(errno.ENOENT, f"{path}: no such file", hint="check the path") from None
-    return _image(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError as e:
+        raise ProbeError(e.errno or errno.EINVAL, f"{_short(path)}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # kernel/trace/trace_uprobe.c: __trace_uprobe_create() refuses what is not d_is_reg()
+        # (and opening a FIFO to read its ELF header would block forever)
+        raise ProbeError(errno.EINVAL, f"{_short(path)}: not a regular file")
+    try:
+        return _image(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError as e:
+        if isinstance(e, ProbeError):
+            raise
+        raise ProbeError(e.errno or errno.EIO, f"{_short(path)}: {e.strerror}") from None
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 200 else f"{path[:100]}…{path[-60:]} ({len(path)} characters)"
+
+
+def as_path(path: object) -> str:
+    """A str or bytes path or os.PathLike as the str the kernel gets."""
+    if isinstance(path, bytes | os.PathLike):
+        path = os.fsdecode(path)
+    if not isinstance(path, str) or not path:
+        raise ProbeError(
+            errno.EINVAL,
+            f"a Uprobe needs the path of an executable file, not {path!r}",
+        )
+    if "\0" in path:
+        raise ProbeError(errno.EINVAL, f"{path!r}: a path cannot hold a NUL byte")
+    return path
 
 
 def check_kprobe_target(p: Any) -> tuple[str | None, int]:
@@ -86,22 +119,41 @@ def check_kprobe_target(p: Any) -> tuple[str | None, int]:
 
 
 def resolve_uprobe(
-    path: str,
+    path: object,
     *,
     symbol_name: str | None,
     offset: int | None,
     runs: Collection[str] | None = None,
     where: str = "this kernel",
+    unsafe: bool = False,
 ) -> UprobeTarget:
     """The (inode, file offset) a uprobe on ``path`` names, or the kernel's error.
 
     ``runs``: the arches the caller can run (the host kernel's, or the model's); ``None``
-    accepts any arch kuprobe knows. ``where`` names the caller in that error.
+    accepts any arch kuprobe knows. ``where`` names the caller in that error. ``unsafe``:
+    accept a raw file offset kuprobe cannot prove to be an instruction start.
     """
-    if not isinstance(path, str | os.PathLike) or not str(path):
-        raise ProbeError(errno.EINVAL, "a Uprobe needs the path of an executable file")
-    real = os.path.realpath(path)
+    path = as_path(path)
+    real = os.path.realpath(path) if len(path) < 4096 else path
     elf = open_image(real)
+    try:
+        return _resolve(elf, path, real, symbol_name, offset, runs, where, unsafe)
+    except (ELFError, struct.error, ValueError, KeyError, AssertionError) as e:
+        raise ProbeError(
+            errno.ENOEXEC, f"{_short(path)}: a damaged ELF file ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _resolve(
+    elf: ElfImage,
+    path: str,
+    real: str,
+    symbol_name: str | None,
+    offset: int | None,
+    runs: Collection[str] | None,
+    where: str,
+    unsafe: bool,
+) -> UprobeTarget:
     arch = elf.arch
     if runs is not None and arch not in runs:
         raise ProbeError(
@@ -113,19 +165,22 @@ def resolve_uprobe(
         check_symbol_name(symbol_name)
         off = check_offset(offset or 0, "offset")
         sym = elf.symbol(symbol_name)
-        if sym.size and off >= sym.size:
+        if sym.size and off >= sym.size and not unsafe:
             raise ProbeError(
                 errno.EINVAL,
                 f"{symbol_name}+{off:#x} is past the end of {symbol_name} ({sym.size:#x} bytes)",
             )
         vaddr = sym.value + off
-        if off and sym.size:
-            code = elf.read_vaddr(sym.value, sym.size)
+        if off and not unsafe:
+            # decoded from the symbol's start, as the kernel does for kprobes (can_probe())
+            code = elf.read_vaddr(sym.value, sym.size or off + MAX_INSN)
             if not is_boundary(arch, code, off):
                 raise ProbeError(
                     errno.EILSEQ,
-                    f"{symbol_name}+{off:#x} is inside an instruction",
-                    hint=f"disassemble with `objdump -d --disassemble={symbol_name} {path}`",
+                    f"{symbol_name}+{off:#x} is not an instruction boundary decoded from "
+                    f"{symbol_name}",
+                    hint=f"disassemble with `objdump -d --disassemble={symbol_name} {path}`; "
+                    "Uprobe(..., unsafe=True) probes it anyway",
                 )
         file_off = elf.vaddr_to_offset(vaddr)
     else:
@@ -133,17 +188,48 @@ def resolve_uprobe(
             raise ProbeError(errno.EINVAL, "a Uprobe needs symbol_name, offset, or both")
         file_off = check_offset(offset, "offset")
         vaddr = elf.offset_to_vaddr(file_off)
-        within = elf.symbol_at(vaddr)
-        if within is not None and vaddr != within.value:
-            code = elf.read_vaddr(within.value, within.size)
-            if not is_boundary(arch, code, vaddr - within.value):
-                raise ProbeError(
-                    errno.EILSEQ,
-                    f"file offset {file_off:#x} is inside an instruction "
-                    f"({within.name}+{vaddr - within.value:#x})",
-                )
     if not elf.executable_offset(file_off):
         raise ProbeError(
             errno.EINVAL, f"{path}: file offset {file_off:#x} is not in executable code"
         )
+    if symbol_name is None and not unsafe:
+        check_boundary(elf, path, arch, vaddr, file_off)
     return UprobeTarget(real, elf.inode, file_off, arch, vaddr, elf)
+
+
+MAX_INSN = 16  # arch/x86/include/asm/insn.h: MAX_INSN_SIZE (arm64's are 4)
+
+
+def check_boundary(elf: ElfImage, path: str, arch: str, vaddr: int, file_off: int) -> None:
+    """A raw file offset must be provably an instruction start: decoded from the nearest
+    function start the file gives (.symtab, .dynsym, .eh_frame), as bpftrace requires
+    unless --unsafe."""
+    start = elf.start_before(vaddr)
+    where = f"file offset {file_off:#x}"
+    if start is None:
+        raise ProbeError(
+            errno.EILSEQ,
+            f"{path}: kuprobe cannot tell whether {where} starts an instruction (the file "
+            "names no function before it: no symbols, no .eh_frame)",
+            hint="Uprobe(..., unsafe=True) probes it anyway (bpftrace's --unsafe): a probe "
+            "inside an instruction corrupts the program",
+        )
+    begin, size = start
+    if begin == vaddr:
+        return
+    code = elf.read_vaddr(
+        begin, size if size and vaddr < begin + size else vaddr - begin + MAX_INSN
+    )
+    if not is_boundary(arch, code, vaddr - begin):
+        sym = elf.symbol_at(vaddr)
+        near = (
+            f" ({sym.name}+{vaddr - sym.value:#x})"
+            if sym
+            else f" (start {begin:#x}+{vaddr - begin:#x})"
+        )
+        raise ProbeError(
+            errno.EILSEQ,
+            f"{where} is inside an instruction{near}, decoded from the function start at "
+            f"{begin:#x}",
+            hint="Uprobe(..., unsafe=True) probes it anyway (bpftrace's --unsafe)",
+        )

@@ -53,6 +53,8 @@ class ProbeSample:
     lost: int = 0
     handler_errors: int = 0
     latency: tuple[int, ...] | None = None  # LATENCY_BUCKETS counts, return probes only
+    dropped: int = 0  # recorded, never handled (an unregister that timed out, exit, a signal)
+    entry_lost: int = 0  # a return probe's entry events lost (``lost`` counts its returns)
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,9 @@ def probe_table(state: DashboardState, *, width: int = WIDE, trend: bool = True)
         table.add_column("Trend", width=TREND_WIDTH, no_wrap=True, style="cyan")
     table.add_column("Missed", justify="right")
     table.add_column("Lost", justify="right")
+    dropped = any(r.sample.dropped for r in state.rows)  # shown once something was
+    if dropped:
+        table.add_column("Dropped", justify="right")
     table.add_column("Errors", justify="right")
     table.add_column("Latency p50/p99", justify="right", no_wrap=True)
     for row in state.sorted_rows():
@@ -250,6 +255,7 @@ def probe_table(state: DashboardState, *, width: int = WIDE, trend: bool = True)
         cells += [
             Text(_num(p.nmissed), style="red" if p.nmissed else ""),
             Text(_num(p.lost), style="red" if p.lost else ""),
+            *([Text(_num(p.dropped), style="red")] if dropped else []),
             Text(_num(p.handler_errors), style="red" if p.handler_errors else ""),
             _latency_cell(p),
         ]

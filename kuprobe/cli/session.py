@@ -157,13 +157,17 @@ class Watch:
 
     def sample(self) -> ProbeSample:
         p = self.probe
-        hits = p.ret_hits if isinstance(p, Uprobe) and self.spec.is_return else p.hits
+        hits, lost, dropped, entry_lost = p.hits, p.lost, p.dropped, 0
+        if isinstance(p, Uprobe) and self.spec.is_return:  # entry and return counted apart
+            hits, lost, dropped, entry_lost = p.ret_hits, p.ret_lost, p.ret_dropped, p.lost
         return ProbeSample(
             label=self.label,
             is_return=self.spec.is_return,
             hits=hits,
             nmissed=getattr(p, "nmissed", 0),
-            lost=p.lost,
+            lost=lost,
+            dropped=dropped,
+            entry_lost=entry_lost,
             handler_errors=p.handler_errors,
             latency=tuple(self.hist) if self.spec.is_return else None,
         )

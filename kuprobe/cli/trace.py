@@ -7,6 +7,8 @@ main thread formats and writes, so a slow terminal or pipe never stalls delivery
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections import deque
@@ -78,12 +80,21 @@ class _Printer:
 
 
 def summary(session: Session, *, dropped: int = 0) -> str:
-    rows = [("PROBE", "HITS", "NMISSED", "LOST", "ERRORS")]
-    for w in session.watches:
-        s = w.sample()
-        rows.append((s.label, str(s.hits), str(s.nmissed), str(s.lost), str(s.handler_errors)))
+    samples = [w.sample() for w in session.watches]
+    show_dropped = any(s.dropped for s in samples)  # a column only when something was
+    head = ("PROBE", "HITS", "NMISSED", "LOST", *(("DROPPED",) if show_dropped else ()), "ERRORS")
+    rows: list[tuple[str, ...]] = [head]
+    notes: list[str] = []
+    for s in samples:
+        counts = (s.hits, s.nmissed, s.lost, *((s.dropped,) if show_dropped else ()))
+        rows.append((s.label, *map(str, (*counts, s.handler_errors))))
+        if s.entry_lost:
+            notes.append(f"{s.label}: also {s.entry_lost} entry events lost (LOST counts returns)")
     width = max(len(r[0]) for r in rows)
     lines = [f"{r[0]:<{width}} " + " ".join(f"{c:>8}" for c in r[1:]) for r in rows]
+    lines += notes
+    if show_dropped:
+        lines.append("DROPPED: recorded but not handled (stopped before the handlers caught up)")
     if dropped:
         lines.append(f"{dropped} events were not printed: the output could not keep up")
     return "\n".join(lines) + "\n"
@@ -106,8 +117,21 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
                     break
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # `kuprobe trace … | head`: the reader is gone; stop, summarise
+        _quiet_stdout(printer)
     finally:
         session.unregister()
-        printer.flush()
+        try:
+            printer.flush()
+        except BrokenPipeError:
+            _quiet_stdout(printer)
     sys.stderr.write("\n" + summary(session, dropped=printer.dropped))
     return 0
+
+
+def _quiet_stdout(printer: _Printer) -> None:
+    """Writes to a closed pipe go nowhere from now on (also the interpreter's last flush)."""
+    printer.pending.clear()
+    printer.out = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(printer.out.fileno(), sys.stdout.fileno())

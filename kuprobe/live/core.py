@@ -299,6 +299,9 @@ class BackendCore:
             for r in todo:
                 for att in r.attaches:
                     drained = self.dispatcher.drain(att.pool, att.target, deadline) and drained
+        except BaseException:  # KeyboardInterrupt: no handler of these runs any more
+            drained = False
+            raise
         finally:
             if not drained:
                 with self.signals, self._lock:

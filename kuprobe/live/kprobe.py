@@ -34,6 +34,7 @@ from kuprobe.probes import (
     Kprobe,
     Kretprobe,
     KretprobeInstance,
+    check_handlers,
     check_kretprobe_fields,
 )
 from kuprobe.regs import instruction_pointer
@@ -59,6 +60,10 @@ class KprobeOps(BackendCore):
             if not isinstance(p, kind):
                 raise TypeError(f"expected {kind.__name__}, not {type(p).__name__}")
             self._claim(p)
+            if isinstance(p, Kprobe):
+                check_handlers(p, pre_handler=p.pre_handler, post_handler=p.post_handler)
+            else:
+                check_handlers(p, handler=p.handler, entry_handler=p.entry_handler)
             check_kprobe_target(p)
 
     def _register_kprobe(self, kp: Kprobe) -> None:

@@ -32,6 +32,8 @@ from kuprobe.live.pool import ProbePool
 from kuprobe.probes import (
     UPROBE_HANDLER_REMOVE,
     Uprobe,
+    UprobeConsumer,
+    check_handlers,
 )
 from kuprobe.task import Task
 
@@ -55,12 +57,22 @@ class UprobeOps(BackendCore):
                     raise ProbeError(errno.ESRCH, f"no process {up.pid}", probe=up)
             ref_ctr = check_offset(up.ref_ctr_offset, "ref_ctr_offset")
             host = live_host()
+            uc = up.consumer
+            if uc is not None and not isinstance(uc, UprobeConsumer):
+                raise ProbeError(
+                    errno.EINVAL,
+                    f"consumer must be a UprobeConsumer, not {type(uc).__name__}",
+                    probe=up,
+                )
+            if uc is not None:
+                check_handlers(up, handler=uc.handler, ret_handler=uc.ret_handler, filter=uc.filter)
             target = resolve_uprobe(
                 up.path,
                 symbol_name=up.symbol_name,
                 offset=up.offset,
                 runs=host.runs,
                 where=f"this {host.name} kernel",
+                unsafe=bool(up.unsafe),
             )
             self.require_root()
             self.require_pmu("uprobe")

@@ -6,6 +6,8 @@ import subprocess
 from pathlib import Path
 
 from kuprobe.elf import ElfImage
+from kuprobe.probes import UprobeConsumer, UprobeHandler
+from kuprobe.regs import PtRegs
 
 
 class Target:
@@ -72,3 +74,13 @@ def symbol_value(exe: Path, name: str) -> int:
 def file_offset_of(exe: Path, name: str) -> int:
     with ElfImage(str(exe)) as elf:
         return elf.vaddr_to_offset(elf.symbols[name].value)
+
+
+def counting(calls: list[int]) -> UprobeHandler:
+    """A uprobe handler that appends 1 to ``calls`` per event."""
+
+    def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
+        calls.append(1)
+        return 0
+
+    return handler

@@ -20,7 +20,7 @@ from kuprobe.live.api import backend, unregister_uprobes
 from kuprobe.probes import UPROBE_HANDLER_REMOVE
 from kuprobe.regs import PtRegs
 
-from .helpers import Target
+from .helpers import Target, counting
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +64,7 @@ def test_handler_raising_systemexit_or_keyboardinterrupt_is_counted(live: Path) 
     assert up.hits == 40 and up.handler_errors == 2 and up.lost == 0 and up.dropped == 0
     # and the dispatcher still delivers to the next probe
     seen: list[int] = []
-    up2 = Uprobe(
-        str(exe), symbol_name="add", consumer=UprobeConsumer(lambda uc, r: seen.append(1) or 0)
-    )
+    up2 = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(counting(seen)))
     t = Target(exe, "add", 5, 1)
     register_uprobe(up2)
     try:
@@ -88,9 +86,7 @@ def test_full_removed_map_does_not_stop_dispatch(live: Path) -> None:
         return UPROBE_HANDLER_REMOVE
 
     up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=remove))
-    other = Uprobe(
-        str(exe), symbol_name="add", consumer=UprobeConsumer(lambda u, r: others.append(1) or 0)
-    )
+    other = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(counting(others)))
     register_uprobe(up)
     register_uprobe(other)
     try:
@@ -309,3 +305,26 @@ def test_ctrl_c_during_register_unregister_loop_leaks_nothing(live: Path) -> Non
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_uretprobe_losses_are_counted_apart_from_entry_losses(live: Path) -> None:
+    """With the ring buffer full, each side's lost is at most its own hits."""
+    exe = live / "x86_64" / "target"
+
+    def slow(uc: UprobeConsumer, regs: PtRegs) -> int:
+        time.sleep(0.0005)
+        return 0
+
+    def slow_ret(uc: UprobeConsumer, func: int, regs: PtRegs) -> int:
+        time.sleep(0.0005)
+        return 0
+
+    up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(slow, slow_ret))
+    t = Target(exe, "add", 200_000, 1)  # 400,000 events: far more than the ring holds
+    register_uprobe(up)
+    t.go()
+    unregister_uprobe(up, timeout=0.5)
+    assert up.hits == up.ret_hits == 200_000
+    assert up.lost + up.ret_lost > 0
+    assert up.lost <= up.hits and up.ret_lost <= up.ret_hits
+    assert up.dropped + up.ret_dropped > 0

@@ -137,6 +137,7 @@ class UprobeRegistry:
             offset=up.offset,
             runs=tuple(ARCHES),
             where="the model",
+            unsafe=bool(up.unsafe),
         )
         return t.image, t.offset
 

@@ -1,0 +1,149 @@
+"""Stress (marked ``slow``): threads registering and unregistering under load while signals
+arrive. Afterwards nothing of the process is left in the kernel (no BPF link or perf event
+fd, no tracefs event, no breakpoint in the traced program) and every probe's counters add
+up: hits = handled + handler_errors + lost + dropped."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import Target
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, random, signal, sys, threading, time
+    from kuprobe import ProbeError, Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
+    exe, seconds = sys.argv[1], float(sys.argv[2])
+    signal.signal(signal.SIGUSR1, lambda s, f: None)  # interrupts system calls, nothing else
+    done_probes = []
+    lock = threading.Lock()
+    failures = []
+
+    def probe(rng):
+        handled = [0]
+        def handler(uc, regs):
+            if rng.random() < 0.01:
+                raise ValueError("a failing handler")
+            if rng.random() < 0.01:
+                time.sleep(0.002)
+            handled[0] += 1
+            return 0
+        up = Uprobe(exe, symbol_name="add", consumer=UprobeConsumer(handler=handler))
+        return up, handled
+
+    def cycle(rng):
+        up, handled = probe(rng)
+        try:
+            register_uprobe(up)
+        except ProbeError as e:
+            failures.append(f"register: {e}")
+            return
+        finally:
+            with lock:
+                done_probes.append((up, handled))
+        time.sleep(rng.random() * 0.05)
+        try:
+            unregister_uprobe(up, timeout=rng.choice([None, 0.0, 0.01, 0.3]))
+        except ProbeError:
+            if up.registered:
+                raise  # only "not registered": a signal's shutdown came first
+
+    def worker(seed):
+        rng = random.Random(seed)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                cycle(rng)
+            except BaseException as e:
+                failures.append(f"worker: {e!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    print("ready", flush=True)
+    interrupted = 0
+    rng = random.Random(99)
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            if time.monotonic() > end:
+                break
+            cycle(rng)
+        except KeyboardInterrupt:
+            interrupted += 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for t in threads:
+        t.join()
+    for up, _ in done_probes:
+        if up.registered:
+            unregister_uprobe(up)
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            what = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
+            fds.append(what)
+    rows = [(up.hits, handled[0], up.handler_errors, up.lost, up.dropped, up.registered)
+            for up, handled in done_probes]
+    print(json.dumps({"interrupted": interrupted, "fds": fds, "rows": rows,
+                      "failures": failures}), flush=True)
+    """
+)
+
+
+def test_register_unregister_under_load_and_signals(live: Path) -> None:
+    exe = live / "x86_64" / "target"
+    load = Target(exe, "add", 10**11, 1)  # calls add until killed
+    assert load.proc.stdin is not None
+    add = load.runtime_address("add")
+    original = load.read_mem(add, 8)
+    load.proc.stdin.write("go\n")
+    load.proc.stdin.flush()
+    p = subprocess.Popen(
+        [PYTHON, "-c", SCRIPT, str(exe), "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        t_end = time.monotonic() + 7
+        n = 0
+        while time.monotonic() < t_end:
+            time.sleep(0.02)
+            n += 1
+            p.send_signal(signal.SIGINT if n % 15 == 0 else signal.SIGUSR1)
+        out, err = p.communicate(timeout=120)
+        after = load.read_mem(add, 8)
+    finally:
+        load.kill()
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["failures"] == [], result["failures"][:5]
+    assert result["fds"] == []
+    assert result["interrupted"] > 0
+    rows = result["rows"]
+    assert len(rows) > 50
+    assert sum(r[0] for r in rows) > 1000  # the probes fired
+    for hits, handled, errors, lost, dropped, registered in rows:
+        assert not registered
+        assert hits == handled + errors + lost + dropped, (hits, handled, errors, lost, dropped)
+    assert after == original  # no breakpoint left in the traced program
+    events = Path("/sys/kernel/tracing/uprobe_events").read_text()
+    assert str(exe) not in events
