@@ -73,7 +73,11 @@ def test_kprobe_timeline_in_kernel_space(targets: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["add", "1", "--probe", "u:add+2"], 2, "add+0x2 is inside an instruction [EILSEQ]"),
+        (
+            ["add", "1", "--probe", "u:add+2"],
+            2,
+            "add+0x2 is not an instruction boundary decoded from add [EILSEQ]",
+        ),
         (["nosuch"], 1, "no symbol 'nosuch' [ENOENT]"),
         (["add", "--probe", "u:nosuch"], 2, "no symbol 'nosuch'"),
         (["add", "--probe", "u:add", "--probe", "k:add"], 2, "either kernel (k:/kr:) or user"),

@@ -112,7 +112,10 @@ def test_bad_spec_exits_2(
         (f"u:{DEMO}:no_such_function", "no symbol 'no_such_function'"),
         (f"u:{DEMO}:demo_hash+0x10000", "is past the end of demo_hash"),
         (f"u:{DEMO}:0x0", "file offset 0x0 is not in executable code"),
-        (f"u:{DEMO}:demo_hash+1", "demo_hash+0x1 is inside an instruction [EILSEQ]"),
+        (
+            f"u:{DEMO}:demo_hash+1",
+            "demo_hash+0x1 is not an instruction boundary decoded from demo_hash [EILSEQ]",
+        ),
         (f"u:{DEMO}:demo_hash x5", "x86_64 has no register 'x5'"),
     ],
 )
