@@ -9,6 +9,7 @@ from typing import Any
 
 from kuprobe.live import perf
 from kuprobe.live._bcc import kernel_build_tree
+from kuprobe.live.events import HOST_LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,17 @@ def checks() -> list[Check]:
             "run with sudo: live probes need CAP_BPF and CAP_PERFMON",
         ),
     ]
+    machine = os.uname().machine
+    arch_ok = machine in HOST_LAYOUTS
+    out.append(
+        Check(
+            "arch",
+            arch_ok,
+            f"{machine} (pt_regs of {HOST_LAYOUTS[machine].arch})" if arch_ok else machine,
+            f"the live backend runs on {' and '.join(HOST_LAYOUTS)} kernels; "
+            "use the model (kuprobe.model.Machine) elsewhere",
+        )
+    )
     bpf_ok = root and perf.bpf_map_works(perf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
     out.append(
         Check(
@@ -106,7 +118,15 @@ def checks() -> list[Check]:
 
 def live_uprobes_possible() -> tuple[bool, str]:
     """Whether live uprobe tests can run here; if not, which capability is missing."""
-    needed = {"root", "BPF", "BPF ring buffer", "uprobes", "BCC importable", "kernel headers"}
+    needed = {
+        "arch",
+        "root",
+        "BPF",
+        "BPF ring buffer",
+        "uprobes",
+        "BCC importable",
+        "kernel headers",
+    }
     missing = [c for c in checks() if c.name in needed and not c.ok]
     if missing:
         return False, "; ".join(f"{c.name}: {c.detail}" for c in missing)

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from kuprobe.regs import I386, STACK_WORDS, X86_64, PtRegs, regs_class
+from kuprobe.regs import ARM64, I386, STACK_WORDS, X86_64, PtRegs, RegLayout, regs_class
 
 # bpf_programs/kuprobe_event.h
 KUPROBE_STACK_BYTES = 128
@@ -23,21 +23,41 @@ KUPROBE_CFG_OFF = 0x10
 KUPROBE_EV_RET = 0x1
 KUPROBE_EV_NOSTACK = 0x2
 
-# struct pt_regs of the host, in 64-bit words: arch/x86/include/asm/ptrace.h (x86_64)
-HOST_NREGS = {"x86_64": len(X86_64.fields)}
+# The kernel's struct pt_regs per host (uname -m), as far as the event copies it: x86_64's
+# whole frame (arch/x86/include/asm/ptrace.h); on arm64 its head, struct user_pt_regs
+# { regs[31], sp, pc, pstate } (arch/arm64/include/asm/ptrace.h: struct pt_regs begins with
+# it, and a BPF kprobe program's ctx is bpf_user_pt_regs_t = struct user_pt_regs there).
+HOST_LAYOUTS: dict[str, RegLayout] = {"x86_64": X86_64, "aarch64": ARM64}
+HOST_NREGS = {machine: len(layout.fields) for machine, layout in HOST_LAYOUTS.items()}
 
 
 def host_arch() -> str:
     return os.uname().machine
 
 
-def host_nregs() -> int:
+def _host_layout() -> RegLayout:
     try:
-        return HOST_NREGS[host_arch()]
+        return HOST_LAYOUTS[host_arch()]
     except KeyError:
         raise OSError(
-            95, f"kuprobe's live backend supports x86_64 hosts; this is {host_arch()}"
+            95,
+            f"kuprobe's live backend supports {' and '.join(HOST_LAYOUTS)} hosts; "
+            f"this is {host_arch()}",
         ) from None
+
+
+def host_nregs() -> int:
+    return len(_host_layout().fields)
+
+
+def kernel_regs_arch() -> str:
+    """kuprobe's arch name for the running kernel's own pt_regs (kprobes' register layout)."""
+    return _host_layout().arch
+
+
+# The layout the event has on this host; an unsupported host gets x86_64's (and host_nregs()
+# refuses it when a pool is made).
+NREGS = HOST_NREGS.get(host_arch(), len(X86_64.fields))
 
 
 # (name, struct format) in the header's order; offsets follow from natural alignment.
@@ -48,7 +68,7 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("func_ip", "Q"),
     ("pid_tgid", "Q"),
     ("comm", "16s"),
-    ("regs", f"{len(X86_64.fields)}Q"),
+    ("regs", f"{NREGS}Q"),
     ("stack", f"{KUPROBE_STACK_BYTES}s"),
 )
 EVENT_FORMAT = "<" + "".join(fmt for _n, fmt in EVENT_FIELDS)
@@ -64,10 +84,11 @@ RECORD = struct.Struct(
     f"<II{HEAD.format[1:]}{TASK.format[1:]}{RECORD_STRIDE - RINGBUF_HDR - HEAD.size - TASK.size}x"
 )
 REGS_OFFSET = TASK_OFFSET + TASK.size
-STACK_OFFSET = REGS_OFFSET + 8 * len(X86_64.fields)
+STACK_OFFSET = REGS_OFFSET + 8 * NREGS
 assert STACK_OFFSET + KUPROBE_STACK_BYTES == EVENT_SIZE
 
 _X86_64_REGS = struct.Struct(f"<{len(X86_64.fields)}Q")
+_ARM64_REGS = struct.Struct(f"<{len(ARM64.fields)}Q")
 _STACK64 = struct.Struct(f"<{STACK_WORDS}Q")
 _STACK32 = struct.Struct(f"<{STACK_WORDS}I")
 _M32 = 0xFFFFFFFF
@@ -95,7 +116,17 @@ def _decode_i386(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
     return vals, _STACK32.unpack_from(buf, off + STACK_OFFSET)
 
 
-DECODERS: dict[str, Decoder] = {"x86_64": _decode_x86_64, "i386": _decode_i386}
+def _decode_arm64(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
+    """An arm64 task on an arm64 kernel: struct user_pt_regs as it is."""
+    vals = list(_ARM64_REGS.unpack_from(buf, off + REGS_OFFSET))
+    return vals, _STACK64.unpack_from(buf, off + STACK_OFFSET)
+
+
+DECODERS: dict[str, Decoder] = {
+    "x86_64": _decode_x86_64,
+    "i386": _decode_i386,
+    "arm64": _decode_arm64,
+}
 
 
 def live_regs_parts(arch: str) -> tuple[type[PtRegs], Decoder]:

@@ -25,6 +25,7 @@ from kuprobe.live.events import (
     KUPROBE_CFG_KERNEL,
     KUPROBE_CFG_RET,
     KUPROBE_CFG_STREAM,
+    kernel_regs_arch,
     regs_factory,
 )
 from kuprobe.probes import (
@@ -93,7 +94,7 @@ class KprobeOps(BackendCore):
         self.require_pmu("kprobe")
         reg = Registration(kp)
         pool = self._pool_with(1)
-        make_regs = regs_factory("x86_64")
+        make_regs = regs_factory(kernel_regs_arch())
         pre = kp.pre_handler
         handler: SlotHandler | None = None
         if pre is not None:
@@ -193,7 +194,7 @@ class KprobeOps(BackendCore):
 
     def _kretprobe_handlers(self, rp: Kretprobe) -> tuple[SlotHandler, SlotHandler | None]:
         """Entry and return handlers sharing one KretprobeInstance per call (per task, LIFO)."""
-        make_regs = regs_factory("x86_64")
+        make_regs = regs_factory(kernel_regs_arch())
         in_flight: dict[int, list[KretprobeInstance | None]] = {}
         report = self._reporter(rp)
         entry_handler, handler = rp.entry_handler, rp.handler

@@ -19,7 +19,9 @@ from kuprobe.insn import is_boundary
 
 # What a C or assembler symbol may be called (GNU as: letters, digits, _ . $; @ for versions).
 SYMBOL_RE = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$@]*$")
-SUPPORTED_LIVE_ARCHES = {"x86_64": ("x86_64", "i386")}
+# The programs a host kernel (uname -m) runs, by kuprobe's arch names (x86_64 runs i386 ones
+# through IA32 emulation; kuprobe has no arm32 for an arm64 kernel's compat tasks).
+SUPPORTED_LIVE_ARCHES = {"x86_64": ("x86_64", "i386"), "aarch64": ("arm64",)}
 
 
 @dataclass(frozen=True)

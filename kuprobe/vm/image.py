@@ -1,11 +1,17 @@
 """The guest image: resolved from its inputs, built once, cached under a key of those inputs.
 
-An image is three files in ``<cache>/images/<key>/``: ``vmlinux`` (the Debian kernel,
-uncompressed, booted through PVH), ``initrd.cpio`` (see ``_initramfs``) and ``root.ext4``
-(a Debian 12 root made by mmdebstrap with the packages ``vagrant/provision.sh`` names, the
-kernel's modules and headers, configured by that same script). The key hashes the kernel
-package and version, the apt sources, the provisioning script, the initramfs script and
-``IMAGE_FORMAT``: change any and the next ``kuprobe vm build`` makes a new image.
+An image is three files in ``<cache>/images/<key>/``: the kernel (``vmlinux`` for x86_64,
+uncompressed, booted through PVH; ``Image`` for arm64), ``initrd.cpio`` (see ``_initramfs``)
+and ``root.ext4`` (a Debian 12 root made by mmdebstrap with the packages
+``vagrant/provision.sh`` names, the kernel's modules and headers, configured by that same
+script). The key hashes the guest arch, the kernel package and version, the apt sources, the
+provisioning script, the initramfs script and ``IMAGE_FORMAT``: change any and the next
+``kuprobe vm build`` makes a new image.
+
+A foreign (arm64) root is built the same way on the x86_64 host: mmdebstrap runs its
+maintainer scripts through qemu-user (binfmt_misc, scripts/setup-vm.sh). The kernel package
+is never installed by apt, only unpacked (``dpkg-deb -x``): so no initramfs-tools, whose
+``mkinitramfs`` under user-mode emulation cost minutes, and no boot loader hooks.
 """
 
 from __future__ import annotations
@@ -23,12 +29,12 @@ from pathlib import Path
 
 from kuprobe.vm import _initramfs
 from kuprobe.vm._host import Stopwatch, VmError, capture, require_tool, run_logged, say
-from kuprobe.vm._kernel import extract_vmlinux
+from kuprobe.vm._kernel import extract_vmlinux, unpack_arm64_image
+from kuprobe.vm.guests import DEFAULT_ARCH, Guest, guest
 
 # Bump when the builder below changes what it puts in an image.
 IMAGE_FORMAT = 1
 SUITE = "bookworm"
-KERNEL_META = "linux-image-amd64"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROVISION = PROJECT_ROOT / "vagrant" / "provision.sh"
 SOURCES_FILES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
@@ -63,6 +69,7 @@ class ImageInputs:
     provision_sha256: str
     init_sha256: str
     image_format: int = IMAGE_FORMAT
+    arch: str = DEFAULT_ARCH
 
     @property
     def key(self) -> str:
@@ -85,22 +92,27 @@ def _host_sources() -> Path:
     raise VmError("no Debian apt sources on this host (/etc/apt/sources.list.d/debian.sources)")
 
 
-def resolve_inputs() -> ImageInputs:
+def resolve_inputs(arch: str = DEFAULT_ARCH) -> ImageInputs:
     """The inputs of the image to use now, from the host's apt lists (no network)."""
+    g = guest(arch)
     require_tool("apt-cache")
-    depends = capture(["apt-cache", "depends", "--important", KERNEL_META])
+    meta = g.kernel_meta + g.apt_suffix
+    try:
+        depends = capture(["apt-cache", "depends", "--important", meta])
+    except VmError:
+        depends = ""
     releases = [
-        line.split("linux-image-", 1)[1].strip()
+        line.split("linux-image-", 1)[1].strip().removesuffix(g.apt_suffix)
         for line in depends.splitlines()
         if line.strip().startswith("Depends: linux-image-")
     ]
     if not releases:
         raise VmError(
-            f"the apt lists name no kernel for {KERNEL_META}: run `apt-get update` "
-            "(scripts/setup-vm.sh does)"
+            f"the apt lists name no kernel for {meta}: run `sh scripts/setup-vm.sh` (it adds "
+            "the arm64 architecture to apt and runs `apt-get update`)"
         )
     release = releases[0]
-    policy = capture(["apt-cache", "policy", f"linux-image-{release}"])
+    policy = capture(["apt-cache", "policy", f"linux-image-{release}{g.apt_suffix}"])
     version = next(
         (
             line.split(":", 1)[1].strip()
@@ -118,6 +130,7 @@ def resolve_inputs() -> ImageInputs:
         sources=_host_sources().read_text(),
         provision_sha256=_sha256(PROVISION.read_bytes()),
         init_sha256=_sha256(_initramfs.INIT_SCRIPT.encode()),
+        arch=g.arch,
     )
 
 
@@ -127,10 +140,17 @@ class Image:
 
     path: Path
     kernel_release: str
+    arch: str = DEFAULT_ARCH
+    kernel_name: str = "vmlinux"
 
     @property
-    def vmlinux(self) -> Path:
-        return self.path / "vmlinux"
+    def guest(self) -> Guest:
+        return guest(self.arch)
+
+    @property
+    def kernel(self) -> Path:
+        """The file qemu boots (-kernel)."""
+        return self.path / self.kernel_name
 
     @property
     def initrd(self) -> Path:
@@ -143,7 +163,12 @@ class Image:
     @classmethod
     def load(cls, path: Path) -> Image:
         manifest = json.loads((path / "manifest.json").read_text())
-        return cls(path=path, kernel_release=str(manifest["inputs"]["kernel_release"]))
+        return cls(
+            path=path,
+            kernel_release=str(manifest["inputs"]["kernel_release"]),
+            arch=str(manifest["inputs"].get("arch", DEFAULT_ARCH)),
+            kernel_name=str(manifest.get("kernel", "vmlinux")),
+        )
 
 
 def cached_image(inputs: ImageInputs, cache: Path | None = None) -> Image | None:
@@ -152,27 +177,33 @@ def cached_image(inputs: ImageInputs, cache: Path | None = None) -> Image | None
     return Image.load(path) if (path / "manifest.json").is_file() else None
 
 
-def newest_image(cache: Path | None = None) -> Image | None:
-    """The most recently built image, whatever its inputs (when they cannot be resolved)."""
+def newest_image(cache: Path | None = None, arch: str = DEFAULT_ARCH) -> Image | None:
+    """The most recently built image of `arch`, whatever its other inputs (when they cannot
+    be resolved)."""
     images = (cache or cache_dir()) / "images"
     built = sorted(images.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    return Image.load(built[-1].parent) if built else None
+    of_arch = [Image.load(p.parent) for p in built]
+    of_arch = [image for image in of_arch if image.arch == guest(arch).arch]
+    return of_arch[-1] if of_arch else None
 
 
-def ensure_image(*, rebuild: bool = False, cache: Path | None = None) -> Image:
-    """The image for the current inputs, building it if the cache lacks it."""
+def ensure_image(
+    *, rebuild: bool = False, cache: Path | None = None, arch: str = DEFAULT_ARCH
+) -> Image:
+    """The image of `arch` for the current inputs, building it if the cache lacks it."""
     cache = cache or cache_dir()
     try:
-        inputs = resolve_inputs()
+        inputs = resolve_inputs(arch)
     except VmError as exc:
-        fallback = None if rebuild else newest_image(cache)
+        fallback = None if rebuild else newest_image(cache, arch)
         if fallback is None:
             raise
         say(f"cannot resolve the image inputs ({exc}); using the newest image {fallback.path}")
         return fallback
     image = None if rebuild else cached_image(inputs, cache)
     if image is not None:
-        say(f"image {inputs.key} (kernel {inputs.kernel_release}) cached in {image.path}")
+        say(f"{inputs.arch} image {inputs.key} (kernel {inputs.kernel_release}) cached in "
+            f"{image.path}")  # fmt: skip
         return image
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".lock").open("w") as lock:
@@ -185,37 +216,45 @@ def ensure_image(*, rebuild: bool = False, cache: Path | None = None) -> Image:
 
 
 def _download_kernel(inputs: ImageInputs, cache: Path, log: Path) -> Path:
+    g = guest(inputs.arch)
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    name = f"{inputs.kernel_package}_{inputs.kernel_version}_amd64.deb".replace(":", "%3a")
-    deb = debs / name
+    name = f"{inputs.kernel_package}_{inputs.kernel_version}_{g.deb_arch}.deb"
+    deb = debs / name.replace(":", "%3a")
     if not deb.is_file():
-        say(f"downloading {inputs.kernel_package} {inputs.kernel_version}")
-        pkg = f"{inputs.kernel_package}={inputs.kernel_version}"
+        say(f"downloading {inputs.kernel_package} {inputs.kernel_version} ({g.deb_arch})")
+        pkg = f"{inputs.kernel_package}{g.apt_suffix}={inputs.kernel_version}"
         run_logged(["sh", "-c", f'cd "{debs}" && apt-get download -q "{pkg}"'], log=log)
     if not deb.is_file():
         raise VmError(f"apt-get download did not produce {deb}")
     return deb
 
 
-def _download_wheels(dest: Path, log: Path) -> None:
-    """pip wheels for the guest's Python 3.11, fetched on the host so the guest root needs
-    no network of its own."""
+def _download_wheels(g: Guest, dest: Path, log: Path) -> None:
+    """pip wheels for the guest's Python 3.11 and arch, fetched on the host so the guest root
+    needs no network of its own."""
     reqs = capture(["sh", str(PROVISION), "pip-requirements"]).split()
     argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest)]
     argv += ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
-    for platform in ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux1_x86_64"):
+    for platform in g.wheel_platforms:
         argv += ["--platform", platform]
     run_logged([*argv, *reqs], log=log)
 
 
 def _mmdebstrap(inputs: ImageInputs, root: Path, work: Path, log: Path) -> None:
     require_tool("mmdebstrap")
+    g = guest(inputs.arch)
+    if g.foreign and not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+        raise VmError(
+            f"the {g.arch} root's maintainer scripts need qemu-user through binfmt_misc "
+            "(no /proc/sys/fs/binfmt_misc/qemu-aarch64): run `sh scripts/setup-vm.sh` as root"
+        )
     packages = capture(["sh", str(PROVISION), "packages", inputs.kernel_release]).split()
     sources = work / "guest.sources"
     sources.write_text(inputs.sources)
     argv = [
         "mmdebstrap",
+        f"--architectures={g.deb_arch}",
         "--variant=essential",
         "--mode=root",
         "--format=directory",
@@ -234,21 +273,30 @@ def _mmdebstrap(inputs: ImageInputs, root: Path, work: Path, log: Path) -> None:
     run_logged(argv, log=log, show=lambda line: line.startswith("I: "))
 
 
-def _add_kernel(deb: Path, root: Path, work: Path, kver: str, log: Path) -> None:
+def _add_kernel(g: Guest, deb: Path, root: Path, work: Path, kver: str, log: Path) -> str:
     """The kernel's modules and /boot files into the root; dpkg -x goes to a side directory
-    because unpacking over a merged-/usr root would replace its /lib symlink."""
+    because unpacking over a merged-/usr root would replace its /lib symlink. Returns the
+    name of the kernel file qemu boots (in ``work/out``)."""
     unpacked = work / "kernel"
     run_logged(["dpkg-deb", "-x", str(deb), str(unpacked)], log=log)
     modules = unpacked / "lib" / "modules" / kver
     shutil.copytree(modules, root / "usr/lib/modules" / kver, symlinks=True, dirs_exist_ok=True)
     shutil.copytree(unpacked / "boot", root / "boot", symlinks=True, dirs_exist_ok=True)
-    run_logged(["chroot", str(root), "depmod", kver], log=log)
-    extract_vmlinux(unpacked / "boot" / f"vmlinuz-{kver}", work / "out" / "vmlinux")
-    # The guest's own copy: tests decode the probed functions' real bytes from it.
-    shutil.copy2(work / "out" / "vmlinux", root / "boot" / f"vmlinux-{kver}")
+    # The host's depmod reads any arch's modules: no emulation needed for it.
+    run_logged([require_tool("depmod"), "-b", str(root / "usr"), kver], log=log)
     build = root / "usr/lib/modules" / kver / "build"
     if not build.is_symlink() and not build.exists():
         raise VmError(f"linux-headers-{kver} did not make /lib/modules/{kver}/build")
+    vmlinuz = unpacked / "boot" / f"vmlinuz-{kver}"
+    if g.kernel_form == "vmlinux":
+        extract_vmlinux(vmlinuz, work / "out" / "vmlinux")
+        # The guest's own copy: tests decode the probed functions' real bytes from it.
+        shutil.copy2(work / "out" / "vmlinux", root / "boot" / f"vmlinux-{kver}")
+        return "vmlinux"
+    unpack_arm64_image(vmlinuz, work / "out" / "Image")
+    # The guest's copy of the raw Image (its bytes from _text on, with nokaslr).
+    shutil.copy2(work / "out" / "Image", root / "boot" / f"Image-{kver}")
+    return "Image"
 
 
 def _du_bytes(path: Path) -> int:
@@ -269,29 +317,37 @@ def _mke2fs(root: Path, out: Path, log: Path) -> None:
 
 
 def _build(inputs: ImageInputs, cache: Path) -> Image:
+    g = guest(inputs.arch)
     clock = Stopwatch()
     images = cache / "images"
     images.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"build-{inputs.key}-", dir=cache))
     log = work / "build.log"
-    say(f"building image {inputs.key}: Debian {inputs.suite}, kernel {inputs.kernel_release} "
-        f"{inputs.kernel_version} (log: {log})")  # fmt: skip
+    say(f"building {g.arch} image {inputs.key}: Debian {inputs.suite}, kernel "
+        f"{inputs.kernel_release} {inputs.kernel_version} (log: {log})")  # fmt: skip
     try:
         (work / "out").mkdir()
         (work / "wheels").mkdir()
         deb = _download_kernel(inputs, cache, log)
-        _download_wheels(work / "wheels", log)
-        say(f"[{clock}] mmdebstrap: the guest root")
+        _download_wheels(g, work / "wheels", log)
+        emulated = " (maintainer scripts under qemu-user)" if g.foreign else ""
+        say(f"[{clock}] mmdebstrap: the {g.arch} guest root{emulated}")
         root = work / "root"
         _mmdebstrap(inputs, root, work, log)
         say(f"[{clock}] kernel modules, vmlinux, initramfs")
-        _add_kernel(deb, root, work, inputs.kernel_release, log)
+        kernel_name = _add_kernel(g, deb, root, work, inputs.kernel_release, log)
         modules = _initramfs.build_initramfs(
             root, inputs.kernel_release, work / "out" / "initrd.cpio"
         )
         say(f"[{clock}] mke2fs: the root image ({_du_bytes(root) // 2**20} MiB of files)")
         _mke2fs(root, work / "out" / "root.ext4", log)
-        manifest = {"inputs": asdict(inputs), "key": inputs.key, "initramfs_modules": modules}
+        manifest = {
+            "inputs": asdict(inputs),
+            "key": inputs.key,
+            "kernel": kernel_name,
+            "initramfs_modules": modules,
+            "seconds": {"build": round(clock.seconds(), 1)},
+        }
         (work / "out" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copy2(log, work / "out" / "build.log")
         final = images / inputs.key
