@@ -73,7 +73,10 @@ class ImageInputs:
 
     @property
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        if self.arch == DEFAULT_ARCH:  # x86_64 images keep the keys they had before arches
+            del fields["arch"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
@@ -206,8 +209,10 @@ def ensure_image(
             f"{image.path}")  # fmt: skip
         return image
     cache.mkdir(parents=True, exist_ok=True)
-    with (cache / ".lock").open("w") as lock:
-        say(f"waiting for the build lock {cache / '.lock'}")
+    # One lock per arch: an arm64 build (minutes) does not hold up an x86_64 one.
+    lock_path = cache / (".lock" if inputs.arch == DEFAULT_ARCH else f".lock-{inputs.arch}")
+    with lock_path.open("w") as lock:
+        say(f"waiting for the build lock {lock_path}")
         fcntl.flock(lock, fcntl.LOCK_EX)
         image = None if rebuild else cached_image(inputs, cache)
         if image is None:  # nobody built it while we waited

@@ -11,13 +11,16 @@ from collections.abc import Callable
 
 import pytest
 
+from .conftest import syscall_symbol
+
 pytestmark = pytest.mark.vm
+GETPGID = syscall_symbol("getpgid")
 
 # A kprobe (a perf event) and a kretprobe with maxactive (a tracefs event: kprobe_events).
-CHILD = """
+CHILD = f"""
 import os, sys, time
 from kuprobe import Kprobe, Kretprobe, register_kprobe, register_kretprobe
-register_kprobe(Kprobe(symbol_name="__x64_sys_getpgid", pre_handler=lambda p, r: 0))
+register_kprobe(Kprobe(symbol_name="{GETPGID}", pre_handler=lambda p, r: 0))
 register_kretprobe(Kretprobe(symbol_name="pipe_read", handler=lambda ri, r: 0, maxactive=4))
 print("ready", flush=True)
 if sys.argv[1] == "wait":
@@ -38,7 +41,7 @@ def _ours(lines: list[str], pid: int) -> list[str]:
 
 
 def _probes_on_targets(kprobes: list[str]) -> list[str]:
-    return [line for line in kprobes if "__x64_sys_getpgid" in line or "pipe_read" in line]
+    return [line for line in kprobes if GETPGID in line or "pipe_read" in line]
 
 
 def _wait_clean(pid: int, state: ProbeState, seconds: float = 5) -> tuple[list[str], list[str]]:
