@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -220,19 +221,57 @@ def ensure_image(
     return image
 
 
-def _download_kernel(inputs: ImageInputs, cache: Path, log: Path) -> Path:
-    g = guest(inputs.arch)
+def _download_deb(package: str, version: str, deb_arch: str, cache: Path, log: Path) -> Path:
+    """``package`` (of ``deb_arch``: the host's, a foreign one, or all) at ``version``,
+    fetched once into ``<cache>/debs``."""
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    name = f"{inputs.kernel_package}_{inputs.kernel_version}_{g.deb_arch}.deb"
-    deb = debs / name.replace(":", "%3a")
+    deb = debs / f"{package}_{version}_{deb_arch}.deb".replace(":", "%3a")
     if not deb.is_file():
-        say(f"downloading {inputs.kernel_package} {inputs.kernel_version} ({g.deb_arch})")
-        pkg = f"{inputs.kernel_package}{g.apt_suffix}={inputs.kernel_version}"
+        say(f"downloading {package} {version} ({deb_arch})")
+        suffix = f":{deb_arch}" if deb_arch not in ("amd64", "all") else ""
+        pkg = f"{package}{suffix}={version}"
         run_logged(["sh", "-c", f'cd "{debs}" && apt-get download -q "{pkg}"'], log=log)
     if not deb.is_file():
         raise VmError(f"apt-get download did not produce {deb}")
     return deb
+
+
+def _download_kernel(inputs: ImageInputs, cache: Path, log: Path) -> Path:
+    g = guest(inputs.arch)
+    return _download_deb(inputs.kernel_package, inputs.kernel_version, g.deb_arch, cache, log)
+
+
+def _headers_package(kver: str) -> str:
+    return f"linux-headers-{kver}"
+
+
+def _merge_into_root(unpacked: Path, root: Path) -> None:
+    """Copy a `dpkg-deb -x` tree into a merged-/usr root: /lib, /bin, /sbin go under /usr
+    (copying them as they are would replace the root's directory symlinks)."""
+    for top in unpacked.iterdir():
+        dest = root / "usr" / top.name if top.name in ("lib", "bin", "sbin") else root / top.name
+        shutil.copytree(top, dest, symlinks=True, dirs_exist_ok=True)
+
+
+def _add_headers(inputs: ImageInputs, root: Path, work: Path, cache: Path, log: Path) -> None:
+    """The kernel's headers (BCC's build tree), unpacked on the host for a foreign guest.
+
+    Installing linux-headers-* with apt pulls gcc-12, binutils and linux-kbuild (BCC needs
+    none: it compiles with libclang), ~40 MB of packages whose unpacking and maintainer
+    scripts run under qemu-user; their files are what BCC reads, so they are laid out here.
+    """
+    g = guest(inputs.arch)
+    arch_pkg = _headers_package(inputs.kernel_release)
+    show = capture(["apt-cache", "show", f"{arch_pkg}{g.apt_suffix}={inputs.kernel_version}"])
+    common = sorted(set(re.findall(r"\b(linux-headers-[0-9][^\s,]*-common)\b", show)))
+    if len(common) != 1:
+        raise VmError(f"{arch_pkg} names no single -common headers package: {common}")
+    unpacked = work / "headers"
+    for name, deb_arch in ((arch_pkg, g.deb_arch), (common[0], "all")):
+        deb = _download_deb(name, inputs.kernel_version, deb_arch, cache, log)
+        run_logged(["dpkg-deb", "-x", str(deb), str(unpacked)], log=log)
+    _merge_into_root(unpacked, root)
 
 
 def _download_wheels(g: Guest, dest: Path, log: Path) -> None:
@@ -246,6 +285,21 @@ def _download_wheels(g: Guest, dest: Path, log: Path) -> None:
     run_logged([*argv, *reqs], log=log)
 
 
+# A foreign root's Python byte-code is compiled on the host, whose Debian python3 is the
+# guest's (3.11: the same .pyc magic), instead of by each package's postinst (py3compile)
+# under qemu-user; the diversion makes the postinsts skip it (`command -v py3compile`).
+PY3COMPILE = "/usr/bin/py3compile"
+PY3COMPILE_DIVERTED = "/usr/bin/py3compile.kuprobe"
+GUEST_PYTHON = "3.11"
+PYTHON_DIRS = ("usr/lib/python3/dist-packages", f"usr/lib/python{GUEST_PYTHON}",
+               f"usr/local/lib/python{GUEST_PYTHON}/dist-packages")  # fmt: skip
+# Installed by apt only where the maintainer scripts run natively: in a foreign root, the
+# builder installs the pip requirements from the host (pip --target) and lays out the
+# headers itself, so neither pip (with setuptools, wheel, ca-certificates ...) nor
+# linux-headers' gcc-12 and binutils are unpacked and configured under qemu-user.
+NATIVE_ONLY = ("python3-pip",)
+
+
 def _mmdebstrap(inputs: ImageInputs, root: Path, work: Path, log: Path) -> None:
     require_tool("mmdebstrap")
     g = guest(inputs.arch)
@@ -255,8 +309,25 @@ def _mmdebstrap(inputs: ImageInputs, root: Path, work: Path, log: Path) -> None:
             "(no /proc/sys/fs/binfmt_misc/qemu-aarch64): run `sh scripts/setup-vm.sh` as root"
         )
     packages = capture(["sh", str(PROVISION), "packages", inputs.kernel_release]).split()
+    if g.foreign:
+        drop = {_headers_package(inputs.kernel_release), *NATIVE_ONLY}
+        packages = [p for p in packages if p not in drop]
     sources = work / "guest.sources"
     sources.write_text(inputs.sources)
+    if g.foreign:
+        hooks = [
+            '--essential-hook=chroot "$1" dpkg-divert --quiet --local --rename '
+            f"--divert {PY3COMPILE_DIVERTED} --add {PY3COMPILE}",
+            '--customize-hook=chroot "$1" dpkg-divert --quiet --local --rename '
+            f"--divert {PY3COMPILE_DIVERTED} --remove {PY3COMPILE}",
+        ]
+    else:
+        hooks = [
+            f"--customize-hook=copy-in {PROVISION} {work / 'wheels'} /tmp",
+            '--customize-hook=chroot "$1" env KUPROBE_WHEELS=/tmp/wheels sh /tmp/provision.sh '
+            "configure",
+            '--customize-hook=rm -rf "$1"/tmp/wheels "$1"/tmp/provision.sh',
+        ]
     argv = [
         "mmdebstrap",
         f"--architectures={g.deb_arch}",
@@ -267,15 +338,43 @@ def _mmdebstrap(inputs: ImageInputs, root: Path, work: Path, log: Path) -> None:
         "--aptopt=Acquire::Check-Valid-Until false",
         "--aptopt=Acquire::Languages none",
         *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
-        f"--customize-hook=copy-in {PROVISION} {work / 'wheels'} /tmp",
-        '--customize-hook=chroot "$1" env KUPROBE_WHEELS=/tmp/wheels sh /tmp/provision.sh '
-        "configure",
-        '--customize-hook=rm -rf "$1"/tmp/wheels "$1"/tmp/provision.sh "$1"/var/cache/apt/*.bin',
+        # No fsync per unpacked file: a root that fails half-way is thrown away anyway.
+        "--dpkgopt=force-unsafe-io",
+        *hooks,
+        '--customize-hook=rm -rf "$1"/var/cache/apt/*.bin',
         inputs.suite,
         str(root),
         str(sources),
     ]
     run_logged(argv, log=log, show=lambda line: line.startswith("I: "))
+
+
+def _configure_foreign(g: Guest, root: Path, work: Path, log: Path) -> None:
+    """What ``provision.sh configure`` does in a native root, done from the host: the pip
+    requirements (the guest's wheels, pip --target), the mount points, the host name; then
+    the root's Python byte-code, compiled by the host's python3 (the guest's version)."""
+    reqs = capture(["sh", str(PROVISION), "pip-requirements"]).split()
+    site = root / PYTHON_DIRS[2]
+    argv = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile"]
+    argv += ["--find-links", str(work / "wheels"), "--target", str(site)]
+    argv += ["--only-binary=:all:", "--python-version", GUEST_PYTHON, "--implementation", "cp"]
+    for platform in g.wheel_platforms:  # the guest's wheels, not the host's
+        argv += ["--platform", platform]
+    run_logged([*argv, *reqs], log=log)
+    for d in ("sys/kernel/tracing", "sys/kernel/debug", "sys/fs/bpf"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "hostname").write_text("kuprobe-vm\n")
+    python = "/usr/bin/python3"
+    version = capture([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    if version.strip() != GUEST_PYTHON:
+        say(f"warning: {python} is {version.strip()}, the guest's is {GUEST_PYTHON}: "
+            "its byte-code is left to compile on import")  # fmt: skip
+        return
+    dirs = [str(root / d) for d in PYTHON_DIRS if (root / d).is_dir()]
+    # Exit status 1 means a file did not compile (test data in Python 2 syntax): as
+    # py3compile, go on; the log has the names.
+    argv = [python, "-m", "compileall", "-q", "-j", "0", "-s", str(root), "-p", "/", *dirs]
+    run_logged(["sh", "-c", '"$@" || [ $? = 1 ]', "compileall", *argv], log=log)
 
 
 def _add_kernel(g: Guest, deb: Path, root: Path, work: Path, kver: str, log: Path) -> str:
@@ -287,8 +386,7 @@ def _add_kernel(g: Guest, deb: Path, root: Path, work: Path, kver: str, log: Pat
     modules = unpacked / "lib" / "modules" / kver
     shutil.copytree(modules, root / "usr/lib/modules" / kver, symlinks=True, dirs_exist_ok=True)
     shutil.copytree(unpacked / "boot", root / "boot", symlinks=True, dirs_exist_ok=True)
-    # The host's depmod reads any arch's modules: no emulation needed for it.
-    run_logged([require_tool("depmod"), "-b", str(root / "usr"), kver], log=log)
+    run_logged(["chroot", str(root), "depmod", kver], log=log)  # qemu-user for arm64
     build = root / "usr/lib/modules" / kver / "build"
     if not build.is_symlink() and not build.exists():
         raise VmError(f"linux-headers-{kver} did not make /lib/modules/{kver}/build")
@@ -339,6 +437,10 @@ def _build(inputs: ImageInputs, cache: Path) -> Image:
         say(f"[{clock}] mmdebstrap: the {g.arch} guest root{emulated}")
         root = work / "root"
         _mmdebstrap(inputs, root, work, log)
+        if g.foreign:
+            say(f"[{clock}] kernel headers, pip requirements, byte-code (on the host)")
+            _add_headers(inputs, root, work, cache, log)
+            _configure_foreign(g, root, work, log)
         say(f"[{clock}] kernel modules, vmlinux, initramfs")
         kernel_name = _add_kernel(g, deb, root, work, inputs.kernel_release, log)
         modules = _initramfs.build_initramfs(
