@@ -10,6 +10,7 @@
 #                     builds it (qemu-aarch64 through binfmt_misc)
 #   mmdebstrap        builds the guests' Debian root file systems from the registry
 #   e2fsprogs         mke2fs -d: the read-only ext4 root images
+#   kmod              depmod -b: the guest kernel's module index, made natively
 #   xz-utils, zstd    unpack the kernel image (vmlinuz -> vmlinux) whatever its compression
 #
 # It also adds arm64 as a foreign dpkg architecture (apt lists only: nothing arm64 is
@@ -28,7 +29,7 @@ fi
 
 need=""
 for pkg in qemu-system-x86 qemu-system-arm qemu-user-static binfmt-support arch-test \
-    mmdebstrap e2fsprogs xz-utils zstd debian-archive-keyring; do
+    mmdebstrap e2fsprogs kmod xz-utils zstd debian-archive-keyring; do
     if ! dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         need="$need $pkg"
     fi

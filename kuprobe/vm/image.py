@@ -386,7 +386,13 @@ def _add_kernel(g: Guest, deb: Path, root: Path, work: Path, kver: str, log: Pat
     modules = unpacked / "lib" / "modules" / kver
     shutil.copytree(modules, root / "usr/lib/modules" / kver, symlinks=True, dirs_exist_ok=True)
     shutil.copytree(unpacked / "boot", root / "boot", symlinks=True, dirs_exist_ok=True)
-    run_logged(["chroot", str(root), "depmod", kver], log=log)  # qemu-user for arm64
+    # The host's depmod (kmod, scripts/setup-vm.sh) reads any arch's modules natively; the
+    # root's own runs under qemu-user for a foreign guest (~30 s).
+    host_depmod = shutil.which("depmod") or shutil.which("depmod", path="/usr/sbin:/sbin")
+    if host_depmod:
+        run_logged([host_depmod, "-b", str(root / "usr"), kver], log=log)
+    else:
+        run_logged(["chroot", str(root), "depmod", kver], log=log)
     build = root / "usr/lib/modules" / kver / "build"
     if not build.is_symlink() and not build.exists():
         raise VmError(f"linux-headers-{kver} did not make /lib/modules/{kver}/build")

@@ -176,10 +176,11 @@ def kernel_function_bytes(
 ) -> Callable[[str], tuple[int, bytes]]:
     """name -> (address, the function's bytes as the kernel image file has them)."""
     if guest_arch == "arm64":
-        # arch/arm64/kernel/head.S: the Image is the kernel from _text on (nokaslr: the
-        # addresses in kallsyms are the link-time ones).
+        # arch/arm64/kernel/head.S, vmlinux.lds.S: the Image is the kernel from its first
+        # byte (_text, KIMAGE_VADDR; kallsyms may not name it, but nothing lies below it) on,
+        # and with nokaslr the addresses in kallsyms are the link-time ones.
         image_bytes = vmlinux.read_bytes()
-        text = kallsyms.address("_text")
+        text = kallsyms.by_name["_text"][0] if "_text" in kallsyms.by_name else kallsyms.addrs[0]
 
         def read_raw(name: str) -> tuple[int, bytes]:
             addr = kallsyms.address(name)
