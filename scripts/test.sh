@@ -61,7 +61,36 @@ if not ok:
     print(f"    (live tests cannot run here: {why})")
 PY
 
+# A VM suite in which every test was skipped, or none ran, fails the run: the guest exists to
+# run them. (status 0 from pytest with only skips would otherwise pass silently.)
+vm_ran() { # vm_ran JUNIT LABEL
+	$py - "$1" "$2" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+
+path, label = sys.argv[1], sys.argv[2]
+try:
+    root = ET.parse(path).getroot()
+except (OSError, ET.ParseError) as e:
+    sys.exit(f"error: {label}: no JUnit XML from the guest ({e})")
+cases = list(root.iter("testcase"))
+skipped = [c for c in cases if c.find("skipped") is not None]
+print(f"    {label}: {len(cases)} tests, {len(skipped)} skipped")
+if not cases:
+    sys.exit(f"error: {label}: no test ran")
+if len(skipped) == len(cases):
+    why = skipped[0].find("skipped")
+    reason = why.get("message", "") if why is not None else ""
+    sys.exit(f"error: {label}: every test was skipped ({reason})")
+PY
+}
+
 if [ $vm_here = 0 ]; then
-	step "pytest -m vm (in the qemu VM: this kernel has no kprobes)"
-	.venv/bin/kuprobe vm test
+	for arch in x86_64 arm64; do
+		step "pytest -m vm in the $arch qemu VM (this kernel has no kprobes)"
+		junit_vm="$top/build/vm/junit-$arch.xml"
+		rm -f "$junit_vm"
+		.venv/bin/kuprobe vm test --arch "$arch" --junitxml "$junit_vm"
+		vm_ran "$junit_vm" "$arch guest"
+	done
 fi

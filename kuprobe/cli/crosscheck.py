@@ -35,7 +35,7 @@ examples:
 
 scenarios: {", ".join(SCENARIOS)}
 
-The target is tests/targets/build/ARCH/target (built by tests/targets/build.sh if missing).
+The target is the bundled kuprobe/targets/target.c, built for ARCH on first use.
 Live probes need root: BPF and uprobes. Exit status: 0 all agree, 1 a disagreement (or a side
 could not run), 2 bad arguments.
 """

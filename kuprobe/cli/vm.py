@@ -10,10 +10,11 @@ from typing import Any
 
 from kuprobe.vm._host import VmError, say
 from kuprobe.vm.boot import run_in_guest
+from kuprobe.vm.guests import DEFAULT_ARCH, GUESTS
 from kuprobe.vm.image import PROJECT_ROOT, cache_dir, ensure_image
 
 DEFAULT_TIMEOUT = 600
-DEFAULT_JUNIT = PROJECT_ROOT / "build" / "vm" / "junit.xml"
+DEFAULT_JUNIT = PROJECT_ROOT / "build" / "vm" / "junit.xml"  # junit-arm64.xml for arm64
 DEFAULT_TESTS = ("tests/vm",)
 
 
@@ -31,6 +32,7 @@ def add_parser(subparsers: Any) -> None:
 
     build = sub.add_parser("build", help="build the guest image (nothing to do when cached)")
     build.add_argument("--rebuild", action="store_true", help="build even if cached")
+    _arch_option(build)
     build.set_defaults(func=_build)
 
     test = sub.add_parser(
@@ -43,8 +45,9 @@ def add_parser(subparsers: Any) -> None:
     test.add_argument(
         "--junitxml",
         type=Path,
-        default=DEFAULT_JUNIT,
-        help="where the JUnit XML results go (default: %(default)s)",
+        default=None,
+        help=f"where the JUnit XML results go (default: {DEFAULT_JUNIT}, "
+        "junit-ARCH.xml for another arch)",
     )
     test.add_argument(
         "pytest_args",
@@ -73,7 +76,17 @@ def add_parser(subparsers: Any) -> None:
     run.set_defaults(func=_run)
 
 
+def _arch_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--arch",
+        choices=sorted(GUESTS),
+        default=DEFAULT_ARCH,
+        help="the guest's architecture (default: %(default)s)",
+    )
+
+
 def _boot_options(parser: argparse.ArgumentParser) -> None:
+    _arch_option(parser)
     parser.add_argument(
         "--timeout",
         type=float,
@@ -97,7 +110,7 @@ def _guarded(body: Any) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     def body() -> int:
-        image = ensure_image(rebuild=args.rebuild)
+        image = ensure_image(rebuild=args.rebuild, arch=args.arch)
         print(image.path)
         return 0
 
@@ -111,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     def body() -> int:
-        image = ensure_image()
+        image = ensure_image(arch=args.arch)
         result = run_in_guest(
             image, command, shares=args.share, timeout=args.timeout, verbose=args.verbose
         )
@@ -140,8 +153,10 @@ def _test(args: argparse.Namespace) -> int:
     ]  # fmt: skip
 
     def body() -> int:
-        image = ensure_image()
-        junit: Path = args.junitxml.resolve()
+        image = ensure_image(arch=args.arch)
+        default = DEFAULT_JUNIT.with_name(f"junit-{args.arch}.xml")
+        junit: Path = args.junitxml or (DEFAULT_JUNIT if args.arch == DEFAULT_ARCH else default)
+        junit = junit.resolve()
         result = run_in_guest(
             image,
             command,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from kuprobe.arch import host_arch, host_machine
 from kuprobe.live import perf
 from kuprobe.live._bcc import kernel_build_tree
+from kuprobe.live.events import LIVE_HOSTS
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,17 @@ def checks() -> list[Check]:
             "run with sudo: live probes need CAP_BPF and CAP_PERFMON",
         ),
     ]
+    machine, host = host_machine(), host_arch()
+    arch_ok = host in LIVE_HOSTS
+    out.append(
+        Check(
+            "arch",
+            arch_ok,
+            f"{machine} (pt_regs of {host.name})" if host is not None and arch_ok else machine,
+            f"the live backend runs on {' and '.join(a.name for a in LIVE_HOSTS)} kernels; "
+            "use the model (kuprobe.model.Machine) elsewhere",
+        )
+    )
     bpf_ok = root and perf.bpf_map_works(perf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
     out.append(
         Check(
@@ -105,7 +118,15 @@ def checks() -> list[Check]:
 
 def live_uprobes_possible() -> tuple[bool, str]:
     """Whether live uprobe tests can run here; if not, which capability is missing."""
-    needed = {"root", "BPF", "BPF ring buffer", "uprobes", "BCC importable", "kernel headers"}
+    needed = {
+        "arch",
+        "root",
+        "BPF",
+        "BPF ring buffer",
+        "uprobes",
+        "BCC importable",
+        "kernel headers",
+    }
     missing = [c for c in checks() if c.name in needed and not c.ok]
     if missing:
         return False, "; ".join(f"{c.name}: {c.detail}" for c in missing)

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from kuprobe.arch import I386, X86_64, ArchInfo, host_arch, host_machine
+from kuprobe.arch import ARM64, I386, X86_64, ArchInfo, host_arch, host_machine
 from kuprobe.errors import ProbeError
 from kuprobe.regs import STACK_WORDS, PtRegs, regs_class
 
@@ -25,8 +25,11 @@ KUPROBE_CFG_OFF = 0x10
 KUPROBE_EV_RET = 0x1
 KUPROBE_EV_NOSTACK = 0x2
 
-# The host kernels whose struct pt_regs the event carries (kuprobe_event.h: KUPROBE_NREGS).
-LIVE_HOSTS: tuple[ArchInfo, ...] = (X86_64,)
+# The host kernels whose struct pt_regs the event carries (kuprobe_event.h: KUPROBE_NREGS):
+# x86_64's whole frame (arch/x86/include/asm/ptrace.h); on arm64 its head, struct
+# user_pt_regs { regs[31], sp, pc, pstate } (arch/arm64/include/asm/ptrace.h: struct pt_regs
+# begins with it, and a BPF kprobe program's ctx is bpf_user_pt_regs_t = struct user_pt_regs).
+LIVE_HOSTS: tuple[ArchInfo, ...] = (X86_64, ARM64)
 
 
 def live_host() -> ArchInfo:
@@ -48,6 +51,12 @@ def host_nregs() -> int:
     return len(live_host().regs.fields)
 
 
+# The layout the event has on this host; elsewhere x86_64's (live_host() refuses such a host
+# before a pool is made).
+_HOST = host_arch()
+NREGS = len((_HOST if _HOST in LIVE_HOSTS else X86_64).regs.fields)
+
+
 # (name, struct format) in the header's order; offsets follow from natural alignment.
 EVENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("slot", "I"),
@@ -56,7 +65,7 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("func_ip", "Q"),
     ("pid_tgid", "Q"),
     ("comm", "16s"),
-    ("regs", f"{len(X86_64.regs.fields)}Q"),
+    ("regs", f"{NREGS}Q"),
     ("stack", f"{KUPROBE_STACK_BYTES}s"),
 )
 EVENT_FORMAT = "<" + "".join(fmt for _n, fmt in EVENT_FIELDS)
@@ -72,10 +81,11 @@ RECORD = struct.Struct(
     f"<II{HEAD.format[1:]}{TASK.format[1:]}{RECORD_STRIDE - RINGBUF_HDR - HEAD.size - TASK.size}x"
 )
 REGS_OFFSET = TASK_OFFSET + TASK.size
-STACK_OFFSET = REGS_OFFSET + 8 * len(X86_64.regs.fields)
+STACK_OFFSET = REGS_OFFSET + 8 * NREGS
 assert STACK_OFFSET + KUPROBE_STACK_BYTES == EVENT_SIZE
 
 _X86_64_REGS = struct.Struct(f"<{len(X86_64.regs.fields)}Q")
+_ARM64_REGS = struct.Struct(f"<{len(ARM64.regs.fields)}Q")
 _STACK64 = struct.Struct(f"<{STACK_WORDS}Q")
 _STACK32 = struct.Struct(f"<{STACK_WORDS}I")
 _M32 = 0xFFFFFFFF
@@ -104,7 +114,17 @@ def _decode_i386(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
     return vals, _STACK32.unpack_from(buf, off + STACK_OFFSET)
 
 
-DECODERS: dict[str, Decoder] = {X86_64.name: _decode_x86_64, I386.name: _decode_i386}
+def _decode_arm64(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
+    """An arm64 task on an arm64 kernel: struct user_pt_regs as it is."""
+    vals = list(_ARM64_REGS.unpack_from(buf, off + REGS_OFFSET))
+    return vals, _STACK64.unpack_from(buf, off + STACK_OFFSET)
+
+
+DECODERS: dict[str, Decoder] = {
+    X86_64.name: _decode_x86_64,
+    I386.name: _decode_i386,
+    ARM64.name: _decode_arm64,
+}
 
 
 def live_regs_parts(arch: str) -> tuple[type[PtRegs], Decoder]:

@@ -84,5 +84,8 @@ class Stopwatch:
     def __init__(self) -> None:
         self.start = time.monotonic()
 
+    def seconds(self) -> float:
+        return time.monotonic() - self.start
+
     def __str__(self) -> str:
-        return f"{time.monotonic() - self.start:.1f} s"
+        return f"{self.seconds():.1f} s"

@@ -55,3 +55,20 @@ def extract_vmlinux(bzimage: Path, out: Path) -> None:
                 return
             start = data.find(magic, start + 1)
     raise VmError(f"no compressed ELF kernel found in {bzimage}")
+
+
+# arch/arm64/include/asm/image.h: the Image header's magic at offset 56, "ARM\x64".
+ARM64_IMAGE_MAGIC = b"ARM\x64"
+ARM64_MAGIC_OFFSET = 56
+
+
+def unpack_arm64_image(vmlinuz: Path, out: Path) -> None:
+    """Write the arm64 Image in `vmlinuz` (as is, or gunzipped: Debian has shipped both) to
+    `out`; qemu boots it directly and it holds the kernel's bytes from _text on."""
+    data = vmlinuz.read_bytes()
+    if data.startswith(b"\x1f\x8b\x08"):
+        data = _gzip(data)
+    magic = data[ARM64_MAGIC_OFFSET : ARM64_MAGIC_OFFSET + 4]
+    if magic != ARM64_IMAGE_MAGIC:
+        raise VmError(f"{vmlinuz} is not an arm64 Image (magic {magic!r})")
+    out.write_bytes(data)

@@ -1,4 +1,6 @@
-"""One boot of the guest: qemu TCG, no network device, a `timeout` around it, shares over 9p.
+"""One boot of a guest: qemu TCG, no network device, a `timeout` around it, shares over 9p.
+
+The qemu binary, machine and serial console are the image's arch's (``guests.GUESTS``).
 
 The host writes a per-boot job directory (shared as ``/run/kuprobe``) holding the stage-2
 script; the initramfs hands over to it. It mounts tracefs, debugfs and bpffs, mounts every
@@ -25,10 +27,7 @@ from kuprobe.vm.image import PROJECT_ROOT, Image
 
 MARKER = "@@kuprobe-vm: command starts"
 END_MARKER = "@@kuprobe-vm: command ended"
-QEMU = "qemu-system-x86_64"
-# The measured route (DESIGN.md): TCG (no KVM here), -cpu max, 2 vCPUs.
-MACHINE_ARGS = ("-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048")
-KERNEL_CMDLINE = "console=ttyS0 quiet loglevel=1 nokaslr panic=-1 rdinit=/init"
+KERNEL_CMDLINE = "console={console} quiet loglevel=1 nokaslr panic=-1 rdinit=/init"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_TIMEOUT = 124  # as timeout(1)
 EXIT_NO_STATUS = 125  # the guest never reported the command's status
@@ -91,12 +90,13 @@ def stage2_script(
 
 def qemu_argv(image: Image, job: Path, shares: Sequence[Path], timeout: float) -> list[str]:
     """`timeout` + qemu: the image's kernel, initramfs and read-only root, no network."""
+    g = image.guest
     argv = [
         require_tool("timeout"), "--kill-after=10", f"{int(timeout)}",
-        require_tool(QEMU), "-nodefaults", "-no-user-config", *MACHINE_ARGS,
+        require_tool(g.qemu), "-nodefaults", "-no-user-config", *g.machine_args,
         "-display", "none", "-serial", "stdio", "-nic", "none", "-no-reboot",
-        "-kernel", str(image.vmlinux), "-initrd", str(image.initrd),
-        "-append", KERNEL_CMDLINE,
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+        "-append", KERNEL_CMDLINE.format(console=g.console),
         "-drive", f"file={image.root},if=virtio,format=raw,readonly=on",
         "-virtfs", f"local,path={job},mount_tag={JOB_TAG},security_model=none",
     ]  # fmt: skip
@@ -151,7 +151,7 @@ def run_in_guest(
         )
         (job / "stage2.sh").write_text(script)
         argv = qemu_argv(image, job, all_shares, timeout)
-        return _boot(argv, job, timeout, outputs or {}, echo=echo, verbose=verbose)
+        return _boot(argv, job, timeout, outputs or {}, echo=echo, verbose=verbose, arch=image.arch)
     finally:
         shutil.rmtree(job, ignore_errors=True)
 
@@ -164,9 +164,11 @@ def _boot(
     *,
     echo: bool,
     verbose: bool,
+    arch: str,
 ) -> RunResult:
     clock = Stopwatch()
-    say(f"booting the guest (qemu TCG, timeout {int(timeout)} s)")
+    qemu = Path(argv[3]).name
+    say(f"booting the {arch} guest (qemu TCG, timeout {int(timeout)} s)")
     if verbose:
         say("qemu: " + shlex.join(argv))
     boot_lines: list[str] = []
@@ -183,7 +185,7 @@ def _boot(
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "")
-        if ended or line.startswith(f"{QEMU}: terminating on signal"):
+        if ended or line.startswith(f"{qemu}: terminating on signal"):
             boot_lines.append(line)
         elif started and line.startswith(END_MARKER):
             ended = True

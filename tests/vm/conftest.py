@@ -1,5 +1,10 @@
-"""Fixtures of the VM tests: they run where kprobes exist (`kuprobe vm test`, or a Vagrant box).
+"""Fixtures of the VM tests: they run where kprobes exist (`kuprobe vm test [--arch arm64]`,
+or a Vagrant box).
 
+One test body serves every guest: the running kernel's arch is a parameter (`guest_arch`),
+and what differs per arch (syscall wrapper names, the errno of an offset off an instruction,
+where the kernel's bytes come from) is in `GUEST_FACTS`. A test that applies to some arches
+only is marked ``@pytest.mark.arches("x86_64")`` and is deselected elsewhere (not skipped).
 Elsewhere every test here skips, saying which capability is missing.
 """
 
@@ -15,9 +20,85 @@ from pathlib import Path
 
 import pytest
 
+from kuprobe.arch import host_arch
+from kuprobe.live.events import LIVE_HOSTS
+
 TRACEFS = Path("/sys/kernel/tracing")
 KPROBES_DEBUGFS = Path("/sys/kernel/debug/kprobes")
 ORACLE_GROUP = "kuprobe_oracle"
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """What the VM tests need to know of one guest arch."""
+
+    # The syscall entry wrapper of SYSCALL_DEFINE (arch/x86/include/asm/syscall_wrapper.h,
+    # arch/arm64/include/asm/syscall_wrapper.h): __x64_sys_getpgid, __arm64_sys_getpgid.
+    syscall_prefix: str
+    # The errno of a kprobe whose offset falls inside an instruction: x86 decodes the
+    # function (arch/x86/kernel/kprobes/core.c: can_probe() -> -EILSEQ); arm64 instructions
+    # are 4 bytes and arch_prepare_kprobe() refuses a misaligned address with -EINVAL
+    # (arch/arm64/kernel/probes/kprobes.c).
+    inside_insn_errno: int
+    # Bytes of a kprobe's entry the kernel treats on its own (x86: the ftrace nop5; arm64:
+    # the patchable-function-entry nops ftrace uses, with BTI a `bti c` before them).
+    entry_bytes: int
+
+
+GUEST_FACTS = {
+    "x86_64": GuestFacts("__x64_sys_", errno.EILSEQ, 5),
+    "arm64": GuestFacts("__arm64_sys_", errno.EINVAL, 12),
+}
+_HOST = host_arch()
+GUEST_ARCH = _HOST.name if _HOST is not None and _HOST in LIVE_HOSTS else ""
+
+
+def syscall_symbol(name: str) -> str:
+    """The running kernel's entry wrapper of syscall `name` (e.g. getpgid)."""
+    return GUEST_FACTS[GUEST_ARCH or "x86_64"].syscall_prefix + name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "arches(*names): the VM test applies to these guest arches only"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests that do not apply to this guest's arch (a skip would read as a
+    missing capability)."""
+    if not GUEST_ARCH:
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("arches")
+        applies = marker is None or GUEST_ARCH in marker.args
+        (keep if applies else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def guest_arch() -> str:
+    """The running kernel's arch, in kuprobe's names (x86_64, arm64)."""
+    return GUEST_ARCH
+
+
+@pytest.fixture(scope="session")
+def guest_facts(guest_arch: str) -> GuestFacts:
+    return GUEST_FACTS[guest_arch]
+
+
+@pytest.fixture(scope="session")
+def targets(guest_arch: str) -> Path:
+    """tests/targets/build/<arch>/ of this guest (built on the host by tests/targets/build.sh,
+    shared over 9p)."""
+    path = PROJECT / "tests" / "targets" / "build" / guest_arch
+    assert (path / "target-static").is_file(), f"{path}/target-static: run tests/targets/build.sh"
+    return path
 
 
 def _missing() -> str | None:
@@ -81,9 +162,11 @@ def kallsyms() -> KernelSymbols:
 
 
 @pytest.fixture(scope="session")
-def vmlinux() -> Path:
-    """The guest's uncompressed kernel image (the VM's builder puts it in /boot)."""
-    path = Path(f"/boot/vmlinux-{os.uname().release}")
+def vmlinux(guest_arch: str) -> Path:
+    """The guest's uncompressed kernel image (the VM's builder puts it in /boot): the ELF
+    vmlinux on x86_64, the raw Image (bytes from _text on) on arm64."""
+    name = "vmlinux" if guest_arch == "x86_64" else "Image"
+    path = Path(f"/boot/{name}-{os.uname().release}")
     if not path.is_file():
         pytest.skip(f"no {path}: the kernel's real bytes are not available here")
     return path
@@ -91,9 +174,22 @@ def vmlinux() -> Path:
 
 @pytest.fixture(scope="session")
 def kernel_function_bytes(
-    vmlinux: Path, kallsyms: KernelSymbols
+    vmlinux: Path, kallsyms: KernelSymbols, guest_arch: str
 ) -> Callable[[str], tuple[int, bytes]]:
-    """name -> (address, the function's bytes as the vmlinux image has them)."""
+    """name -> (address, the function's bytes as the kernel image file has them)."""
+    if guest_arch == "arm64":
+        # arch/arm64/kernel/head.S, vmlinux.lds.S: the Image is the kernel from its first
+        # byte (_text, KIMAGE_VADDR; kallsyms may not name it, but nothing lies below it) on,
+        # and with nokaslr the addresses in kallsyms are the link-time ones.
+        image_bytes = vmlinux.read_bytes()
+        text = kallsyms.by_name["_text"][0] if "_text" in kallsyms.by_name else kallsyms.addrs[0]
+
+        def read_raw(name: str) -> tuple[int, bytes]:
+            addr = kallsyms.address(name)
+            return addr, image_bytes[addr - text : addr - text + kallsyms.size(name)]
+
+        return read_raw
+
     from kuprobe.elf import ElfImage
 
     image = ElfImage(str(vmlinux))

@@ -28,13 +28,15 @@ from kuprobe import (
 )
 from kuprobe.insn import boundaries
 
+from .conftest import GuestFacts, syscall_symbol
+
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("no_leftovers")]
 
 N = 25
 AT_FDCWD = -100
 OPEN = "do_sys_openat2"  # fs/open.c: (int dfd, const char __user *filename, struct open_how *)
 # kernel/sys.c: getpgid(2); nothing else in the idle guest calls it, so counts are exact.
-GETPGID = "__x64_sys_getpgid"
+GETPGID = syscall_symbol("getpgid")
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -149,18 +151,25 @@ def test_disable_and_enable() -> None:
     assert len(seen) == 8
 
 
-def test_offset_inside_an_instruction_is_eilseq(
+def test_offset_inside_an_instruction_is_refused(
     kernel_function_bytes: Callable[[str], tuple[int, bytes]],
+    guest_arch: str,
+    guest_facts: GuestFacts,
+    kernel_errno: Callable[[str], int],
 ) -> None:
-    """Decoded from the function's start (as the kernel's can_probe() does): an instruction's
-    first byte registers, a byte inside it is refused with EILSEQ."""
+    """Decoded from the function's start: an instruction's first byte registers, a byte
+    inside it is refused — EILSEQ on x86_64 (can_probe() decodes the function), EINVAL on
+    arm64 (a misaligned address) — and with the errno a tracefs kprobe there gets."""
     _addr, code = kernel_function_bytes(OPEN)
-    # Past the ftrace call site at the entry (a nop5 the kernel treats on its own).
-    start, _size = next((o, n) for o, n in boundaries("x86_64", code) if o >= 5 and n > 1)
+    # Past the ftrace site at the entry (which the kernel treats on its own).
+    start, _size = next(
+        (o, n) for o, n in boundaries(guest_arch, code) if o >= guest_facts.entry_bytes and n > 1
+    )
     inside = Kprobe(symbol_name=OPEN, offset=start + 1)
     with pytest.raises(ProbeError) as info:
         register_kprobe(inside)
-    assert info.value.errno == errno.EILSEQ, info.value
+    assert info.value.errno == guest_facts.inside_insn_errno, info.value
+    assert kernel_errno(f"{OPEN}+{start + 1}") == guest_facts.inside_insn_errno
     assert not inside.registered
     at = Kprobe(symbol_name=OPEN, offset=start)
     register_kprobe(at)

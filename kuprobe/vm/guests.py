@@ -1,0 +1,81 @@
+"""The guests the VM runner builds and boots, one record per architecture.
+
+Everything that differs between the x86_64 and the arm64 guest is in `GUESTS`; the builder
+(`image`) and the booter (`boot`) read it and name no arch themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_ARCH = "x86_64"
+
+
+@dataclass(frozen=True)
+class Guest:
+    """What one guest architecture needs, from the registry to the qemu command line."""
+
+    arch: str  # kuprobe's name (uname -m of the guest may differ: aarch64)
+    deb_arch: str  # Debian's: amd64, arm64
+    kernel_meta: str  # the metapackage naming the current kernel ABI
+    qemu: str
+    machine_args: tuple[str, ...]
+    console: str  # the serial console device, for the kernel command line
+    wheel_platforms: tuple[str, ...]  # pip --platform tags of the guest's wheels
+    # How the kernel file qemu boots is made from /boot/vmlinuz-*: "vmlinux" unpacks the
+    # ELF vmlinux from a bzImage (PVH entry, ~1 s under TCG instead of ~10 s of the kernel's
+    # own decompressor); "image" is the arm64 Image (already uncompressed, or gzip).
+    kernel_form: str
+    uname_machine: str
+
+    @property
+    def foreign(self) -> bool:
+        """Maintainer scripts of its root run on an x86_64 host only through qemu-user."""
+        return self.deb_arch != "amd64"
+
+    @property
+    def apt_suffix(self) -> str:
+        """`:arm64` for apt on an amd64 host where the package is foreign, else ''."""
+        return f":{self.deb_arch}" if self.foreign else ""
+
+
+GUESTS: dict[str, Guest] = {
+    "x86_64": Guest(
+        arch="x86_64",
+        deb_arch="amd64",
+        kernel_meta="linux-image-amd64",
+        qemu="qemu-system-x86_64",
+        # The measured route (DESIGN.md): TCG (no KVM here), -cpu max, 2 vCPUs.
+        machine_args=("-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"),
+        console="ttyS0",
+        wheel_platforms=("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux1_x86_64"),
+        kernel_form="vmlinux",
+        uname_machine="x86_64",
+    ),
+    "arm64": Guest(
+        arch="arm64",
+        deb_arch="arm64",
+        kernel_meta="linux-image-arm64",
+        qemu="qemu-system-aarch64",
+        # Measured: pointer authentication with qemu's own (impdef) algorithm is ~3x faster
+        # under TCG than the architected QARMA of plain `-cpu max`.
+        machine_args=(
+            *("-M", "virt", "-accel", "tcg", "-cpu", "max,pauth-impdef=on"),
+            *("-smp", "2", "-m", "2048"),
+        ),
+        console="ttyAMA0",
+        wheel_platforms=("manylinux2014_aarch64", "manylinux_2_17_aarch64"),
+        kernel_form="image",
+        uname_machine="aarch64",
+    ),
+}
+
+
+def guest(arch: str | None) -> Guest:
+    """The record for `arch` (x86_64 when None); aarch64 is accepted for arm64."""
+    name = DEFAULT_ARCH if arch is None else ("arm64" if arch == "aarch64" else arch)
+    try:
+        return GUESTS[name]
+    except KeyError:
+        known = ", ".join(GUESTS)
+        raise ValueError(f"no VM guest for arch {arch!r} (known: {known})") from None
