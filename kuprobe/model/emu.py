@@ -218,16 +218,6 @@ class Emu:
                 perms |= uc_bit
         self.uc.mem_map(addr, size, perms)
 
-    def unmap(self, addr: int, size: int) -> None:
-        self.uc.mem_unmap(addr, size)
-
-    def regions(self) -> list[tuple[int, int]]:
-        """Mapped [start, end) ranges."""
-        return [(b, e + 1) for b, e, _p in self.uc.mem_regions()]
-
-    def is_mapped(self, addr: int) -> bool:
-        return any(b <= addr < e for b, e in self.regions())
-
     def read(self, addr: int, size: int) -> bytes:
         try:
             return bytes(self.uc.mem_read(addr, size))

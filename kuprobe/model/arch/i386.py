@@ -1,4 +1,5 @@
-"""i386: cdecl calls, 32-bit pt_regs (bx … ss); the seed-000 path (int3, TF/IF in eflags)."""
+"""i386: cdecl calls, 32-bit pt_regs (bx … ss); the path of the patch "Kprobes- robust fault
+handling for i386" (int3, TF/IF in eflags)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ class ProcessSignalled(ModelError):
 
 
 class HandlerAbandoned(BaseException):
-    """Seed 000: a handler faulted and its fault_handler did not fix it: unwind the handler."""
+    """A handler faulted and its fault_handler did not fix it: unwind the handler (the patch
+    "Kprobes- robust fault handling for i386")."""
 
 
 class Restart(BaseException):

@@ -2,9 +2,11 @@
 
 Mirrors kernel/kprobes.c (register_kprobe, register_aggr_kprobe, aggr_pre_handler,
 aggr_post_handler, kprobes_inc_nmissed_count, enable/disable_kprobe) and the arch-independent
-part of the x86 trap flow (arch/x86/kernel/kprobes/core.c: kprobe_int3_handler,
-reenter_kprobe, kprobe_debug_handler, kprobe_fault_handler) with the fault rules of seed 000.
-Everything arch-specific goes through the arch hooks.
+part of the arch trap flows (arch/x86/kernel/kprobes/core.c: kprobe_int3_handler,
+reenter_kprobe, kprobe_debug_handler, kprobe_fault_handler; arch/arm64/kernel/probes/
+kprobes.c: kprobe_handler, setup_singlestep with arch_simulate_insn, post_kprobe_handler),
+with the fault rules of the patch "Kprobes- robust fault handling for i386". Everything
+arch-specific goes through the arch hooks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from kuprobe.regs import PtRegs
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# include/linux/kprobes.h: kprobe_ctlblk.kprobe_status (HIT_FAULT: seed 000)
+# include/linux/kprobes.h: kprobe_ctlblk.kprobe_status (HIT_FAULT: the i386 fault-handling patch)
 KPROBE_HIT_ACTIVE = 0x01
 KPROBE_HIT_SS = 0x02
 KPROBE_REENTER = 0x04
@@ -78,7 +80,8 @@ class KprobeCtlblk:
     old_flags: int = 0
     saved_flags: int = 0
     prev: PrevKprobe = field(default_factory=PrevKprobe)
-    # seed 000: the regs of the handler in flight, and which child's handler runs
+    # the i386 fault-handling patch: the regs of the handler in flight, and which child's
+    # handler runs
     handler_regs: PtRegs | None = None
     instance: Kprobe | None = None
 
@@ -100,8 +103,9 @@ class KprobeTable:
 
     # --- registration (kernel/kprobes.c) -------------------------------------------------
 
-    def resolve(self, p: Any) -> int:
-        """_kprobe_addr() + check_kprobe_address_safe() + can_probe(): the checked address."""
+    def resolve(self, p: Any) -> tuple[int, int]:
+        """_kprobe_addr() + check_kprobe_address_safe() + can_probe(): the checked address,
+        and the start of its function."""
         m = self.m
         if (p.symbol_name is None) == (p.addr is None):
             raise ProbeError(
@@ -131,12 +135,12 @@ class KprobeTable:
         code = m.read(start, max(func.size, addr - start + 1))
         if not m.hooks.can_probe(code, addr - start):
             raise ProbeError(
-                errno.EILSEQ,
+                m.hooks.BOUNDARY_ERRNO,
                 f"{func.name}+{addr - start:#x} is not an instruction boundary",
                 probe=p,
                 hint="use an offset where an instruction starts (objdump -d)",
             )
-        return addr
+        return addr, start
 
     def is_kernel_text(self, addr: int) -> bool:
         addr -= self.m.load_bias
@@ -147,7 +151,7 @@ class KprobeTable:
     def register(self, p: Kprobe, internal: Any = None) -> ProbePoint:
         if p._owner is not None:
             raise ProbeError(errno.EINVAL, "this kprobe is already registered", probe=p)
-        addr = self.resolve(p)
+        addr, start = self.resolve(p)
         point = self.points.get(addr)
         if point is not None:  # register_aggr_kprobe(): a kretprobe's entry probe too
             point.probes.append(p)
@@ -155,11 +159,13 @@ class KprobeTable:
             slot = self._get_insn_slot()
             code = self.m.read(addr, self.m.hooks.MAX_INSN_SIZE)
             try:
-                ainsn = self.m.hooks.arch_prepare_kprobe(addr, code, slot)
+                before = self.m.read(start, addr - start) if addr > start else b""
+                ainsn = self.m.hooks.arch_prepare_kprobe(addr, code, slot, before)
             except ProbeError:
                 self._free_slots.append(slot)
                 raise
-            self.m.write(slot, ainsn.slot)
+            if ainsn.slot:
+                self.m.write(slot, ainsn.slot)
             point = ProbePoint(addr=addr, ainsn=ainsn, slot=slot, probes=[p])
             self.points[addr] = point
         self.addr_of[p] = addr
@@ -263,8 +269,15 @@ class KprobeTable:
             self._save_previous()
             self._set_current(point, regs)
             self.kcb.status = KPROBE_REENTER
-        elif self.kcb.status != KPROBE_HIT_FAULT:  # seed 000: HIT_FAULT stays for the step
+        elif self.kcb.status != KPROBE_HIT_FAULT:  # HIT_FAULT stays for the step
             self.kcb.status = KPROBE_HIT_SS
+        if point.ainsn.simulate:
+            # arm64 setup_singlestep() -> arch_simulate_insn(): no step, post-processed at once
+            self.m.hooks.arch_simulate_insn(self.m, regs, point.addr, point.ainsn)
+            if self.m.trace_enabled:
+                self.m.record("simulate", point.addr, self.status_name())
+            self.post_kprobe_handler(point, regs)
+            return
         self.m.hooks.prepare_singlestep(self.kcb, regs, point.addr, point.slot, point.ainsn)
         if self.m.trace_enabled:
             self.m.record(
@@ -300,10 +313,10 @@ class KprobeTable:
 
     def _reenter(self, point: ProbePoint, regs: PtRegs) -> None:
         """reenter_kprobe(): a hit while a handler runs: nmissed++, step it, no handlers."""
-        if self.kcb.status == KPROBE_REENTER:
+        if self.status_name() in self.m.hooks.REENTER_FATAL:
             raise ModelError(
-                f"Unrecoverable kprobe detected at {point.addr:#x}: a probe hit while "
-                "single-stepping a reentered probe (the kernel BUG()s here)"
+                f"Unrecoverable kprobe detected at {point.addr:#x}: a probe hit in state "
+                f"{self.status_name()} (reenter_kprobe(): the kernel BUG()s here)"
             )
         self.kprobes_inc_nmissed_count(point)
         self.m.record("miss", point.addr, self.status_name(), probe=point.probes[0],
@@ -311,7 +324,8 @@ class KprobeTable:
         self._setup_singlestep(point, regs, reenter=True)
 
     def _run_guarded(self, point: ProbePoint, regs: PtRegs, fn: Callable[[], int]) -> int | None:
-        """Run handlers with seed 000's trampoline: None if a fault abandoned them."""
+        """Run handlers with the fault-handling patch's trampoline: None if a fault abandoned
+        them."""
         self.kcb.handler_regs = regs
         try:
             return fn()
@@ -339,7 +353,7 @@ class KprobeTable:
             return 0
 
         ret = self._run_guarded(point, regs, run)
-        if ret is None:  # seed 000: HIT_FAULT -> single-step the original, no post_handler
+        if ret is None:  # HIT_FAULT -> single-step the original, no post_handler
             return 0
         return ret
 
@@ -351,6 +365,13 @@ class KprobeTable:
             return False
         self.m.hooks.resume_execution(kcb, regs, self.m, cur.addr, cur.slot, cur.ainsn)
         self.m.record("ssdone", cur.addr, self.status_name())
+        self.post_kprobe_handler(cur, regs)
+        return True
+
+    def post_kprobe_handler(self, cur: ProbePoint, regs: PtRegs) -> None:
+        """The post_handlers after the step (or the simulation), then the previous kprobe or
+        none current (kprobe_debug_handler(), arm64 post_kprobe_handler())."""
+        kcb = self.kcb
         if kcb.status not in (KPROBE_REENTER, KPROBE_HIT_FAULT):
             posts = [p for p in cur.enabled() if p.post_handler is not None]
             if posts:
@@ -369,7 +390,6 @@ class KprobeTable:
             self._restore_previous()
         else:
             self._reset_current()
-        return True
 
     def stepping(self) -> bool:
         return self.kcb.current is not None and self.kcb.status in (
@@ -389,7 +409,8 @@ class KprobeTable:
         )
 
     def singlestep_fault(self, regs: PtRegs) -> None:
-        """kprobe_fault_handler(), seed 000: the stepped instruction faulted.
+        """kprobe_fault_handler() ("Kprobes- robust fault handling for i386"): the stepped
+        instruction faulted.
 
         Reset the probe, ip back to the probe address; the system fault handler then fixes
         the fault and the instruction re-executes (so the probe hits again).
@@ -405,7 +426,8 @@ class KprobeTable:
             self._reset_current()
 
     def handler_fault(self, trapnr: int) -> bool:
-        """kprobe_fault_handler(), seed 000: a pre/post handler faulted.
+        """kprobe_fault_handler() ("Kprobes- robust fault handling for i386"): a pre/post
+        handler faulted.
 
         The probe's fault_handler runs first; nonzero means handled (the access is retried).
         Otherwise nmissed++, status HIT_FAULT, and the handler is abandoned (the caller
