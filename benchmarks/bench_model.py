@@ -47,6 +47,7 @@ def loop_probe_addr(m: Machine) -> int:
     from kuprobe.insn import disassembler
 
     cs = disassembler(m.arch)
+    cs.detail = True
     for insn in cs.disasm(code, sym.value):
         # a direct jump back: "jne 0x…" (x86), "b.ne #0x…" (arm64)
         op = insn.op_str.lstrip("#")

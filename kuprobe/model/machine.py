@@ -61,7 +61,7 @@ class Machine(ProbeRegistration, SignalDelivery):
     def __init__(
         self, image: ElfImage, *, space: str = "user", trace: bool = True,
         max_insns: int = DEFAULT_MAX_INSNS, comm: str | None = None, strict: bool = False,
-        semantics: str = "today",
+        semantics: str = "today", kretprobe_trampoline: str = "direct",
     ) -> None:  # fmt: skip
         if space not in ("user", "kernel"):
             raise ValueError(f"space must be 'user' or 'kernel', not {space!r}")
@@ -101,9 +101,9 @@ class Machine(ProbeRegistration, SignalDelivery):
         self.uprobes: UprobeMm | None = None
         if space == "kernel":
             self.kprobes = KprobeTable(self)
-            self.kretprobes = KretprobeCore(self, self.kprobes)
+            self.kretprobes = KretprobeCore(self, self.kprobes, kretprobe_trampoline)
             self.map_internal(h.KRETPROBE_TRAMPOLINE, PAGE_SIZE)
-            self.write(h.KRETPROBE_TRAMPOLINE, h.KRETPROBE_TRAMPOLINE_INSN)
+            self.kretprobes.install_trampoline()
         else:
             self.uprobes = UprobeMm(self, image.inode)
             REGISTRY.mmap(self.uprobes)  # uprobe_mmap(): the file's existing uprobes apply here too
@@ -112,6 +112,7 @@ class Machine(ProbeRegistration, SignalDelivery):
     def load(
         cls, path: str | os.PathLike[str], *, space: str = "user", trace: bool = True,
         max_insns: int = DEFAULT_MAX_INSNS, strict: bool = False, semantics: str = "today",
+        kretprobe_trampoline: str = "direct",
     ) -> Machine:  # fmt: skip
         """Load an ELF (static or self-contained code); its arch comes from the file.
 
@@ -120,10 +121,12 @@ class Machine(ProbeRegistration, SignalDelivery):
         call. ``strict``: a handler that raises fails the call (default: counted, logged).
         ``semantics``: "today" (today's kernels, what the cross-check runs against) or "seed"
         (the designs of the patches the model grew from), where the two differ.
+        ``kretprobe_trampoline``: "direct" (the trampoline calls the handlers itself) or
+        "kprobe" (the earlier design: a kprobe on the trampoline runs them).
         """
         return cls(
             ElfImage(os.fspath(path)), space=space, trace=trace, max_insns=max_insns,
-            strict=strict, semantics=semantics,
+            strict=strict, semantics=semantics, kretprobe_trampoline=kretprobe_trampoline,
         )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -23,6 +23,9 @@ BOUNDARY_ERRNO = {"x86_64": errno.EILSEQ, "i386": errno.EILSEQ, "arm64": errno.E
 # Where the pc is when the breakpoint trap is taken: after int3 on x86, on the BRK on arm64
 # (so a SIGTRAP handler that returns runs the BRK again)
 TRAP_PC_AFTER_BREAKPOINT = {"x86_64": True, "i386": True, "arm64": False}
+# Whether a hardware single-step can run inside a debug exception: x86's int3 and TF nest;
+# AArch64 masks debug exceptions (PSTATE.D) while one is handled
+NESTED_HARDWARE_STEP = {"x86_64": True, "i386": True, "arm64": False}
 # The x86 family: rules of arch/x86 only (TF/IF, pushf, the NOP pattern, %rip-relative)
 X86_ARCHES = sorted(a for a in ARCHES if a in ("x86_64", "i386"))
 ARM64_ARCHES = sorted(a for a in ARCHES if a == "arm64")

@@ -63,6 +63,7 @@ MODEL_SS_BRK_IMM = 0x0F0
 # arch/arm64/include/asm/debug-monitors.h: AARCH64_BREAK_MON, BRK #imm16 = MON | imm16 << 5
 AARCH64_BREAK_MON = 0xD4200000
 AARCH64_INSN_SIZE = 4
+AARCH64_INSN_HINT_NOP = 0xD503201F  # arch/arm64/include/asm/insn.h: aarch64_insn_gen_nop()
 # arch/arm64/include/uapi/asm/ptrace.h: PSR_* bits of pstate
 PSR_F_BIT = 0x040
 PSR_I_BIT = 0x080
@@ -111,6 +112,7 @@ class Arm64(Arch):
     # arch/arm64/include/asm/kprobes.h, uprobes.h (MAX_INSN_SIZE is 2 kprobe_opcode_t)
     BREAKPOINT_INSN: ClassVar[bytes] = BRK64_OPCODE_KPROBES
     KRETPROBE_TRAMPOLINE_INSN: ClassVar[bytes] = BRK64_OPCODE_KRETPROBES
+    NOP_INSN: ClassVar[bytes] = AARCH64_INSN_HINT_NOP.to_bytes(4, "little")
     UPROBE_SWBP_INSN: ClassVar[bytes] = BRK64_OPCODE_UPROBES
     MAX_INSN_SIZE: ClassVar[int] = 2 * AARCH64_INSN_SIZE
     MAX_UINSN_BYTES: ClassVar[int] = AARCH64_INSN_SIZE
@@ -232,6 +234,13 @@ class Arm64(Arch):
         r.pstate = (int(r.pstate) & ~(DAIF_MASK | DBG_SPSR_SS)) | kcb.saved_flags
         # post_kprobe_handler(): "return addr restore if non-branching insn"
         r.pc = ainsn.extra["restore"]
+
+    def nested_step_possible(self) -> bool:
+        # Today the step ends on a BRK, which is taken in any context. The hardware step of
+        # the seed's design is a debug exception, masked (PSTATE.D) while one is handled:
+        # "The aarch64 exception handling does not allow nesting of debug exceptions" (the
+        # patch "Avoid using kprobe in the arm64 kretprobe trampoline").
+        return self.semantics != "seed"
 
     def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
         # kprobe_fault_handler(): pc back to the probe (and, with semantics="seed", the step

@@ -84,6 +84,7 @@ class Arch:
     # include/linux/kprobes.h, include/linux/uprobes.h: per-arch constants
     BREAKPOINT_INSN: ClassVar[bytes]
     KRETPROBE_TRAMPOLINE_INSN: ClassVar[bytes]  # what traps into the kretprobe trampoline
+    NOP_INSN: ClassVar[bytes]  # the trampoline's code when a kprobe on it does the trapping
     UPROBE_SWBP_INSN: ClassVar[bytes]
     MAX_INSN_SIZE: ClassVar[int]
     MAX_UINSN_BYTES: ClassVar[int]
@@ -194,6 +195,11 @@ class Arch:
         self, kcb: Any, regs: PtRegs, mem: Memory, addr: int, slot: int, ainsn: ArchSpecificInsn
     ) -> None:
         raise NotImplementedError
+
+    def nested_step_possible(self) -> bool:
+        """Whether a kprobe hit inside a kprobe's debug exception can be stepped (x86: int3
+        and the trap flag nest; arm64's hardware step does not, see arch/arm64)."""
+        return True
 
     def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
         """kprobe_fault_handler() while single-stepping: back to the probe, step state off."""

@@ -97,6 +97,7 @@ class X86(Arch):
     # __kretprobe_trampoline saves pt_regs and calls trampoline_handler() directly; the model
     # enters it through an int3 that no kprobe owns
     KRETPROBE_TRAMPOLINE_INSN: ClassVar[bytes] = bytes([INT3_INSN_OPCODE])
+    NOP_INSN: ClassVar[bytes] = b"\x90"
     UPROBE_SWBP_INSN: ClassVar[bytes] = bytes([INT3_INSN_OPCODE])
     MAX_INSN_SIZE: ClassVar[int] = 16
     MAX_UINSN_BYTES: ClassVar[int] = 16

@@ -134,7 +134,7 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
 
     A handler that raises is counted (``handler_errors``), logged the first time, and
     treated as returning 0, as the live side's dispatcher does; the exception is kept in
-    ``Machine.errors``. A Machine loaded with ``strict=True`` lets it propagate instead (the
+    ``Machine.errors``. A ModelError (the run itself cannot go on) always propagates. A Machine loaded with ``strict=True`` lets it propagate instead (the
     call fails with it: what a test of handler logic wants).
     """
     for a in args:
@@ -143,6 +143,8 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
     previous = set_current(m.task)
     try:
         return fn(*args)
+    except ModelError:  # the emulated run cannot go on (a kernel BUG, a lost step …)
+        raise
     except Exception as e:
         if m.strict:
             raise

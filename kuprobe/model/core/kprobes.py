@@ -84,6 +84,9 @@ class KprobeCtlblk:
     # handler runs
     handler_regs: PtRegs | None = None
     instance: Kprobe | None = None
+    # a kretprobe handler runs inside the trampoline kprobe's debug exception (the design
+    # before "Avoid using kprobe in the arm64 kretprobe trampoline")
+    in_trampoline_kprobe: bool = False
 
 
 class KprobeTable:
@@ -148,10 +151,12 @@ class KprobeTable:
             s.executable and s.vaddr <= addr < s.vaddr + s.filesz for s in self.m.image.segments
         )
 
-    def register(self, p: Kprobe, internal: Any = None) -> ProbePoint:
+    def register(self, p: Kprobe, internal: Any = None, at: int | None = None) -> ProbePoint:
+        """register_kprobe(); ``at``: a kprobe of the model's own code (the kretprobe
+        trampoline), placed there without the checks a user's kprobe gets."""
         if p._owner is not None:
             raise ProbeError(errno.EINVAL, "this kprobe is already registered", probe=p)
-        addr, start = self.resolve(p)
+        addr, start = self.resolve(p) if at is None else (at, at)
         point = self.points.get(addr)
         if point is not None:  # register_aggr_kprobe(): a kretprobe's entry probe too
             point.probes.append(p)
@@ -318,6 +323,15 @@ class KprobeTable:
                 f"Unrecoverable kprobe detected at {point.addr:#x}: a probe hit in state "
                 f"{self.status_name()} (reenter_kprobe(): the kernel BUG()s here)"
             )
+        if self.kcb.in_trampoline_kprobe and not self.m.hooks.nested_step_possible():
+            # "The aarch64 exception handling does not allow nesting of debug exceptions":
+            # this probe's step would be a debug exception inside the trampoline kprobe's
+            raise ModelError(
+                f"unexpected single-step error: the kprobe at {point.addr:#x} was hit in a "
+                "kretprobe handler run by the trampoline's kprobe, and its step cannot nest in "
+                'that debug exception (the patch "Avoid using kprobe in the arm64 kretprobe '
+                'trampoline"; Machine(kretprobe_trampoline="direct") is the fix)'
+            )
         self.kprobes_inc_nmissed_count(point)
         self.m.record("miss", point.addr, self.status_name(), probe=point.probes[0],
                       detail="reentered")  # fmt: skip
@@ -341,8 +355,9 @@ class KprobeTable:
         def run() -> int:
             for p in point.enabled():
                 owner = self.internal.get(p)
-                if owner is not None:  # pre_handler_kretprobe(): always 0
-                    owner.pre_handler(regs)
+                if owner is not None:  # pre_handler_kretprobe() (0), trampoline_probe_handler (1)
+                    if owner.pre_handler(regs):
+                        return 1
                     continue
                 if p.pre_handler is None:
                     continue
