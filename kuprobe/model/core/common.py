@@ -134,8 +134,9 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
 
     A handler that raises is counted (``handler_errors``), logged the first time, and
     treated as returning 0, as the live side's dispatcher does; the exception is kept in
-    ``Machine.errors``. A ModelError (the run itself cannot go on) always propagates. A Machine loaded with ``strict=True`` lets it propagate instead (the
-    call fails with it: what a test of handler logic wants).
+    ``Machine.errors``. A Machine loaded with ``strict=True`` lets it propagate instead (the
+    call fails with it: what a test of handler logic wants). A ModelError (the run itself
+    cannot go on) always propagates.
     """
     for a in args:
         if isinstance(a, PtRegs):
