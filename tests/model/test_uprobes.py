@@ -376,3 +376,25 @@ def test_a_consumer_may_run_probed_code(user: Machine, funcs: str) -> None:
     user.unregister_uprobe(add)
     assert (outer.hits, add.hits) == (1, 1)
     assert user.utask_state == "RUNNING"
+
+
+def test_frames_abandoned_by_longjmp_are_dropped(muser: Machine, mfuncs: str) -> None:
+    """kernel/events/uprobes.c cleanup_return_instances() and arch_uretprobe_is_alive() (x86:
+    alive while sp < ri->stack at a call; arm64 likewise, sp <= ri->stack for a chained call):
+    model_jumper's four uretprobed frames never return (a longjmp leaves them); the next
+    uretprobed call, made from a shallower sp, drops them, so they neither run ret_handlers nor
+    count toward MAX_URETPROBE_DEPTH."""
+    jumper = Uprobe(mfuncs, symbol_name="model_jumper", consumer=UprobeConsumer(
+        ret_handler=lambda uc, f, r: 0))  # fmt: skip
+    rec = Uprobe(mfuncs, symbol_name="model_rec", consumer=UprobeConsumer(
+        ret_handler=lambda uc, f, r: 0))  # fmt: skip
+    muser.register_uprobe(jumper)
+    muser.register_uprobe(rec)
+    assert muser.call("model_setjmp_driver", 3) == 102  # model_rec(2) + 100
+    muser.unregister_uprobe(jumper)
+    muser.unregister_uprobe(rec)
+    assert (jumper.hits, jumper.ret_hits) == (4, 0)
+    assert (rec.hits, rec.ret_hits) == (3, 3)
+    assert muser.uprobes is not None and muser.uprobes.utask.depth == 0
+    dropped = [e for e in muser.trace if e.kind == "uretprobe" and "dropped" in e.detail]
+    assert len(dropped) == 4

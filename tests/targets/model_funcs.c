@@ -146,6 +146,27 @@ NOINLINE long model_refused(long x)
 }
 #endif
 
+/* Frames a longjmp abandons (GCC's __builtin_setjmp/__builtin_longjmp: no libc, no pointer
+ * mangling): uretprobed model_jumper calls never return, and kernel/events/uprobes.c drops
+ * their return instances by the stack pointer (arch_uretprobe_is_alive()). */
+static void *model_jmpbuf[5];
+
+NOINLINE long model_jumper(long depth)
+{
+	if (depth <= 0)
+		__builtin_longjmp(model_jmpbuf, 1);
+	long r = model_jumper(depth - 1);
+	__asm__ volatile("" : "+r"(r)); /* a real, non-tail call */
+	return r + 1;
+}
+
+NOINLINE long model_setjmp_driver(long depth)
+{
+	if (__builtin_setjmp(model_jmpbuf) == 0)
+		return model_jumper(depth) - 1000; /* never returns: the bottom jumps */
+	return model_rec(2) + 100;
+}
+
 /* lib/test_kprobes.c's targets */
 NOINLINE unsigned long model_kprobe_target(unsigned long value) { return value / 3; }
 
