@@ -122,6 +122,8 @@ class Arm64(Arch):
     # arch/arm64/kernel/probes/kprobes.c: reenter_kprobe(): a hit during HIT_SS is fatal too
     REENTER_FATAL: ClassVar[frozenset[str]] = frozenset({"HIT_SS", "REENTER"})
     # arch/arm64/include/asm/elf.h: ELF_ET_DYN_BASE, 2/3 of a 48-bit TASK_SIZE, page aligned
+    # (load_elf_binary() also aligns it to the largest p_align, 64 KiB for arm64's
+    # toolchain: a real PIE lands at 0xaaaaaaaa0000; the model keeps the page alignment)
     ELF_ET_DYN_BASE: ClassVar[int] = 0xAAAAAAAAA000
     # AAPCS64: integer arguments
     ARG_REGS: ClassVar[tuple[str, ...]] = tuple(f"x{i}" for i in range(8))
