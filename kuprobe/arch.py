@@ -42,6 +42,8 @@ class ArchInfo:
     uname: tuple[str, ...]  # what `uname -m` prints on a kernel of this arch
     elf_machine: str  # e_machine as pyelftools names it
     bits: int
+    # Every instruction starts at a multiple of this; a probe elsewhere is EINVAL (arm64).
+    insn_align: int
     regs: RegLayout
     # Host kernels of this arch run user programs of these arches (x86_64: IA32 emulation).
     runs: tuple[str, ...]
@@ -90,6 +92,7 @@ X86_64 = ArchInfo(
     uname=("x86_64",),
     elf_machine="EM_X86_64",
     bits=64,
+    insn_align=1,  # variable length: boundaries are decoded (EILSEQ inside one)
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_64), regs_get_kernel_argument()
     regs=RegLayout(
         fields=(
@@ -115,6 +118,7 @@ I386 = ArchInfo(
     uname=("i386", "i486", "i586", "i686"),
     elf_machine="EM_386",
     bits=32,
+    insn_align=1,
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_32); the kernel is built with
     # -mregparm=3, so regs_get_kernel_argument() reads ax, dx, cx and then the stack.
     regs=RegLayout(
@@ -141,6 +145,7 @@ ARM64 = ArchInfo(
     uname=("aarch64", "arm64"),
     elf_machine="EM_AARCH64",
     bits=64,
+    insn_align=4,  # arch/arm64/include/asm/insn.h: AARCH64_INSN_SIZE
     # arch/arm64/include/uapi/asm/ptrace.h: struct user_pt_regs { regs[31], sp, pc, pstate };
     # arch/arm64/include/asm/ptrace.h: regs_get_kernel_argument() reads x0..x7, then 0.
     regs=RegLayout(

@@ -21,6 +21,7 @@ from typing import Any
 
 from elftools.common.exceptions import ELFError
 
+from kuprobe.arch import ARCHES
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
 from kuprobe.insn import is_boundary
@@ -171,7 +172,7 @@ def _resolve(
                 f"{symbol_name}+{off:#x} is past the end of {symbol_name} ({sym.size:#x} bytes)",
             )
         vaddr = sym.value + off
-        if off and not unsafe:
+        if off and not unsafe and vaddr % ARCHES[arch].insn_align == 0:
             # decoded from the symbol's start, as the kernel does for kprobes (can_probe())
             code = elf.read_vaddr(sym.value, sym.size or off + MAX_INSN)
             if not is_boundary(arch, code, off):
@@ -191,6 +192,14 @@ def _resolve(
     if not elf.executable_offset(file_off):
         raise ProbeError(
             errno.EINVAL, f"{path}: file offset {file_off:#x} is not in executable code"
+        )
+    align = ARCHES[arch].insn_align
+    if vaddr % align:
+        # arch/arm64/kernel/probes/uprobes.c: arch_uprobe_analyze_insn() and kprobes.c:
+        # arch_prepare_kprobe() refuse an address that is not instruction-aligned: -EINVAL
+        raise ProbeError(
+            errno.EINVAL,
+            f"{path}: {vaddr:#x} is not {align}-byte aligned ({arch} instructions are)",
         )
     if symbol_name is None and not unsafe:
         check_boundary(elf, path, arch, vaddr, file_off)

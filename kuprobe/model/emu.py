@@ -78,8 +78,10 @@ def page_ceil(addr: int) -> int:
 class Emu:
     """One emulated CPU and its memory."""
 
-    def __init__(self, uc_arch: str, uc_mode: str, regs: Mapping[str, str | None]) -> None:
-        self.uc: Any = unicorn.Uc(getattr(unicorn, f"UC_ARCH_{uc_arch}"), getattr(unicorn, uc_mode))
+    def __init__(self, mode: tuple[int, int], uc_arch: str, regs: Mapping[str, str | None]) -> None:
+        """``mode``: (UC_ARCH_*, UC_MODE_*) from kuprobe.arch; ``uc_arch``: which of Unicorn's
+        register-constant modules names ``regs`` (pt_regs field -> Unicorn register name)."""
+        self.uc: Any = unicorn.Uc(*mode)
         consts = _CONST_MODULES[uc_arch]
         prefix = _REG_PREFIX[uc_arch]
         # pt_regs field -> unicorn register id (None: a field the CPU has no register for)
@@ -219,16 +221,6 @@ class Emu:
             if prot & bit:
                 perms |= uc_bit
         self.uc.mem_map(addr, size, perms)
-
-    def unmap(self, addr: int, size: int) -> None:
-        self.uc.mem_unmap(addr, size)
-
-    def regions(self) -> list[tuple[int, int]]:
-        """Mapped [start, end) ranges."""
-        return [(b, e + 1) for b, e, _p in self.uc.mem_regions()]
-
-    def is_mapped(self, addr: int) -> bool:
-        return any(b <= addr < e for b, e in self.regions())
 
     def read(self, addr: int, size: int) -> bytes:
         try:

@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kuprobe.arch import arch_info
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
 from kuprobe.model._register import ProbeRegistration
 from kuprobe.model._signals import SignalDelivery, SignalHandler
 from kuprobe.model.arch import get_arch
-from kuprobe.model.arch.base import TRAP_BREAKPOINT, TRAP_SINGLESTEP
+from kuprobe.model.arch.base import SEMANTICS, TRAP_BREAKPOINT, TRAP_SINGLESTEP
 from kuprobe.model.core.common import (
     HandlerAbandoned,
     ModelError,
@@ -61,12 +62,16 @@ class Machine(ProbeRegistration, SignalDelivery):
     def __init__(
         self, image: ElfImage, *, space: str = "user", trace: bool = True,
         max_insns: int = DEFAULT_MAX_INSNS, comm: str | None = None, strict: bool = False,
+        semantics: str = "today", kretprobe_trampoline: str = "direct",
     ) -> None:  # fmt: skip
         if space not in ("user", "kernel"):
             raise ValueError(f"space must be 'user' or 'kernel', not {space!r}")
+        if semantics not in SEMANTICS:
+            raise ValueError(f"semantics must be one of {', '.join(SEMANTICS)}, not {semantics!r}")
         self.image = image
         self.space = space
         self.hooks = get_arch(image.arch)
+        self.hooks.semantics = self.semantics = semantics
         self.arch: str = self.hooks.name
         self.trace_enabled = trace
         self.strict = strict
@@ -85,7 +90,7 @@ class Machine(ProbeRegistration, SignalDelivery):
         h = self.hooks
         # load_elf_binary(): an ET_DYN file goes to ELF_ET_DYN_BASE (no randomisation)
         self.load_bias = h.ELF_ET_DYN_BASE if image.is_pie else 0
-        self.emu = Emu(h.uc_arch, h.uc_mode, h.uc_regs)
+        self.emu = Emu(arch_info(h.name).unicorn_mode(), h.uc_arch, h.uc_regs)
         self.emu.set_pc_reg(h.ip_field())
         self.emu.set_callbacks(self._on_interrupt, self._on_unmapped)
         self._setup_regs_fast_path()
@@ -97,9 +102,9 @@ class Machine(ProbeRegistration, SignalDelivery):
         self.uprobes: UprobeMm | None = None
         if space == "kernel":
             self.kprobes = KprobeTable(self)
-            self.kretprobes = KretprobeCore(self, self.kprobes)
+            self.kretprobes = KretprobeCore(self, self.kprobes, kretprobe_trampoline)
             self.map_internal(h.KRETPROBE_TRAMPOLINE, PAGE_SIZE)
-            self.write(h.KRETPROBE_TRAMPOLINE, h.BREAKPOINT_INSN)
+            self.kretprobes.install_trampoline()
         else:
             self.uprobes = UprobeMm(self, image.inode)
             REGISTRY.mmap(self.uprobes)  # uprobe_mmap(): the file's existing uprobes apply here too
@@ -107,17 +112,22 @@ class Machine(ProbeRegistration, SignalDelivery):
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], *, space: str = "user", trace: bool = True,
-        max_insns: int = DEFAULT_MAX_INSNS, strict: bool = False,
+        max_insns: int = DEFAULT_MAX_INSNS, strict: bool = False, semantics: str = "today",
+        kretprobe_trampoline: str = "direct",
     ) -> Machine:  # fmt: skip
         """Load an ELF (static or self-contained code); its arch comes from the file.
 
         ``space``: "user" (a process: uprobes) or "kernel" (its text is kernel text:
         kprobes, kretprobes). ``trace``: record ``m.trace``. ``max_insns``: the bound of one
         call. ``strict``: a handler that raises fails the call (default: counted, logged).
+        ``semantics``: "today" (today's kernels, what the cross-check runs against) or "seed"
+        (the designs of the patches the model grew from), where the two differ.
+        ``kretprobe_trampoline``: "direct" (the trampoline calls the handlers itself) or
+        "kprobe" (the earlier design: a kprobe on the trampoline runs them).
         """
         return cls(
             ElfImage(os.fspath(path)), space=space, trace=trace, max_insns=max_insns,
-            strict=strict,
+            strict=strict, semantics=semantics, kretprobe_trampoline=kretprobe_trampoline,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -186,8 +196,8 @@ class Machine(ProbeRegistration, SignalDelivery):
         """Read memory as a handler does; a fault takes the modelled fault path.
 
         A page not yet present is made present by the system fault handler (after the
-        kprobe fault handler, seed 000, if a kprobe handler is running). An address that is
-        not mapped at all raises EFAULT.
+        kprobe fault handler of the patch "Kprobes- robust fault handling for i386", if a
+        kprobe handler is running). An address that is not mapped at all raises EFAULT.
         """
         out = bytearray()
         pos, end = addr, addr + size
@@ -211,7 +221,8 @@ class Machine(ProbeRegistration, SignalDelivery):
             self.record("fault", addr, detail="page made present")
 
     def _kprobe_handler_fault(self, addr: int, valid: bool) -> None:
-        """Seed 000: fault_handler first (nonzero: retry), else nmissed++ and abandon."""
+        """The rule of the patch "Kprobes- robust fault handling for i386":
+        fault_handler first (nonzero: retry), else nmissed++ and abandon."""
         k = self.kprobes
         assert k is not None
         for _ in range(MAX_FAULT_RETRIES):
@@ -382,7 +393,7 @@ class Machine(ProbeRegistration, SignalDelivery):
             raise ModelError(f"kernel oops: {what} at {addr:#x} (pc {self.emu.pc:#x})")
         self.record("fault", addr, detail=f"{access}: SIGSEGV")
         assert self.uprobes is not None
-        self.uprobes.thread.trap_nr = self.hooks.PAGE_FAULT_TRAPNR
+        self.hooks.set_user_fault(self.uprobes.thread)
         what = "left mapped code" if access == "fetch" else f"{access} of unmapped memory"
         self._send_signal(signal.SIGSEGV, f"({what} at {addr:#x})")
         raise _UserFault

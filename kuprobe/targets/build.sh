@@ -2,10 +2,10 @@
 # Builds the bundled probe targets (this folder's *.c, and those of $KUPROBE_TARGET_EXTRA) into
 # $KUPROBE_TARGET_OUT/<arch>/ (idempotent: make-like mtime check). kuprobe.targets runs it for
 # the demo and the cross-check (into a cache folder); tests/targets/build.sh for the tests.
-#   <arch>/<stem>           x86_64, i386: PIE, dynamically linked (what users probe)
-#   <arch>/<stem>-nopie     x86_64, i386: ET_EXEC, dynamically linked
-#   <arch>/<stem>-stripped  x86_64, i386: PIE, stripped of .symtab
-#   <arch>/<stem>-static    every arch: static, non-PIE (what the model loads)
+#   <arch>/<stem>           PIE, dynamically linked (what users probe)
+#   <arch>/<stem>-nopie     ET_EXEC, dynamically linked
+#   <arch>/<stem>-stripped  PIE, stripped of .symtab
+#   <arch>/<stem>-static    static, non-PIE (what the model loads)
 # Every program links funcs.c. Arches whose compiler is missing are skipped with a warning
 # unless KUPROBE_TARGET_ARCHES names them.
 set -euo pipefail
@@ -18,6 +18,13 @@ progs=()
 for src in "$here"/*.c ${extra:+"$extra"/*.c}; do
 	[ "$(basename "$src")" = funcs.c ] || progs+=("$src")
 done
+
+strip_for() {
+	case "$1" in
+	arm64) echo "aarch64-linux-gnu-strip" ;;
+	*) echo "strip" ;;
+	esac
+}
 
 cc_for() {
 	case "$1" in
@@ -51,12 +58,10 @@ for arch in $arches; do
 	mkdir -p "$out/$arch"
 	for src in "${progs[@]}"; do
 		stem=$(basename "$src" .c)
-		if [ "$arch" != arm64 ]; then
-			build "$out/$arch/$stem" "$src" "$cc" -fPIE -pie
-			build "$out/$arch/$stem-nopie" "$src" "$cc" -fno-pie -no-pie
-			if newer "$out/$arch/$stem-stripped" "$out/$arch/$stem"; then
-				strip -o "$out/$arch/$stem-stripped" "$out/$arch/$stem"
-			fi
+		build "$out/$arch/$stem" "$src" "$cc" -fPIE -pie
+		build "$out/$arch/$stem-nopie" "$src" "$cc" -fno-pie -no-pie
+		if newer "$out/$arch/$stem-stripped" "$out/$arch/$stem"; then
+			$(strip_for "$arch") -o "$out/$arch/$stem-stripped" "$out/$arch/$stem"
 		fi
 		build "$out/$arch/$stem-static" "$src" "$cc" -static -fno-pie -no-pie
 	done

@@ -9,23 +9,31 @@ from collections import Counter
 
 import unicorn
 from elftools.elf.elffile import ELFFile
-from unicorn import x86_const
+from elftools.elf.sections import SymbolTableSection
+from unicorn import arm64_const, x86_const
 
 RET = 0x10000
 STACK_TOP = 0x7FF00000
-# per arch: Unicorn mode, sp/ip/result registers, argument registers (SysV x86_64; cdecl
-# i386 passes everything on the stack)
+# per arch: Unicorn arch and mode, sp/result registers, word size, argument registers
+# (SysV x86_64; cdecl i386 passes everything on the stack; AAPCS64 x0..x7), and the link
+# register (arm64: the return address goes there, not on the stack)
 _ABI = {
-    "x86_64": (unicorn.UC_MODE_64, x86_const.UC_X86_REG_RSP, x86_const.UC_X86_REG_RAX, 8,
-               (x86_const.UC_X86_REG_RDI, x86_const.UC_X86_REG_RSI)),
-    "i386": (unicorn.UC_MODE_32, x86_const.UC_X86_REG_ESP, x86_const.UC_X86_REG_EAX, 4, ()),
+    "x86_64": (unicorn.UC_ARCH_X86, unicorn.UC_MODE_64, x86_const.UC_X86_REG_RSP,
+               x86_const.UC_X86_REG_RAX, 8,
+               (x86_const.UC_X86_REG_RDI, x86_const.UC_X86_REG_RSI), None),
+    "i386": (unicorn.UC_ARCH_X86, unicorn.UC_MODE_32, x86_const.UC_X86_REG_ESP,
+             x86_const.UC_X86_REG_EAX, 4, (), None),
+    "arm64": (unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM, arm64_const.UC_ARM64_REG_SP,
+              arm64_const.UC_ARM64_REG_X0, 8,
+              tuple(getattr(arm64_const, f"UC_ARM64_REG_X{i}") for i in range(8)),
+              arm64_const.UC_ARM64_REG_X30),
 }  # fmt: skip
 
 
 def count_insns(path: str, arch: str, func: str, *args: int) -> tuple[int, Counter[int]]:
     """Run ``func(*args)``; returns (result, how often each address executed)."""
-    mode, sp_reg, ax_reg, word, arg_regs = _ABI[arch]
-    uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
+    uc_arch, mode, sp_reg, ax_reg, word, arg_regs, lr_reg = _ABI[arch]
+    uc = unicorn.Uc(uc_arch, mode)  # type: ignore[attr-defined]
     with open(path, "rb") as fh:
         elf = ELFFile(fh)
         pages: set[int] = set()
@@ -38,7 +46,10 @@ def count_insns(path: str, arch: str, func: str, *args: int) -> tuple[int, Count
         for s in loads:
             uc.mem_write(s["p_vaddr"], s.data())
         symtab = elf.get_section_by_name(".symtab")
-        sym = symtab.get_symbol_by_name(func)[0]
+        assert isinstance(symtab, SymbolTableSection), f"{path}: no .symtab"
+        found = symtab.get_symbol_by_name(func)
+        assert found, f"{path}: no symbol {func}"
+        sym = found[0]
         entry = sym["st_value"]
     uc.mem_map(RET, 0x1000)
     uc.mem_map(STACK_TOP - 0x100000, 0x100000)
@@ -49,8 +60,11 @@ def count_insns(path: str, arch: str, func: str, *args: int) -> tuple[int, Count
     sp = (sp - word * len(stack_args)) & ~0xF
     for i, value in enumerate(stack_args):
         uc.mem_write(sp + word * i, (value & ((1 << (8 * word)) - 1)).to_bytes(word, "little"))
-    sp -= word
-    uc.mem_write(sp, RET.to_bytes(word, "little"))
+    if lr_reg is not None:
+        uc.reg_write(lr_reg, RET)
+    else:
+        sp -= word
+        uc.mem_write(sp, RET.to_bytes(word, "little"))
     uc.reg_write(sp_reg, sp)
     seen: Counter[int] = Counter()
 

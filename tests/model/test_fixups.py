@@ -4,21 +4,26 @@ arch/x86/kernel/kprobes/core.c resume_execution(): a relative call's pushed retu
 and new ip are made relative to the original; relative jmp/jcc get their ip fixed; ret and
 absolute indirect jmp need nothing; an absolute indirect call only its return address;
 __copy_instruction() moves a %rip-relative displacement for the slot (x86_64).
+
+arm64 steps no instruction that reads or writes the pc: arch/arm64/kernel/probes/
+simulate-insn.c simulates bl, b.cond, ret, blr, br, cbz/cbnz, tbz/tbnz and adr/adrp at the
+probed address, so the same kinds come out right without a fix-up.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from kuprobe import Kprobe, Uprobe, UprobeConsumer, regs_get_kernel_stack_nth
+from kuprobe import Kprobe, Uprobe, UprobeConsumer
 from kuprobe.insn import disassembler
 from kuprobe.model import ARCHES, Machine
 from kuprobe.regs import PtRegs, instruction_pointer
 
+from .archfacts import return_address
 from .bare import count_insns
 
 # (kind, file stem, function, argument, how to find the instruction)
-KINDS = [
+X86_KINDS = [
     ("call rel", "target", "calls", 5, lambda i: i.mnemonic == "call" and "0x" in i.op_str),
     ("jcc rel", "target", "table_sum", 9, lambda i: i.mnemonic in ("jne", "jg", "jl", "jle")),
     ("ret", "target", "fib", 7, lambda i: i.mnemonic == "ret"),
@@ -28,6 +33,19 @@ KINDS = [
      lambda i: i.mnemonic == "jmp" and "[" in i.op_str),
     ("rip-relative", "target", "table_sum", 9, lambda i: "rip" in i.op_str),
 ]  # fmt: skip
+ARM64_KINDS = [
+    ("call rel", "target", "calls", 5, lambda i: i.mnemonic == "bl"),
+    ("jcc rel", "target", "table_sum", 9, lambda i: i.mnemonic.startswith("b.")),
+    ("ret", "target", "fib", 7, lambda i: i.mnemonic == "ret"),
+    ("call indirect", "model_funcs", "model_indirect", 3, lambda i: i.mnemonic == "blr"),
+    ("jmp indirect", "model_funcs", "model_branches", 11, lambda i: i.mnemonic == "br"),
+    ("pc-relative", "target", "table_sum", 9, lambda i: i.mnemonic == "adrp"),
+    ("pc-relative adr", "model_funcs", "model_branches", 11, lambda i: i.mnemonic == "adr"),
+    ("cbz", "model_funcs", "model_branches", 11, lambda i: i.mnemonic == "cbnz"),
+    ("tbz", "model_funcs", "model_branches", 11, lambda i: i.mnemonic == "tbz"),
+    ("tbnz", "model_funcs", "model_branches", 11, lambda i: i.mnemonic == "tbnz"),
+]  # fmt: skip
+KINDS = {"x86_64": X86_KINDS, "i386": X86_KINDS, "arm64": ARM64_KINDS}
 
 
 def find(m: Machine, func: str, pred: object) -> tuple[int, int, str]:
@@ -42,7 +60,7 @@ def find(m: Machine, func: str, pred: object) -> tuple[int, int, str]:
 CASES = [
     pytest.param(a, *k, id=f"{a}-{k[0]}")
     for a in sorted(ARCHES)
-    for k in KINDS
+    for k in KINDS[a]
     if not (k[0] == "rip-relative" and a == "i386")
 ]
 
@@ -57,7 +75,7 @@ def test_fixup(targets: object, arch: str, kind: str, stem: str, func: str, arg:
     after: list[tuple[int, int]] = []
 
     def post(p: Kprobe, regs: PtRegs, flags: int) -> None:
-        after.append((instruction_pointer(regs), regs_get_kernel_stack_nth(regs, 0)))
+        after.append((instruction_pointer(regs), return_address(regs)))
 
     kp = Kprobe(addr=addr, post_handler=post)
     k.register_kprobe(kp)

@@ -6,11 +6,13 @@ import errno
 
 import pytest
 
-from kuprobe import Kprobe, ProbeError, regs_get_kernel_stack_nth
+from kuprobe import Kprobe, ProbeError
 from kuprobe.insn import boundaries
 from kuprobe.model import Machine
 from kuprobe.probes import KPROBE_FLAG_DISABLED
 from kuprobe.regs import PtRegs, instruction_pointer
+
+from .archfacts import BOUNDARY_ERRNO, MID_REG, NOP_SIZE, X86_ARCHES, return_now
 
 
 def insn_offsets(m: Machine, func: str) -> list[int]:
@@ -21,13 +23,14 @@ def insn_offsets(m: Machine, func: str) -> list[int]:
 # --- registration: kernel/kprobes.c register_kprobe(), arch can_probe() ------------------
 
 
-def test_offset_inside_an_instruction_is_eilseq(kernel: Machine) -> None:
+def test_offset_inside_an_instruction_is_refused(kernel: Machine) -> None:
+    """x86 can_probe(): -EILSEQ; arm64 arch_prepare_kprobe(): -EINVAL (not 4-byte aligned)."""
     sym = kernel.image.symbol("loop_sum")
     code = kernel.read(sym.value, sym.size)
     off = next(o for o, size in boundaries(kernel.arch, code) if size > 1)
     with pytest.raises(ProbeError) as e:
         kernel.register_kprobe(Kprobe(symbol_name="loop_sum", offset=off + 1))
-    assert e.value.errno == errno.EILSEQ
+    assert e.value.errno == BOUNDARY_ERRNO[kernel.arch]
 
 
 def test_reregistration_is_einval(kernel: Machine) -> None:
@@ -114,13 +117,9 @@ def test_aggregate_pre_handlers_run_in_order_first_nonzero_stops(kernel: Machine
     order.clear()
 
     def skip_function(p: Kprobe, regs: PtRegs) -> int:
-        # return 42 from the probed function at once: ip = return address, pop it
+        # return 42 from the probed function at once: ip = return address (popped on x86)
         order.append("skip")
-        r: object = regs
-        regs.ax = 42  # type: ignore[attr-defined]
-        regs.ip = regs_get_kernel_stack_nth(regs, 0)  # type: ignore[attr-defined]
-        regs.sp += kernel.hooks.word  # type: ignore[attr-defined]
-        assert r is regs
+        return_now(regs, 42, kernel.hooks.word)
         return 1
 
     first = Kprobe(symbol_name="add", pre_handler=skip_function)
@@ -166,11 +165,11 @@ def test_nonzero_pre_handler_skips_step_and_post(kernel: Machine) -> None:
     """A nonzero pre_handler: no single-step, no post_handler; resume at regs.ip."""
     posts = []
     mid = kernel.symbol_address("mid_label")
-    ip_after = mid + 1  # mid_label is a one-byte nop on x86 (funcs.c)
+    ip_after = mid + NOP_SIZE[kernel.arch]  # mid_label is a nop (funcs.c)
 
     def pre(p: Kprobe, regs: PtRegs) -> int:
-        regs.ax = 100  # type: ignore[attr-defined]
-        regs.ip = ip_after  # type: ignore[attr-defined]
+        setattr(regs, MID_REG[kernel.arch], 100)
+        setattr(regs, kernel.hooks.ip_field(), ip_after)
         return 1
 
     kp = Kprobe(symbol_name="mid_label", pre_handler=pre, post_handler=lambda *a: posts.append(1))
@@ -194,6 +193,7 @@ def test_post_handler_sees_the_next_instruction(kernel: Machine) -> None:
     assert seen == [sym.value + offs[1]]
 
 
+@pytest.mark.parametrize("arch", X86_ARCHES)
 def test_pushf_does_not_leak_the_trap_flag(mkernel: Machine) -> None:
     """resume_execution(): pushfl's pushed flags get TF/IF as before the hit."""
     sym = mkernel.image.symbol("model_pushf")
@@ -231,13 +231,14 @@ def test_handlers_calling_the_probed_function_miss_twice(kernel: Machine) -> Non
     assert "REENTER" in [e.status for e in kernel.trace if e.kind == "singlestep"]
 
 
-# --- seed 000: faults in handlers and while single-stepping --------------------------------
+# --- "Kprobes- robust fault handling for i386": faults in handlers and while stepping ---
 
 PAGE = 0x5000000
 
 
 def test_handler_fault_fixed_by_fault_handler_is_retried(kernel: Machine) -> None:
-    """Seed 000: the fault_handler runs first; nonzero means handled, the access retried."""
+    """The i386 fault-handling patch: the fault_handler runs first; nonzero means handled,
+    the access retried."""
     kernel.map(PAGE, 0x1000, present=False)
     got, traps = [], []
 
@@ -262,9 +263,9 @@ def test_handler_fault_fixed_by_fault_handler_is_retried(kernel: Machine) -> Non
 
 @pytest.mark.parametrize("where", ["pre", "post"])
 def test_handler_fault_not_handled_abandons_the_handler(kernel: Machine, where: str) -> None:
-    """Seed 000: fault_handler declines -> nmissed++, handler abandoned, the original
-    instruction still stepped, no post_handler for that hit; the system fault handler
-    makes the page present."""
+    """The i386 fault-handling patch: fault_handler declines -> nmissed++, handler
+    abandoned, the original instruction still stepped, no post_handler for that hit; the
+    system fault handler makes the page present."""
     kernel.map(PAGE, 0x1000, present=False)
     done: list[str] = []
 
@@ -294,9 +295,10 @@ def test_handler_fault_not_handled_abandons_the_handler(kernel: Machine, where: 
 
 
 def test_fault_while_single_stepping_reexecutes_and_hits_again(mkernel: Machine) -> None:
-    """Seed 000 / kprobe_fault_handler(): the stepped instruction faults: reset the probe,
-    ip back to the probe address, the system handler fixes the page, the instruction
-    re-executes and the probe hits again. The fault_handler is not called."""
+    """kprobe_fault_handler() ("Kprobes- robust fault handling for i386"): the stepped
+    instruction faults: reset the probe, ip back to the probe address, the system handler
+    fixes the page, the instruction re-executes and the probe hits again. The fault_handler
+    is not called."""
     offsets = insn_offsets(mkernel, "model_load")
     faulted = []
     for i, off in enumerate(offsets[:-1]):
@@ -330,15 +332,15 @@ def test_unrecoverable_reentry_is_reported(kernel: Machine) -> None:
                                           "HIT_FAULT"}  # fmt: skip
 
 
+@pytest.mark.parametrize("arch", X86_ARCHES)
 def test_trap_flag_and_interrupt_flag_around_the_step(kernel: Machine) -> None:
-    """Seed 000 / setup_singlestep(), resume_execution() (x86: TF/IF in eflags): the step
-    runs with TF set and IF clear; the post_handler sees TF clear and IF as before the hit."""
-    if kernel.arch not in ("x86_64", "i386"):
-        pytest.skip("TF/IF are x86's flags")
+    """arch/x86/kernel/kprobes/core.c setup_singlestep(), resume_execution() (TF/IF in
+    eflags): the step runs with TF set and IF clear; the post_handler sees TF clear and IF as
+    before the hit."""
     seen: list[tuple[int, int]] = []
 
     def post(p: Kprobe, regs: PtRegs, flags: int) -> None:
-        f = int(regs.flags)  # type: ignore[attr-defined]
+        f = int(regs.flags)
         seen.append((f & 0x100, f & 0x200))
 
     kp = Kprobe(symbol_name="add", post_handler=post)

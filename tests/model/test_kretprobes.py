@@ -8,10 +8,12 @@ import errno
 import pytest
 
 from kuprobe import Kprobe, Kretprobe, KretprobeInstance, ProbeError, regs_return_value
-from kuprobe.model import Machine
+from kuprobe.model import Machine, ModelError
 from kuprobe.model.core.kretprobes import DEFAULT_MAXACTIVE
 from kuprobe.probes import KRETPROBE_MAX_DATA_SIZE
 from kuprobe.regs import PtRegs, signed
+
+from .archfacts import NESTED_HARDWARE_STEP
 
 
 def test_handler_sees_the_return_value_and_real_return_address(kernel: Machine) -> None:
@@ -159,3 +161,51 @@ def test_a_kprobe_and_a_kretprobe_share_the_entry(kernel: Machine) -> None:
     kernel.unregister_kprobe(kp)
     assert order == ["kprobe", "entry", "return", "kprobe"]
     assert (kp.hits, kp.nmissed, rp.hits, rp.nmissed) == (3, 1, 1, 1)
+
+
+# --- the trampoline designs: the patch "Avoid using kprobe in the arm64 kretprobe trampoline" --
+
+
+def _kretprobe_calling_a_kprobed_function(m: Machine) -> tuple[Kprobe, Kretprobe]:
+    inner = Kprobe(symbol_name="add")
+    rp = Kretprobe(symbol_name="model_kprobe_target",
+                   handler=lambda ri, r: m.call("add", 1, 2) * 0)  # fmt: skip
+    m.register_kprobe(inner)
+    m.register_kretprobe(rp)
+    return inner, rp
+
+
+@pytest.mark.parametrize("semantics", ["today", "seed"])
+def test_direct_trampoline_lets_a_handler_call_a_kprobed_function(
+    mfuncs: str, semantics: str
+) -> None:
+    """The trampoline saves the registers and calls the handler (kretprobe_trampoline_holder
+    of the patch, today's __kretprobe_trampoline): the kprobe hit inside the handler is a
+    plain reentry, missed and stepped, on every arch and either step design."""
+    m = Machine.load(mfuncs, space="kernel", semantics=semantics)
+    inner, rp = _kretprobe_calling_a_kprobed_function(m)
+    assert m.call("model_kprobe_target", 9) == 3
+    assert (rp.hits, inner.hits, inner.nmissed) == (1, 1, 1)
+    m.unregister_kretprobe(rp)
+    m.unregister_kprobe(inner)
+
+
+def test_kprobe_trampoline_nests_debug_exceptions(mfuncs: str, arch: str) -> None:
+    """The earlier design: a kprobe on the trampoline runs the handler in its own debug
+    exception. With the hardware single-step of "arm64: Kprobes with single stepping support"
+    (semantics="seed") a kprobe hit in that handler needs a nested debug exception, which
+    AArch64 does not take: the patch's "unexpected single-step error". x86 (int3 and TF
+    nest) and today's arm64 (the step ends on a BRK) step it."""
+    m = Machine.load(mfuncs, space="kernel", semantics="seed", kretprobe_trampoline="kprobe")
+    inner, rp = _kretprobe_calling_a_kprobed_function(m)
+    if NESTED_HARDWARE_STEP[arch]:
+        assert m.call("model_kprobe_target", 9) == 3
+        assert (rp.hits, inner.hits, inner.nmissed) == (1, 1, 1)
+    else:
+        with pytest.raises(ModelError, match="unexpected single-step error"):
+            m.call("model_kprobe_target", 9)
+        assert (rp.hits, inner.hits) == (1, 1)
+    today = Machine.load(mfuncs, space="kernel", kretprobe_trampoline="kprobe")
+    inner2, rp2 = _kretprobe_calling_a_kprobed_function(today)
+    assert today.call("model_kprobe_target", 9) == 3
+    assert (rp2.hits, inner2.hits, inner2.nmissed) == (1, 1, 1)

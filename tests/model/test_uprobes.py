@@ -1,4 +1,6 @@
-"""uprobes (kernel/events/uprobes.c, arch/x86/kernel/uprobes.c; seeds 001 and 004)."""
+"""uprobes (kernel/events/uprobes.c, arch/x86/kernel/uprobes.c;
+the patches "Kprobes: userspace probes new interfaces" and "uprobes/core: handle breakpoint and
+signal step exception")."""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import signal
 import pytest
 
 from kuprobe import ProbeError, Uprobe, UprobeConsumer, regs_return_value
+from kuprobe.insn import boundaries
 from kuprobe.model import Machine, ProcessSignalled
 from kuprobe.model.core.uprobes import MAX_URETPROBE_DEPTH, REGISTRY
 from kuprobe.probes import UPROBE_HANDLER_REMOVE
 from kuprobe.regs import PtRegs, instruction_pointer
 from kuprobe.task import Task
+
+from .archfacts import BOUNDARY_ERRNO, MID_REG, TRAP_PC_AFTER_BREAKPOINT, X86_ARCHES
 
 
 def counting(log: list[object], ret: int = 0) -> UprobeConsumer:
@@ -39,16 +44,26 @@ def test_identity_is_inode_and_offset(user: Machine, funcs: str) -> None:
 
 @pytest.mark.parametrize(
     ("kw", "code"),
-    [({"symbol_name": "loop_sum", "offset": 1}, errno.EILSEQ),
-     ({"symbol_name": "nope"}, errno.ENOENT), ({"offset": 0}, errno.EINVAL),
+    [({"symbol_name": "nope"}, errno.ENOENT), ({"offset": "table"}, errno.EINVAL),
      ({}, errno.EINVAL)],
 )  # fmt: skip
 def test_bad_uprobes(user: Machine, funcs: str, kw: dict[str, object], code: int) -> None:
-    if kw.get("offset") == 1 and user.arch == "i386":
-        kw = {"symbol_name": "loop_sum", "offset": 2}  # i386 loop_sum starts with push %ebp
+    if kw.get("offset") == "table":  # a file offset in the data segment, not in text
+        kw = {"offset": user.image.vaddr_to_offset(user.image.symbol("table").value)}
     with pytest.raises(ProbeError) as e:
         user.register_uprobe(Uprobe(funcs, **kw))  # type: ignore[arg-type]
     assert e.value.errno == code
+
+
+def test_offset_inside_an_instruction_is_refused(user: Machine, funcs: str) -> None:
+    """x86 (kuprobe's rule for symbol+offset, as can_probe()): -EILSEQ; arm64
+    arch_uprobe_analyze_insn(): -EINVAL for an address that is not 4-byte aligned."""
+    sym = user.image.symbol("loop_sum")
+    off = next(o for o, size in boundaries(user.arch, user.read(sym.value, sym.size))
+               if size > 1)  # fmt: skip
+    with pytest.raises(ProbeError) as e:
+        user.register_uprobe(Uprobe(funcs, symbol_name="loop_sum", offset=off + 1))
+    assert e.value.errno == BOUNDARY_ERRNO[user.arch]
 
 
 def test_missing_file_and_reregistration(user: Machine, funcs: str) -> None:
@@ -70,7 +85,8 @@ def test_uprobes_need_a_user_machine(kernel: Machine, funcs: str) -> None:
 
 
 def test_one_entry_per_probed_file_dropped_with_its_last_probe(user: Machine, funcs: str) -> None:
-    """Seed 001: one uprobe_module per probed file, dropped with its last probe."""
+    """One uprobe_module ("Kprobes: userspace probes new interfaces") per probed file,
+    dropped with its last probe."""
     a, b = Uprobe(funcs, symbol_name="add"), Uprobe(funcs, symbol_name="fib")
     user.register_uprobe(a)
     user.register_uprobe(b)
@@ -149,7 +165,7 @@ def test_handler_remove_stops_calls_from_that_process(funcs: str) -> None:
 
 
 def test_utask_states(user: Machine, funcs: str) -> None:
-    """Seed 004: RUNNING -> BP_HIT (handlers) -> SSTEP -> SSTEP_ACK -> RUNNING."""
+    """uprobes/core patch: RUNNING -> BP_HIT (handlers) -> SSTEP -> SSTEP_ACK -> RUNNING."""
     seen = []
     up = Uprobe(
         funcs,
@@ -167,8 +183,10 @@ def test_utask_states(user: Machine, funcs: str) -> None:
     assert user.present(xol.vaddr)
 
 
+@pytest.mark.parametrize("arch", X86_ARCHES)
 def test_nop_pattern_is_skipped_not_stepped(user: Machine, funcs: str) -> None:
-    """Seed 004: 0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0} is emulated, not stepped."""
+    """arch_uprobe_skip_sstep(): 0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0} is
+    emulated, not stepped."""
     sym = user.image.symbol("nop_entry")
     off = user.read(sym.value, sym.size).index(b"\x66\x90")  # after i386's push %ebp
     up = Uprobe(funcs, symbol_name="nop_entry", offset=off,
@@ -183,7 +201,7 @@ def test_nop_pattern_is_skipped_not_stepped(user: Machine, funcs: str) -> None:
 
 def test_handlers_change_registers(user: Machine, funcs: str) -> None:
     def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
-        regs.ax = 1000  # type: ignore[attr-defined]
+        setattr(regs, MID_REG[user.arch], 1000)
         return 0
 
     up = Uprobe(funcs, symbol_name="mid_label", consumer=UprobeConsumer(handler=handler))
@@ -197,8 +215,6 @@ def test_not_present_page_during_the_step(muser: Machine, mfuncs: str) -> None:
     muser.map(0x5000000, 0x1000, present=False)
     ups = []
     sym = muser.image.symbol("model_load")
-    from kuprobe.insn import boundaries
-
     for off, _ in boundaries(muser.arch, muser.read(sym.value, sym.size)):
         up = Uprobe(mfuncs, symbol_name="model_load", offset=off)
         muser.register_uprobe(up)
@@ -252,8 +268,6 @@ def test_fatal_signal_during_the_step_aborts_xol(user: Machine, funcs: str) -> N
 def test_fault_in_the_step_is_sigsegv_after_abort(muser: Machine, mfuncs: str) -> None:
     """The xol instruction itself faults: xol_was_trapped -> SSTEP_TRAPPED -> abort_xol."""
     sym = muser.image.symbol("model_load")
-    from kuprobe.insn import boundaries
-
     offs = [o for o, _ in boundaries(muser.arch, muser.read(sym.value, sym.size))]
     hit = None
     for off in offs:
@@ -271,14 +285,26 @@ def test_fault_in_the_step_is_sigsegv_after_abort(muser: Machine, mfuncs: str) -
     assert hit is not None
 
 
-def test_int3_not_ours_is_sigtrap(muser: Machine) -> None:
+def test_breakpoint_not_ours_is_sigtrap(muser: Machine) -> None:
+    """handle_swbp(): a breakpoint no uprobe owns is SIGTRAP (arm64: brk_handler() gives
+    uprobes only UPROBES_BRK_IMM; model_trap's BRK #0 is SIGTRAP)."""
     with pytest.raises(ProcessSignalled) as e:
         muser.call("model_trap", 5)
     assert e.value.signo == signal.SIGTRAP
     got = []
-    muser.sigaction(signal.SIGTRAP, lambda m, s: got.append(s))
-    assert muser.call("model_trap", 5) == 5
-    assert got == [signal.SIGTRAP]
+
+    def once(m: Machine, s: int) -> None:
+        got.append(s)
+        m.sigaction(signal.SIGTRAP, None)  # the next SIGTRAP kills
+
+    muser.sigaction(signal.SIGTRAP, once)
+    if TRAP_PC_AFTER_BREAKPOINT[muser.arch]:  # int3: the handler returns after it
+        assert muser.call("model_trap", 5) == 5
+        assert got == [signal.SIGTRAP]
+    else:  # BRK: the pc is the BRK's, so returning from the handler runs it again
+        with pytest.raises(ProcessSignalled):
+            muser.call("model_trap", 5)
+        assert got == [signal.SIGTRAP]
 
 
 # --- uretprobes ---------------------------------------------------------------------------------
@@ -350,3 +376,25 @@ def test_a_consumer_may_run_probed_code(user: Machine, funcs: str) -> None:
     user.unregister_uprobe(add)
     assert (outer.hits, add.hits) == (1, 1)
     assert user.utask_state == "RUNNING"
+
+
+def test_frames_abandoned_by_longjmp_are_dropped(muser: Machine, mfuncs: str) -> None:
+    """kernel/events/uprobes.c cleanup_return_instances() and arch_uretprobe_is_alive() (x86:
+    alive while sp < ri->stack at a call; arm64 likewise, sp <= ri->stack for a chained call):
+    model_jumper's four uretprobed frames never return (a longjmp leaves them); the next
+    uretprobed call, made from a shallower sp, drops them, so they neither run ret_handlers nor
+    count toward MAX_URETPROBE_DEPTH."""
+    jumper = Uprobe(mfuncs, symbol_name="model_jumper", consumer=UprobeConsumer(
+        ret_handler=lambda uc, f, r: 0))  # fmt: skip
+    rec = Uprobe(mfuncs, symbol_name="model_rec", consumer=UprobeConsumer(
+        ret_handler=lambda uc, f, r: 0))  # fmt: skip
+    muser.register_uprobe(jumper)
+    muser.register_uprobe(rec)
+    assert muser.call("model_setjmp_driver", 3) == 102  # model_rec(2) + 100
+    muser.unregister_uprobe(jumper)
+    muser.unregister_uprobe(rec)
+    assert (jumper.hits, jumper.ret_hits) == (4, 0)
+    assert (rec.hits, rec.ret_hits) == (3, 3)
+    assert muser.uprobes is not None and muser.uprobes.utask.depth == 0
+    dropped = [e for e in muser.trace if e.kind == "uretprobe" and "dropped" in e.detail]
+    assert len(dropped) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kuprobe.model.arch.arm64 import Arm64
 from kuprobe.model.arch.base import Arch
 from kuprobe.model.arch.i386 import I386
 from kuprobe.model.arch.x86_64 import X86_64
@@ -9,6 +10,7 @@ from kuprobe.model.arch.x86_64 import X86_64
 ARCHES: dict[str, type[Arch]] = {
     "x86_64": X86_64,
     "i386": I386,
+    "arm64": Arm64,
 }
 
 

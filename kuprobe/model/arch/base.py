@@ -20,6 +20,13 @@ from kuprobe.regs import PtRegs
 TRAP_BREAKPOINT = "breakpoint"
 TRAP_SINGLESTEP = "singlestep"
 TRAP_OTHER = "other"
+# include/linux/uprobes.h: enum rp_check, the contexts of arch_uretprobe_is_alive()
+RP_CHECK_CALL = "call"
+RP_CHECK_CHAIN_CALL = "chain_call"
+RP_CHECK_RET = "ret"
+# Where the documented semantics (the patches) and today's kernels differ, a Machine does
+# either (``Machine(semantics=...)``); each arch says what differs in its hooks.
+SEMANTICS = ("today", "seed")
 
 
 class Memory(Protocol):
@@ -42,6 +49,7 @@ class ArchSpecificInsn:
     slot: bytes = b""
     fixups: int = 0
     skip_sstep: bool = False
+    simulate: bool = False  # no step out of line: the arch simulates it (arch_simulate_insn)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,9 +69,11 @@ class Arch:
     bits: ClassVar[int]
     # Unicorn names of this arch, for kuprobe.model.emu (data, no unicorn import here)
     uc_arch: ClassVar[str]
-    uc_mode: ClassVar[str]
     uc_regs: ClassVar[dict[str, str | None]]  # pt_regs field -> Unicorn register name
     reg_defaults: ClassVar[dict[str, int]] = {}  # fields the CPU has no register for
+
+    # "today" or "seed": which of the kernel's designs this Machine runs (see SEMANTICS)
+    semantics: str = "today"
 
     # CPU exception numbers as the emulator reports them
     BREAKPOINT_TRAP: ClassVar[int]
@@ -72,10 +82,17 @@ class Arch:
 
     # include/linux/kprobes.h, include/linux/uprobes.h: per-arch constants
     BREAKPOINT_INSN: ClassVar[bytes]
+    KRETPROBE_TRAMPOLINE_INSN: ClassVar[bytes]  # what traps into the kretprobe trampoline
+    NOP_INSN: ClassVar[bytes]  # the trampoline's code when a kprobe on it does the trapping
     UPROBE_SWBP_INSN: ClassVar[bytes]
     MAX_INSN_SIZE: ClassVar[int]
     MAX_UINSN_BYTES: ClassVar[int]
     UPROBE_XOL_SLOT_BYTES: ClassVar[int]
+    # the errno of a probe address that is no instruction boundary (x86: can_probe() ->
+    # -EILSEQ; arm64: arch_prepare_kprobe() / arch_uprobe_analyze_insn() -> -EINVAL)
+    BOUNDARY_ERRNO: ClassVar[int] = errno.EILSEQ
+    # reenter_kprobe(): the kprobe_status names in which another hit is unrecoverable (BUG())
+    REENTER_FATAL: ClassVar[frozenset[str]] = frozenset({"REENTER"})
 
     # The model's address-space layout (below the ELF's text, which starts at 4 MiB or more)
     CALL_RETURN: ClassVar[int] = 0x10000  # m.call()'s return address: reaching it ends a call
@@ -121,6 +138,11 @@ class Arch:
         """The signal a user task gets for a CPU exception nobody handled."""
         return int(signal.SIGILL)
 
+    def set_user_fault(self, thread: Any) -> None:
+        """What the arch's user page-fault path leaves in ``thread`` (x86: trap_nr = #PF;
+        arm64: fault_code = esr), which arch_uprobe_xol_was_trapped() reads."""
+        raise NotImplementedError
+
     def stack_pointer_field(self) -> str:
         return "sp"
 
@@ -141,7 +163,17 @@ class Arch:
         """The probed address a breakpoint trap reports (x86: ip - 1)."""
         raise NotImplementedError
 
-    def arch_prepare_kprobe(self, addr: int, code: bytes, slot: int) -> ArchSpecificInsn:
+    def arch_prepare_kprobe(
+        self, addr: int, code: bytes, slot: int, before: bytes = b""
+    ) -> ArchSpecificInsn:
+        """Decode the insn at ``addr`` (``before``: the function's bytes up to it), fill the
+        slot or mark it simulated."""
+        raise NotImplementedError
+
+    def arch_simulate_insn(
+        self, mem: Memory | None, regs: PtRegs, addr: int, ainsn: ArchSpecificInsn
+    ) -> None:
+        """Run an insn marked ``simulate`` on ``regs`` instead of stepping it."""
         raise NotImplementedError
 
     def arch_arm_kprobe(self, mem: Memory, addr: int) -> None:
@@ -162,6 +194,11 @@ class Arch:
         self, kcb: Any, regs: PtRegs, mem: Memory, addr: int, slot: int, ainsn: ArchSpecificInsn
     ) -> None:
         raise NotImplementedError
+
+    def nested_step_possible(self) -> bool:
+        """Whether a kprobe hit inside a kprobe's debug exception can be stepped (x86: int3
+        and the trap flag nest; arm64's hardware step does not, see arch/arm64)."""
+        return True
 
     def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
         """kprobe_fault_handler() while single-stepping: back to the probe, step state off."""
@@ -241,3 +278,7 @@ class Arch:
 
     def arch_uretprobe_hijack_return_addr(self, mem: Memory, regs: PtRegs, trampoline: int) -> int:
         raise NotImplementedError
+
+    def arch_uretprobe_is_alive(self, stack: int, ctx: str, regs: PtRegs) -> bool:
+        """kernel/events/uprobes.c: arch_uretprobe_is_alive() (__weak): every frame lives."""
+        return True

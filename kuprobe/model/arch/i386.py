@@ -1,4 +1,5 @@
-"""i386: cdecl calls, 32-bit pt_regs (bx … ss); the seed-000 path (int3, TF/IF in eflags)."""
+"""i386: cdecl calls, 32-bit pt_regs (bx … ss); the path of the patch "Kprobes- robust fault
+handling for i386" (int3, TF/IF in eflags)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ class I386(X86):
     name: ClassVar[str] = "i386"
     bits: ClassVar[int] = 32
     is64: ClassVar[bool] = False
-    uc_mode: ClassVar[str] = "UC_MODE_32"
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_32) -> the CPU's registers
     uc_regs: ClassVar[dict[str, str | None]] = {
         "bx": "EBX", "cx": "ECX", "dx": "EDX", "si": "ESI", "di": "EDI", "bp": "EBP",

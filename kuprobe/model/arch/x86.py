@@ -4,9 +4,9 @@ Sources: arch/x86/kernel/kprobes/core.c (arch_prepare_kprobe, __copy_instruction
 setup_singlestep, resume_execution, kprobe_fault_handler, arch_prepare_kretprobe) and
 arch/x86/kernel/uprobes.c (arch_uprobe_analyze_insn, arch_uprobe_pre_xol/post_xol,
 arch_uprobe_abort_xol, arch_uretprobe_hijack_return_addr); the NOP pattern skipped instead of
-single-stepped is seed 004's. The %rip-relative scratch-register scheme of uprobes
-(riprel_analyze/pre_xol/post_xol) is x86_64's (kuprobe.model.arch.x86_64); here its 32-bit
-stubs.
+single-stepped is from the patch "uprobes/core: handle breakpoint and signal step exception".
+The %rip-relative scratch-register scheme of uprobes (riprel_analyze/pre_xol/post_xol) is
+x86_64's (kuprobe.model.arch.x86_64); here its 32-bit stubs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ import capstone
 
 from kuprobe.errors import ProbeError
 from kuprobe.insn import disassembler
-from kuprobe.model.arch.base import Arch, ArchSpecificInsn, ArchUprobeTask, Memory
+from kuprobe.model.arch.base import (
+    RP_CHECK_CALL,
+    Arch,
+    ArchSpecificInsn,
+    ArchUprobeTask,
+    Memory,
+)
 from kuprobe.regs import PtRegs, regs_class
 
 INT3_INSN_OPCODE = 0xCC
@@ -70,7 +76,8 @@ def skip_prefixes(insn: bytes, is64: bool) -> int:
 
 
 def is_nop_pattern(insn: bytes) -> bool:
-    """Seed 004 (arch_uprobe_skip_sstep): ``0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0}``."""
+    """arch_uprobe_skip_sstep() of the patch "uprobes/core: handle breakpoint and signal step
+    exception": ``0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0}``."""
     i = 0
     while i < len(insn) and insn[i] == 0x66:
         i += 1
@@ -87,6 +94,10 @@ class X86(Arch):
     PAGE_FAULT_TRAPNR: ClassVar[int] = 14  # X86_TRAP_PF
     # arch/x86/include/asm/kprobes.h, arch/x86/include/asm/uprobes.h
     BREAKPOINT_INSN: ClassVar[bytes] = bytes([INT3_INSN_OPCODE])
+    # __kretprobe_trampoline saves pt_regs and calls trampoline_handler() directly; the model
+    # enters it through an int3 that no kprobe owns
+    KRETPROBE_TRAMPOLINE_INSN: ClassVar[bytes] = bytes([INT3_INSN_OPCODE])
+    NOP_INSN: ClassVar[bytes] = b"\x90"
     UPROBE_SWBP_INSN: ClassVar[bytes] = bytes([INT3_INSN_OPCODE])
     MAX_INSN_SIZE: ClassVar[int] = 16
     MAX_UINSN_BYTES: ClassVar[int] = 16
@@ -154,11 +165,22 @@ class X86(Arch):
 
     # --- kprobes ----------------------------------------------------------------------------
 
+    def set_user_fault(self, thread: Any) -> None:
+        # arch/x86/mm/fault.c: do_user_addr_fault() -> tsk->thread.trap_nr = X86_TRAP_PF
+        thread.trap_nr = self.PAGE_FAULT_TRAPNR
+
+    def arch_uretprobe_is_alive(self, stack: int, ctx: str, regs: PtRegs) -> bool:
+        # arch/x86/kernel/uprobes.c: at a call sp was just decremented by the call insn
+        sp = int(regs.sp)
+        return sp < stack if ctx == RP_CHECK_CALL else sp <= stack
+
     def kprobe_trap_addr(self, regs: PtRegs) -> int:
         # kprobe_int3_handler(): addr = regs->ip - sizeof(kprobe_opcode_t)
         return (int(regs.ip) - 1) & self.mask
 
-    def arch_prepare_kprobe(self, addr: int, code: bytes, slot: int) -> ArchSpecificInsn:
+    def arch_prepare_kprobe(
+        self, addr: int, code: bytes, slot: int, before: bytes = b""
+    ) -> ArchSpecificInsn:
         insn = self.decode(code, addr)
         raw = bytes(insn.bytes)
         if raw[0] == INT3_INSN_OPCODE:  # __copy_instruction(): another breakpoint: refuse
@@ -207,7 +229,8 @@ class X86(Arch):
         r.flags = int(r.flags) | kcb.saved_flags
 
     def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
-        # kprobe_fault_handler() (and seed 000): ip back to the probe, TF off, old flags back
+        # kprobe_fault_handler() (and the i386 fault-handling patch): ip back to the probe, TF
+        # off, old flags back
         r: Any = regs
         r.ip = addr
         r.flags = (int(r.flags) & ~X86_EFLAGS_TF) | kcb.old_flags

@@ -72,7 +72,6 @@ class X86_64(X86):
     name: ClassVar[str] = "x86_64"
     bits: ClassVar[int] = 64
     is64: ClassVar[bool] = True
-    uc_mode: ClassVar[str] = "UC_MODE_64"
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_64) -> the CPU's registers
     uc_regs: ClassVar[dict[str, str | None]] = {
         "r15": "R15", "r14": "R14", "r13": "R13", "r12": "R12", "bp": "RBP", "bx": "RBX",

@@ -31,7 +31,8 @@ class ProcessSignalled(ModelError):
 
 
 class HandlerAbandoned(BaseException):
-    """Seed 000: a handler faulted and its fault_handler did not fix it: unwind the handler."""
+    """A handler faulted and its fault_handler did not fix it: unwind the handler (the patch
+    "Kprobes- robust fault handling for i386")."""
 
 
 class Restart(BaseException):
@@ -135,7 +136,8 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
     A handler that raises is counted (``handler_errors``), logged the first time, and
     treated as returning 0, as the live side's dispatcher does; the exception is kept in
     ``Machine.errors``. A Machine loaded with ``strict=True`` lets it propagate instead (the
-    call fails with it: what a test of handler logic wants).
+    call fails with it: what a test of handler logic wants). A ModelError (the run itself
+    cannot go on) always propagates.
     """
     for a in args:
         if isinstance(a, PtRegs):
@@ -143,6 +145,8 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
     previous = set_current(m.task)
     try:
         return fn(*args)
+    except ModelError:  # the emulated run cannot go on (a kernel BUG, a lost step …)
+        raise
     except Exception as e:
         if m.strict:
             raise

@@ -2,9 +2,11 @@
 
 Mirrors kernel/kprobes.c (register_kprobe, register_aggr_kprobe, aggr_pre_handler,
 aggr_post_handler, kprobes_inc_nmissed_count, enable/disable_kprobe) and the arch-independent
-part of the x86 trap flow (arch/x86/kernel/kprobes/core.c: kprobe_int3_handler,
-reenter_kprobe, kprobe_debug_handler, kprobe_fault_handler) with the fault rules of seed 000.
-Everything arch-specific goes through the arch hooks.
+part of the arch trap flows (arch/x86/kernel/kprobes/core.c: kprobe_int3_handler,
+reenter_kprobe, kprobe_debug_handler, kprobe_fault_handler; arch/arm64/kernel/probes/
+kprobes.c: kprobe_handler, setup_singlestep with arch_simulate_insn, post_kprobe_handler),
+with the fault rules of the patch "Kprobes- robust fault handling for i386". Everything
+arch-specific goes through the arch hooks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from kuprobe.resolve import check_kprobe_target
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-# include/linux/kprobes.h: kprobe_ctlblk.kprobe_status (HIT_FAULT: seed 000)
+# include/linux/kprobes.h: kprobe_ctlblk.kprobe_status (HIT_FAULT: the i386 fault-handling patch)
 KPROBE_HIT_ACTIVE = 0x01
 KPROBE_HIT_SS = 0x02
 KPROBE_REENTER = 0x04
@@ -79,9 +81,13 @@ class KprobeCtlblk:
     old_flags: int = 0
     saved_flags: int = 0
     prev: PrevKprobe = field(default_factory=PrevKprobe)
-    # seed 000: the regs of the handler in flight, and which child's handler runs
+    # the i386 fault-handling patch: the regs of the handler in flight, and which child's
+    # handler runs
     handler_regs: PtRegs | None = None
     instance: Kprobe | None = None
+    # a kretprobe handler runs inside the trampoline kprobe's debug exception (the design
+    # before "Avoid using kprobe in the arm64 kretprobe trampoline")
+    in_trampoline_kprobe: bool = False
 
 
 class KprobeTable:
@@ -101,8 +107,9 @@ class KprobeTable:
 
     # --- registration (kernel/kprobes.c) -------------------------------------------------
 
-    def resolve(self, p: Any) -> int:
-        """_kprobe_addr() + check_kprobe_address_safe() + can_probe(): the checked address."""
+    def resolve(self, p: Any) -> tuple[int, int]:
+        """_kprobe_addr() + check_kprobe_address_safe() + can_probe(): the checked address,
+        and the start of its function."""
         m = self.m
         symbol_name, off = check_kprobe_target(p)
         if symbol_name is not None:
@@ -124,12 +131,12 @@ class KprobeTable:
         code = m.read(start, max(func.size, addr - start + 1))
         if not m.hooks.can_probe(code, addr - start):
             raise ProbeError(
-                errno.EILSEQ,
+                m.hooks.BOUNDARY_ERRNO,
                 f"{func.name}+{addr - start:#x} is not an instruction boundary",
                 probe=p,
                 hint="use an offset where an instruction starts (objdump -d)",
             )
-        return addr
+        return addr, start
 
     def is_kernel_text(self, addr: int) -> bool:
         addr -= self.m.load_bias
@@ -137,10 +144,12 @@ class KprobeTable:
             s.executable and s.vaddr <= addr < s.vaddr + s.filesz for s in self.m.image.segments
         )
 
-    def register(self, p: Kprobe, internal: Any = None) -> ProbePoint:
+    def register(self, p: Kprobe, internal: Any = None, at: int | None = None) -> ProbePoint:
+        """register_kprobe(); ``at``: a kprobe of the model's own code (the kretprobe
+        trampoline), placed there without the checks a user's kprobe gets."""
         if p._owner is not None:
             raise ProbeError(errno.EINVAL, "this kprobe is already registered", probe=p)
-        addr = self.resolve(p)
+        addr, start = self.resolve(p) if at is None else (at, at)
         point = self.points.get(addr)
         if point is not None:  # register_aggr_kprobe(): a kretprobe's entry probe too
             point.probes.append(p)
@@ -148,11 +157,13 @@ class KprobeTable:
             slot = self._get_insn_slot()
             code = self.m.read(addr, self.m.hooks.MAX_INSN_SIZE)
             try:
-                ainsn = self.m.hooks.arch_prepare_kprobe(addr, code, slot)
+                before = self.m.read(start, addr - start) if addr > start else b""
+                ainsn = self.m.hooks.arch_prepare_kprobe(addr, code, slot, before)
             except ProbeError:
                 self._free_slots.append(slot)
                 raise
-            self.m.write(slot, ainsn.slot)
+            if ainsn.slot:
+                self.m.write(slot, ainsn.slot)
             point = ProbePoint(addr=addr, ainsn=ainsn, slot=slot, probes=[p])
             self.points[addr] = point
         self.addr_of[p] = addr
@@ -256,8 +267,15 @@ class KprobeTable:
             self._save_previous()
             self._set_current(point, regs)
             self.kcb.status = KPROBE_REENTER
-        elif self.kcb.status != KPROBE_HIT_FAULT:  # seed 000: HIT_FAULT stays for the step
+        elif self.kcb.status != KPROBE_HIT_FAULT:  # HIT_FAULT stays for the step
             self.kcb.status = KPROBE_HIT_SS
+        if point.ainsn.simulate:
+            # arm64 setup_singlestep() -> arch_simulate_insn(): no step, post-processed at once
+            self.m.hooks.arch_simulate_insn(self.m, regs, point.addr, point.ainsn)
+            if self.m.trace_enabled:
+                self.m.record("simulate", point.addr, self.status_name())
+            self.post_kprobe_handler(point, regs)
+            return
         self.m.hooks.prepare_singlestep(self.kcb, regs, point.addr, point.slot, point.ainsn)
         if self.m.trace_enabled:
             self.m.record(
@@ -293,10 +311,19 @@ class KprobeTable:
 
     def _reenter(self, point: ProbePoint, regs: PtRegs) -> None:
         """reenter_kprobe(): a hit while a handler runs: nmissed++, step it, no handlers."""
-        if self.kcb.status == KPROBE_REENTER:
+        if self.status_name() in self.m.hooks.REENTER_FATAL:
             raise ModelError(
-                f"Unrecoverable kprobe detected at {point.addr:#x}: a probe hit while "
-                "single-stepping a reentered probe (the kernel BUG()s here)"
+                f"Unrecoverable kprobe detected at {point.addr:#x}: a probe hit in state "
+                f"{self.status_name()} (reenter_kprobe(): the kernel BUG()s here)"
+            )
+        if self.kcb.in_trampoline_kprobe and not self.m.hooks.nested_step_possible():
+            # "The aarch64 exception handling does not allow nesting of debug exceptions":
+            # this probe's step would be a debug exception inside the trampoline kprobe's
+            raise ModelError(
+                f"unexpected single-step error: the kprobe at {point.addr:#x} was hit in a "
+                "kretprobe handler run by the trampoline's kprobe, and its step cannot nest in "
+                'that debug exception (the patch "Avoid using kprobe in the arm64 kretprobe '
+                'trampoline"; Machine(kretprobe_trampoline="direct") is the fix)'
             )
         self.kprobes_inc_nmissed_count(point)
         self.m.record("miss", point.addr, self.status_name(), probe=point.probes[0],
@@ -304,7 +331,8 @@ class KprobeTable:
         self._setup_singlestep(point, regs, reenter=True)
 
     def _run_guarded(self, point: ProbePoint, regs: PtRegs, fn: Callable[[], int]) -> int | None:
-        """Run handlers with seed 000's trampoline: None if a fault abandoned them."""
+        """Run handlers with the fault-handling patch's trampoline: None if a fault abandoned
+        them."""
         self.kcb.handler_regs = regs
         try:
             return fn()
@@ -320,8 +348,9 @@ class KprobeTable:
         def run() -> int:
             for p in point.enabled():
                 owner = self.internal.get(p)
-                if owner is not None:  # pre_handler_kretprobe(): always 0
-                    owner.pre_handler(regs)
+                if owner is not None:  # pre_handler_kretprobe() (0), trampoline_probe_handler (1)
+                    if owner.pre_handler(regs):
+                        return 1
                     continue
                 if p.pre_handler is None:
                     continue
@@ -332,7 +361,7 @@ class KprobeTable:
             return 0
 
         ret = self._run_guarded(point, regs, run)
-        if ret is None:  # seed 000: HIT_FAULT -> single-step the original, no post_handler
+        if ret is None:  # HIT_FAULT -> single-step the original, no post_handler
             return 0
         return ret
 
@@ -344,6 +373,13 @@ class KprobeTable:
             return False
         self.m.hooks.resume_execution(kcb, regs, self.m, cur.addr, cur.slot, cur.ainsn)
         self.m.record("ssdone", cur.addr, self.status_name())
+        self.post_kprobe_handler(cur, regs)
+        return True
+
+    def post_kprobe_handler(self, cur: ProbePoint, regs: PtRegs) -> None:
+        """The post_handlers after the step (or the simulation), then the previous kprobe or
+        none current (kprobe_debug_handler(), arm64 post_kprobe_handler())."""
+        kcb = self.kcb
         if kcb.status not in (KPROBE_REENTER, KPROBE_HIT_FAULT):
             posts = [p for p in cur.enabled() if p.post_handler is not None]
             if posts:
@@ -362,7 +398,6 @@ class KprobeTable:
             self._restore_previous()
         else:
             self._reset_current()
-        return True
 
     def stepping(self) -> bool:
         return self.kcb.current is not None and self.kcb.status in (
@@ -382,7 +417,8 @@ class KprobeTable:
         )
 
     def singlestep_fault(self, regs: PtRegs) -> None:
-        """kprobe_fault_handler(), seed 000: the stepped instruction faulted.
+        """kprobe_fault_handler() ("Kprobes- robust fault handling for i386"): the stepped
+        instruction faulted.
 
         Reset the probe, ip back to the probe address; the system fault handler then fixes
         the fault and the instruction re-executes (so the probe hits again).
@@ -398,7 +434,8 @@ class KprobeTable:
             self._reset_current()
 
     def handler_fault(self, trapnr: int) -> bool:
-        """kprobe_fault_handler(), seed 000: a pre/post handler faulted.
+        """kprobe_fault_handler() ("Kprobes- robust fault handling for i386"): a pre/post
+        handler faulted.
 
         The probe's fault_handler runs first; nonzero means handled (the access is retried).
         Otherwise nmissed++, status HIT_FAULT, and the handler is abandoned (the caller

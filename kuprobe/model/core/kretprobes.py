@@ -1,8 +1,19 @@
 """kretprobes: an instance pool, entry_handler, the return-address hijack and the trampoline.
 
 Mirrors kernel/kprobes.c (register_kretprobe, pre_handler_kretprobe, recycle_rp_inst) and
-the trampoline of arch/x86/kernel/kprobes/core.c (trampoline_handler: the instances of this
-frame, newest first, handlers called with the return registers, then the real return address).
+the trampoline of arch/x86/kernel/kprobes/core.c and arch/arm64/kernel/probes/kprobes.c
+(trampoline_handler: the instances of this frame, newest first, handlers called with the
+return registers, then the real return address).
+
+Two trampoline designs, chosen per Machine (``kretprobe_trampoline=``):
+
+- "direct" (today's, and the patch "Avoid using kprobe in the arm64 kretprobe trampoline"):
+  the trampoline saves the registers and calls the handler itself, with a dummy kprobe
+  current (kprobe_busy_begin());
+- "kprobe" (the design before it): a kprobe on the trampoline, whose pre_handler
+  (trampoline_probe_handler) runs the kretprobe handlers inside that kprobe's debug exception
+  and returns 1. On an arch whose debug exceptions do not nest, a kprobe hit in such a handler
+  cannot be stepped (KprobeTable._reenter).
 """
 
 from __future__ import annotations
@@ -59,14 +70,55 @@ class _KretprobeEntry:
         return 0
 
 
+TRAMPOLINE_DESIGNS = ("direct", "kprobe")
+
+
+class _TrampolineKprobe:
+    """The kprobe on the trampoline of the "kprobe" design (arch_init_kprobes() registered
+    it with trampoline_probe_handler as its pre_handler)."""
+
+    def __init__(self, owner: KretprobeCore) -> None:
+        self.owner = owner
+        self.kp = Kprobe(addr=owner.m.hooks.KRETPROBE_TRAMPOLINE)
+
+    def missed(self) -> None:
+        """A hit of the trampoline while a kprobe runs: nothing to count (no user probe)."""
+
+    def pre_handler(self, regs: PtRegs) -> int:
+        kcb = self.owner.table.kcb
+        kcb.in_trampoline_kprobe = True
+        try:
+            self.owner.run_instances(regs)
+        finally:
+            kcb.in_trampoline_kprobe = False
+        return 1  # "return 1 so that post handlers not called": resume at the return address
+
+
 class KretprobeCore:
     """The kretprobes of one kernel Machine and its task's instance list."""
 
-    def __init__(self, m: MachineLike, table: KprobeTable) -> None:
+    def __init__(self, m: MachineLike, table: KprobeTable, design: str = "direct") -> None:
+        if design not in TRAMPOLINE_DESIGNS:
+            raise ValueError(
+                f"kretprobe_trampoline must be one of {', '.join(TRAMPOLINE_DESIGNS)}, "
+                f"not {design!r}"
+            )
         self.m = m
         self.table = table
+        self.design = design
         self.entries: dict[Kretprobe, _KretprobeEntry] = {}
         self.inflight: list[_InFlight] = []  # newest last
+
+    def install_trampoline(self) -> None:
+        """The trampoline's code: the arch's trap into trampoline_handler(), or (the "kprobe"
+        design) a nop with a kprobe on it."""
+        h = self.m.hooks
+        if self.design == "direct":
+            self.m.write(h.KRETPROBE_TRAMPOLINE, h.KRETPROBE_TRAMPOLINE_INSN)
+            return
+        self.m.write(h.KRETPROBE_TRAMPOLINE, h.NOP_INSN)
+        tramp = _TrampolineKprobe(self)
+        self.table.register(tramp.kp, internal=tramp, at=h.KRETPROBE_TRAMPOLINE)
 
     def register(self, rp: Kretprobe) -> None:
         if rp._owner is not None:
@@ -89,7 +141,15 @@ class KretprobeCore:
         rp._owner = None
 
     def trampoline_handler(self, regs: PtRegs) -> None:
-        """trampoline_handler(): run this frame's instances, then return for real."""
+        """trampoline_handler() of the "direct" design: with a dummy kprobe current."""
+        saved = self.table.busy_begin()
+        try:
+            self.run_instances(regs)
+        finally:
+            self.table.busy_end(saved)
+
+    def run_instances(self, regs: PtRegs) -> None:
+        """Run this frame's instances, newest first, then return for real."""
         m = self.m
         trampoline = m.hooks.KRETPROBE_TRAMPOLINE
         setattr(regs, m.hooks.ip_field(), trampoline)
@@ -99,20 +159,16 @@ class KretprobeCore:
             raise RuntimeError(f"kretprobe trampoline reached with no instance for {frame:#x}")
         # the oldest instance of this frame holds the real return address
         correct = next((f.ri.ret_addr for f in mine if f.ri.ret_addr != trampoline), trampoline)
-        saved = self.table.busy_begin()
-        try:
-            for f in mine:
-                self.inflight.remove(f)
-                f.ri.ret_addr = correct
-                rp = f.rp
-                if rp is not None:
-                    rp._hits += 1
-                    m.record("kretprobe", frame, probe=rp, detail=f"return to {correct:#x}")
-                    if rp.handler is not None:
-                        call_handler(m, rp, rp.handler, f.ri, regs)
-                    entry = self.entries.get(rp)
-                    if entry is not None:
-                        entry.free.append(f.ri)  # recycle_rp_inst()
-        finally:
-            self.table.busy_end(saved)
+        for f in mine:
+            self.inflight.remove(f)
+            f.ri.ret_addr = correct
+            rp = f.rp
+            if rp is not None:
+                rp._hits += 1
+                m.record("kretprobe", frame, probe=rp, detail=f"return to {correct:#x}")
+                if rp.handler is not None:
+                    call_handler(m, rp, rp.handler, f.ri, regs)
+                entry = self.entries.get(rp)
+                if entry is not None:
+                    entry.free.append(f.ri)  # recycle_rp_inst()
         setattr(regs, m.hooks.ip_field(), correct)

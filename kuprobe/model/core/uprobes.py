@@ -1,10 +1,12 @@
 """uprobes: (inode, offset) probes shared by every process mapping the file.
 
 Mirrors kernel/events/uprobes.c: the global uprobe tree (here one entry per probed file, as
-seed 001's uprobe_module, dropped with its last probe), register_for_each_vma/uprobe_mmap,
-consumers with filter_chain and UPROBE_HANDLER_REMOVE (handler_chain), the utask states of
-seed 004, the per-process XOL area, pre_ssout/handle_singlestep, uprobe_deny_signal, and
-uretprobes (prepare_uretprobe, handle_trampoline, MAX_URETPROBE_DEPTH).
+the uprobe_module of the patch "Kprobes: userspace probes new interfaces", dropped with its
+last probe), register_for_each_vma/uprobe_mmap, consumers with filter_chain and
+UPROBE_HANDLER_REMOVE (handler_chain), the utask states of the patch "uprobes/core: handle
+breakpoint and signal step exception", the per-process XOL area, pre_ssout/handle_singlestep,
+uprobe_deny_signal, and uretprobes (prepare_uretprobe, cleanup_return_instances,
+handle_trampoline, MAX_URETPROBE_DEPTH, arch_uretprobe_is_alive).
 """
 
 from __future__ import annotations
@@ -18,14 +20,20 @@ from operator import ne
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
 from kuprobe.model.arch import ARCHES, get_arch
-from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask
+from kuprobe.model.arch.base import (
+    RP_CHECK_CALL,
+    RP_CHECK_CHAIN_CALL,
+    RP_CHECK_RET,
+    ArchSpecificInsn,
+    ArchUprobeTask,
+)
 from kuprobe.model.core.common import MachineLike, call_handler
 from kuprobe.probes import UPROBE_HANDLER_REMOVE, Uprobe
 from kuprobe.regs import PtRegs
 from kuprobe.resolve import resolve_uprobe
 from kuprobe.task import Task
 
-# include/linux/uprobes.h: enum uprobe_task_state (UTASK_BP_HIT: seed 004)
+# include/linux/uprobes.h: enum uprobe_task_state (UTASK_BP_HIT: the uprobes/core patch)
 UTASK_RUNNING = "RUNNING"
 UTASK_BP_HIT = "BP_HIT"
 UTASK_SSTEP = "SSTEP"
@@ -49,7 +57,8 @@ class UprobeEntry:
 
 @dataclass(eq=False)
 class ProbedFile:
-    """Seed 001's uprobe_module: the bookkeeping of one probed file."""
+    """The uprobe_module of the patch "Kprobes: userspace probes new interfaces": the
+    bookkeeping of one probed file."""
 
     inode: tuple[int, int]
     path: str
@@ -69,9 +78,11 @@ class ReturnInstance:
 
 @dataclass
 class Thread:
-    """The part of ``thread_struct`` uprobes read: the last trap number."""
+    """The part of ``thread_struct`` uprobes read: the last trap (x86 ``trap_nr``, arm64
+    ``fault_code``; each arch's hooks use their own)."""
 
     trap_nr: int = 0
+    fault_code: int = 0
 
 
 @dataclass
@@ -183,7 +194,7 @@ class UprobeRegistry:
         if not entry.consumers:
             pf = self.files[entry.inode]
             del pf.uprobes[entry.offset]
-            if not pf.uprobes:  # seed 001: the file's entry goes with its last probe
+            if not pf.uprobes:  # the file's entry goes with its last probe
                 del self.files[entry.inode]
 
     def mmap(self, mm: UprobeMm) -> None:
@@ -399,6 +410,12 @@ class UprobeMm:
         trampoline = self.get_xol_area().vaddr
         orig = m.hooks.arch_uretprobe_hijack_return_addr(m, regs, trampoline)
         chained = orig == trampoline
+        # cleanup_return_instances(): drop the frames a longjmp() abandoned
+        ctx = RP_CHECK_CHAIN_CALL if chained else RP_CHECK_CALL
+        ris = utask.return_instances
+        while ris and not m.hooks.arch_uretprobe_is_alive(ris[-1].stack, ctx, regs):
+            dead = ris.pop()
+            m.record("uretprobe", dead.func, detail="dropped: its frame is gone (longjmp)")
         if chained:
             if not utask.return_instances:
                 return  # "unable to set uretprobe": the kernel kills the task here
@@ -411,18 +428,38 @@ class UprobeMm:
         utask = self.utask
         if not utask.return_instances:
             raise RuntimeError("uretprobe trampoline hit with no return instance (SIGILL)")
-        batch = [utask.return_instances.pop()]
-        while batch[-1].chained and utask.return_instances:
-            batch.append(utask.return_instances.pop())
-        setattr(regs, m.hooks.ip_field(), batch[0].orig_ret_vaddr)
-        for ri in batch:  # handle_uretprobe_chain()
-            for up in list(ri.uprobe.consumers):
-                uc = up.consumer
-                if uc is None or uc.ret_handler is None or not consumer_wants(up, m.task):
-                    continue
-                up._ret_hits += 1
-                m.record("uretprobe", ri.func, probe=up, detail=f"return to {ri.orig_ret_vaddr:#x}")
-                call_handler(m, up, uc.ret_handler, uc, ri.func, regs)
+        ris = utask.return_instances
+        while True:
+            # find_next_ret_chain(): this chain is the newest instance and those chained to it
+            n = len(ris) - 1
+            while ris[n].chained and n > 0:
+                n -= 1
+            chain = ris[n:]
+            # "We should throw out the frames invalidated by longjmp(). If this chain is
+            # valid, then the next one should be alive or NULL"
+            valid = n == 0 or m.hooks.arch_uretprobe_is_alive(ris[n - 1].stack, RP_CHECK_RET,
+                                                              regs)  # fmt: skip
+            setattr(regs, m.hooks.ip_field(), chain[-1].orig_ret_vaddr)
+            del ris[n:]
+            for ri in reversed(chain):  # handle_uretprobe_chain(), newest first
+                if valid:
+                    self.handle_uretprobe_chain(ri, regs)
+                else:
+                    m.record("uretprobe", ri.func, detail="dropped: its frame is gone (longjmp)")
+            if valid:
+                return
+            if not ris:
+                raise RuntimeError("uretprobe trampoline hit with no live return instance")
+
+    def handle_uretprobe_chain(self, ri: ReturnInstance, regs: PtRegs) -> None:
+        m = self.m
+        for up in list(ri.uprobe.consumers):
+            uc = up.consumer
+            if uc is None or uc.ret_handler is None or not consumer_wants(up, m.task):
+                continue
+            up._ret_hits += 1
+            m.record("uretprobe", ri.func, probe=up, detail=f"return to {ri.orig_ret_vaddr:#x}")
+            call_handler(m, up, uc.ret_handler, uc, ri.func, regs)
 
     def save_task(self) -> tuple[UprobeTask, Thread]:
         """Set the utask aside for a nested call (see Machine.call)."""
