@@ -61,7 +61,7 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
     update-binfmts --import qemu-aarch64 >/dev/null 2>&1 || true
     update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 fi
-if arch-test -n arm64 >/dev/null 2>&1 || arch-test arm64 >/dev/null 2>&1; then
+if arch-test arm64 >/dev/null 2>&1; then
     say "arm64 binaries run on this host (qemu-aarch64 via binfmt_misc)"
 else
     say "warning: arm64 binaries do not run here: the arm64 image cannot be built" >&2

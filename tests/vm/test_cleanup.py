@@ -1,7 +1,9 @@
 """Nothing is left in the kernel when a kuprobe process exits, or is killed with SIGKILL.
 
-Both processes start at once: each spends most of its start-up importing BCC and compiling
-its probe program, which under TCG takes tens of seconds; side by side they use both vCPUs.
+Both processes start at once, and this one registers a kprobe of its own meanwhile: each
+spends most of its start-up importing BCC and compiling its probe program, which under TCG
+takes tens of seconds; side by side the three compiles use both vCPUs. The survivor's kprobe
+on the same function shows the kernel removes only the dead process's probes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+
+from kuprobe import Kprobe, register_kprobe, unregister_kprobe
 
 from .conftest import syscall_symbol
 
@@ -67,12 +71,14 @@ def _settle(state: ProbeState, done: Callable[[list[str], list[str]], bool]) -> 
 
 def test_nothing_left_after_exit_or_sigkill(kernel_probe_state: ProbeState) -> None:
     exiting, killed = _spawn("exit"), _spawn("wait")
+    survivor = Kprobe(symbol_name=GETPGID)
     try:
+        register_kprobe(survivor)  # compiles while the children do
         _ready(exiting)
         _ready(killed)
         events, kprobes = kernel_probe_state()
         assert _ours(events, exiting.pid) and _ours(events, killed.pid), events
-        per_child = len(_probes_on_targets(kprobes)) // 2
+        per_child = (len(_probes_on_targets(kprobes)) - 1) // 2
         assert per_child >= 2, kprobes  # the kprobe and the kretprobe of each
 
         # A normal exit: its tracefs event and its kprobes go; the other's stay.
@@ -81,11 +87,13 @@ def test_nothing_left_after_exit_or_sigkill(kernel_probe_state: ProbeState) -> N
         assert exiting.wait(60) == 0
         _settle(
             kernel_probe_state,
-            lambda ev, kp: not _ours(ev, exiting.pid) and len(_probes_on_targets(kp)) == per_child,
+            lambda ev, kp: (
+                not _ours(ev, exiting.pid) and len(_probes_on_targets(kp)) == per_child + 1
+            ),
         )
         events, kprobes = kernel_probe_state()
         assert _ours(events, exiting.pid) == []
-        assert len(_probes_on_targets(kprobes)) == per_child, kprobes
+        assert len(_probes_on_targets(kprobes)) == per_child + 1, kprobes
         assert _ours(events, killed.pid)
 
         # SIGKILL: no code of the process runs, the kernel alone cleans up.
@@ -93,11 +101,22 @@ def test_nothing_left_after_exit_or_sigkill(kernel_probe_state: ProbeState) -> N
         assert killed.wait(60) == -signal.SIGKILL
         _settle(
             kernel_probe_state,
-            lambda ev, kp: not _ours(ev, killed.pid) and not _probes_on_targets(kp),
+            lambda ev, kp: not _ours(ev, killed.pid) and len(_probes_on_targets(kp)) == 1,
         )
         events, kprobes = kernel_probe_state()
-        assert (_ours(events, killed.pid), _probes_on_targets(kprobes)) == ([], [])
+        assert _ours(events, killed.pid) == []
+        assert len(_probes_on_targets(kprobes)) == 1, kprobes  # the survivor's
+
+        # The survivor's kprobe still fires (nothing else in the idle guest calls getpgid).
+        for _ in range(3):
+            os.getpgid(0)
+        unregister_kprobe(survivor)
+        assert survivor.hits == 3
+        _settle(kernel_probe_state, lambda ev, kp: not _probes_on_targets(kp))
+        assert _probes_on_targets(kernel_probe_state()[1]) == []
     finally:
+        if survivor.registered:
+            unregister_kprobe(survivor)
         for child in (exiting, killed):
             if child.poll() is None:
                 child.kill()
