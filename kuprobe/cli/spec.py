@@ -44,6 +44,8 @@ EXAMPLES = """\
   k:do_sys_openat2+4            an instruction 4 bytes into it
   kr:do_sys_openat2 retval      kernel function return, printing the return value
   u:/bin/bash:readline          user function entry (path to the executable or library)
+  u:libc:getpid                 a library by name (libc, c, libssl.so.3), found as the
+                                dynamic linker would; with --pid, the one that process maps
   u:/bin/bash:readline+8        an instruction 8 bytes into the function
   u:/bin/bash:0x8f0a0           a file offset in the executable
   ur:/bin/bash:readline retval  user function return
@@ -180,7 +182,8 @@ def parse_spec(text: str) -> ProbeSpec:
             symbol, offset = None, _number(where, head, "file offset")
         else:
             symbol, offset = _symbol_offset(where, head)
-        path = os.path.abspath(path)
+        if "/" in path:  # else a library name (kuprobe/resolve.py: find_library)
+            path = os.path.abspath(path)
     else:
         if not body:
             raise SpecError(f"{head!r}: no function name (e.g. '{prefix}:do_sys_openat2')")
@@ -194,10 +197,11 @@ def parse_spec(text: str) -> ProbeSpec:
     return ProbeSpec(kind=kind, path=path, symbol=symbol, offset=offset, args=args)
 
 
-def check_spec(spec: ProbeSpec) -> str:
-    """Resolve a uprobe spec as registering it would (kuprobe/resolve.py: the file, the
-    symbol, the offset inside it and on an instruction boundary), so a mistake is reported
-    before anything attaches.
+def check_spec(spec: ProbeSpec, *, pid: int | None = None) -> str:
+    """Resolve a uprobe spec as registering it would (kuprobe/resolve.py: the file or the
+    library a name means, through process ``pid``'s mappings if given; the symbol, the
+    offset inside it and on an instruction boundary), so a mistake is reported before
+    anything attaches.
 
     Returns the probed code's arch (for kernel specs: the running kernel's). Raises
     ``SpecError``.
@@ -211,7 +215,9 @@ def check_spec(spec: ProbeSpec) -> str:
         arch = host.name
     else:
         try:
-            arch = resolve_uprobe(spec.path, symbol_name=spec.symbol, offset=spec.offset).arch
+            arch = resolve_uprobe(
+                spec.path, symbol_name=spec.symbol, offset=spec.offset, pid=pid
+            ).arch
         except ProbeError as e:
             code = errno.errorcode.get(e.errno or 0, str(e.errno))
             text = f"{e.strerror} [{code}]" + (f" (hint: {e.hint})" if e.hint else "")

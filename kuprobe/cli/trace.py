@@ -91,7 +91,7 @@ def summary(session: Session, *, dropped: int = 0) -> str:
 
 def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
-    specs = checked(args.specs)
+    specs = checked(args.specs, args.pid)
     printer = _Printer(out, time.monotonic_ns())
     session = Session([Watch(spec, pid=args.pid, sink=printer) for spec in specs])
     deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -61,6 +61,7 @@ class UprobeOps(BackendCore):
                 offset=up.offset,
                 runs=host.runs,
                 where=f"this {host.name} kernel",
+                pid=pid or None,
             )
             self.require_root()
             self.require_pmu("uprobe")
