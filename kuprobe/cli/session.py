@@ -205,11 +205,28 @@ class Session:
             unregister_probe(backend, w.probe)
 
     def unregister(self) -> None:
-        """Unregister in reverse order; afterwards no handler runs and counters are final."""
+        """Unregister every probe in one batch per kind (the backend's ``unregister_uprobes``
+        and friends: on the live backend the kernel's grace periods run side by side, one wait
+        for all instead of one per probe); afterwards no handler runs and counters are final.
+        """
         if self.backend is None:
             return
-        while self._registered:
-            self._unregister_one(self.backend, self._registered[-1])
+        backend = self.backend
+        done, self._registered = list(reversed(self._registered)), []
+        live = [w.probe for w in done if w.probe.registered]  # the backend's own exit hook
+        ups = [p for p in live if isinstance(p, Uprobe)]  # may have been first
+        kps = [p for p in live if isinstance(p, Kprobe)]
+        rps = [p for p in live if isinstance(p, Kretprobe)]
+        try:
+            if ups:
+                backend.unregister_uprobes(ups)
+        finally:
+            try:
+                if kps:
+                    backend.unregister_kprobes(kps)
+            finally:
+                if rps:
+                    backend.unregister_kretprobes(rps)
 
     @contextmanager
     def active(self) -> Iterator[Session]:
