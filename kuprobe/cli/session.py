@@ -16,7 +16,7 @@ from typing import Any
 
 from kuprobe.backend import Backend, register_all_or_none, register_probe, unregister_probe
 from kuprobe.cli.dashboard import LATENCY_BOUNDS, LATENCY_BUCKETS, ProbeSample, Sample
-from kuprobe.cli.spec import ProbeSpec, format_value
+from kuprobe.cli.spec import ProbeSpec, format_value, value_of
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task, current
@@ -33,8 +33,9 @@ class Event:
     task: Task
     watch: Watch
     returned: bool
-    values: tuple[str, ...]
+    values: tuple[str, ...]  # as printed: "arg0=5", "retval=0x1f"
     latency_ns: int | None
+    data: tuple[tuple[str, int], ...] = ()  # the same values as numbers, for --format json
 
 
 EventSink = Callable[[Event], None]
@@ -129,7 +130,7 @@ class Watch:
             return  # a return probe is counted and printed at the return
         self._count(task)
         if self.sink is not None:
-            self.sink(Event(_ts(regs), task, self, False, self._values(regs), None))
+            self.sink(self._event(_ts(regs), task, regs, False, None))
 
     def _return(self, regs: PtRegs) -> None:
         task = current()
@@ -143,15 +144,21 @@ class Watch:
             self.hist[bisect_right(LATENCY_BOUNDS, latency)] += 1
         self._count(task)
         if self.sink is not None:
-            self.sink(Event(ts, task, self, True, self._values(regs), latency))
+            self.sink(self._event(ts, task, regs, True, latency))
 
     def _count(self, task: Task) -> None:
         key = (task.tgid, task.comm)
         self.tasks[key] = self.tasks.get(key, 0) + 1
 
-    def _values(self, regs: PtRegs) -> tuple[str, ...]:
+    def _event(
+        self, ts: int, task: Task, regs: PtRegs, returned: bool, latency: int | None
+    ) -> Event:
         user = not self.spec.is_kernel
-        return tuple(format_value(regs, a, user=user) for a in self.spec.args)
+        data = tuple((a.name, value_of(regs, a, user=user)) for a in self.spec.args)
+        shown = tuple(
+            format_value(regs, a, value) for a, (_, value) in zip(self.spec.args, data, strict=True)
+        )
+        return Event(ts, task, self, returned, shown, latency, data)
 
     # --- reading (any thread) ---
 

@@ -245,11 +245,17 @@ def fetch(regs: PtRegs, arg: Arg, *, user: bool) -> int:
     return int(getattr(regs, name))
 
 
-def format_value(regs: PtRegs, arg: Arg, *, user: bool) -> str:
+def value_of(regs: PtRegs, arg: Arg, *, user: bool) -> int:
+    """``arg``'s value as a number: signed unless it prints in hex (``:x``)."""
     value = fetch(regs, arg, user=user)
-    if arg.hex:
-        return f"{arg.name}={value:#x}"
     bits = regs.info.bits
-    if value >> (bits - 1):  # print negative numbers as such; pointers read better in :x
+    if not arg.hex and value >> (bits - 1):  # negative numbers as such; pointers read in :x
         value -= 1 << bits
-    return f"{arg.name}={value}"
+    return value
+
+
+def format_value(regs: PtRegs, arg: Arg, value: int | None = None, *, user: bool = True) -> str:
+    """``name=value`` as ``kuprobe trace`` prints it (``value`` if already fetched)."""
+    if value is None:
+        value = value_of(regs, arg, user=user)
+    return f"{arg.name}={value:#x}" if arg.hex else f"{arg.name}={value}"
