@@ -14,11 +14,13 @@ from kuprobe.live.api import (
     register_kretprobe,
     register_kretprobes,
     register_uprobe,
+    register_usdt,
     unregister_kprobe,
     unregister_kprobes,
     unregister_kretprobe,
     unregister_kretprobes,
     unregister_uprobe,
+    unregister_usdt,
 )
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import (
@@ -30,6 +32,7 @@ from kuprobe.regs import (
     user_stack_pointer,
 )
 from kuprobe.task import current
+from kuprobe.usdt import Usdt, UsdtSite
 
 __all__ = [
     "Kprobe",
@@ -40,6 +43,8 @@ __all__ = [
     "PtRegs",
     "Uprobe",
     "UprobeConsumer",
+    "Usdt",
+    "UsdtSite",
     "current",
     "disable_kprobe",
     "enable_kprobe",
@@ -49,6 +54,7 @@ __all__ = [
     "register_kretprobe",
     "register_kretprobes",
     "register_uprobe",
+    "register_usdt",
     "regs_get_kernel_argument",
     "regs_get_kernel_stack_nth",
     "regs_return_value",
@@ -57,5 +63,6 @@ __all__ = [
     "unregister_kretprobe",
     "unregister_kretprobes",
     "unregister_uprobe",
+    "unregister_usdt",
     "user_stack_pointer",
 ]

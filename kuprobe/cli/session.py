@@ -20,6 +20,7 @@ from kuprobe.cli.spec import ProbeSpec, format_value, value_of
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task, current
+from kuprobe.usdt import Usdt, UsdtSite
 
 MAX_DEPTH = 64  # kernel/events/uprobes.c: MAX_URETPROBE_DEPTH; entries kept per thread
 _STALE_THREADS = 4096  # forget entry stacks (threads that exited mid-call) beyond this
@@ -57,12 +58,26 @@ class Watch:
     sink: EventSink | None = None
     name: str | None = None  # the row's label; the spec's own short form by default
     probe: Any = None
+    probes: tuple[Any, ...] = ()  # every probe of the watch: a USDT probe's sites, else probe
+    usdt: Usdt | None = None
     hist: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
     tasks: dict[tuple[int, str], int] = field(default_factory=dict)
     _starts: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.probe = self._make_probe()
+        if self.spec.kind == "usdt":
+            self.usdt = Usdt(
+                self.spec.path or "",
+                self.spec.provider or "",
+                self.spec.symbol or "",
+                handler=self._usdt_hit,
+                pid=self.pid,
+            )
+            self.probes = tuple(self.usdt.uprobes)
+            self.probe = self.probes[0]
+        else:
+            self.probe = self._make_probe()
+            self.probes = (self.probe,)
 
     @property
     def label(self) -> str:
@@ -114,7 +129,11 @@ class Watch:
         self._return(regs)
         return 0
 
-    def _entry(self, regs: PtRegs, *, record: bool) -> None:
+    def _usdt_hit(self, site: UsdtSite, regs: PtRegs) -> int:
+        self._entry(regs, record=False, site=site)
+        return 0
+
+    def _entry(self, regs: PtRegs, *, record: bool, site: UsdtSite | None = None) -> None:
         task = current()
         if self.pid is not None and task.tgid != self.pid:
             return  # kprobes have no pid filter in the kernel: filter here
@@ -130,7 +149,7 @@ class Watch:
             return  # a return probe is counted and printed at the return
         self._count(task)
         if self.sink is not None:
-            self.sink(self._event(_ts(regs), task, regs, False, None))
+            self.sink(self._event(_ts(regs), task, regs, False, None, site))
 
     def _return(self, regs: PtRegs) -> None:
         task = current()
@@ -151,10 +170,16 @@ class Watch:
         self.tasks[key] = self.tasks.get(key, 0) + 1
 
     def _event(
-        self, ts: int, task: Task, regs: PtRegs, returned: bool, latency: int | None
+        self,
+        ts: int,
+        task: Task,
+        regs: PtRegs,
+        returned: bool,
+        latency: int | None,
+        site: UsdtSite | None = None,
     ) -> Event:
         user = not self.spec.is_kernel
-        data = tuple((a.name, value_of(regs, a, user=user)) for a in self.spec.args)
+        data = tuple((a.name, value_of(regs, a, user=user, site=site)) for a in self.spec.args)
         shown = tuple(
             format_value(regs, a, value) for a, (_, value) in zip(self.spec.args, data, strict=True)
         )
@@ -163,15 +188,15 @@ class Watch:
     # --- reading (any thread) ---
 
     def sample(self) -> ProbeSample:
-        p = self.probe
-        hits = p.ret_hits if isinstance(p, Uprobe) and self.spec.is_return else p.hits
+        ps = self.probes
+        ret = self.spec.is_return
         return ProbeSample(
             label=self.label,
-            is_return=self.spec.is_return,
-            hits=hits,
-            nmissed=getattr(p, "nmissed", 0),
-            lost=p.lost,
-            handler_errors=p.handler_errors,
+            is_return=ret,
+            hits=sum(p.ret_hits if isinstance(p, Uprobe) and ret else p.hits for p in ps),
+            nmissed=sum(getattr(p, "nmissed", 0) for p in ps),
+            lost=sum(p.lost for p in ps),
+            handler_errors=sum(p.handler_errors for p in ps),
             latency=tuple(self.hist) if self.spec.is_return else None,
         )
 
@@ -202,14 +227,17 @@ class Session:
         )
 
     def _register_one(self, backend: Backend, w: Watch) -> None:
-        register_probe(backend, w.probe)
+        register_all_or_none(
+            w.probes, lambda p: register_probe(backend, p), lambda p: unregister_probe(backend, p)
+        )
         self._registered.append(w)
 
     def _unregister_one(self, backend: Backend, w: Watch) -> None:
         if w in self._registered:
             self._registered.remove(w)
-        if w.probe.registered:  # the backend's own SIGINT/exit hook may have been first
-            unregister_probe(backend, w.probe)
+        for p in w.probes:
+            if p.registered:  # the backend's own SIGINT/exit hook may have been first
+                unregister_probe(backend, p)
 
     def unregister(self) -> None:
         """Unregister every probe in one batch per kind (the backend's ``unregister_uprobes``
@@ -220,7 +248,7 @@ class Session:
             return
         backend = self.backend
         done, self._registered = list(reversed(self._registered)), []
-        live = [w.probe for w in done if w.probe.registered]  # the backend's own exit hook
+        live = [p for w in done for p in w.probes if p.registered]  # the backend's own exit hook
         ups = [p for p in live if isinstance(p, Uprobe)]  # may have been first
         kps = [p for p in live if isinstance(p, Kprobe)]
         rps = [p for p in live if isinstance(p, Kretprobe)]

@@ -1,5 +1,6 @@
 """Probe specs as people type them: ``k:sym[+off]``, ``kr:sym``, ``u:/path:sym[+off]``,
-``u:/path:0xOFFSET``, ``ur:/path:sym``, each optionally followed by what to print.
+``u:/path:0xOFFSET``, ``ur:/path:sym``, ``usdt:/path:provider:name``, each optionally
+followed by what to print. A uprobe's or USDT's path may be a library name (``u:libc:getpid``).
 
 ``parse_spec`` only reads the text (``SpecError`` on a mistake); ``check_spec`` also opens the
 ELF file of a uprobe spec, so a missing file or symbol is reported before anything attaches.
@@ -14,13 +15,16 @@ import errno
 import os
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from kuprobe.arch import ARCHES, host_arch
 from kuprobe.errors import KuprobeError, ProbeError
 from kuprobe.regs import PtRegs, regs_get_kernel_argument, user_argument
 
-Kind = Literal["k", "kr", "u", "ur"]
+if TYPE_CHECKING:
+    from kuprobe.usdt import UsdtSite
+
+Kind = Literal["k", "kr", "u", "ur", "usdt"]
 
 # bpftrace's long names are accepted too.
 _KINDS: dict[str, Kind] = {
@@ -32,6 +36,7 @@ _KINDS: dict[str, Kind] = {
     "uprobe": "u",
     "ur": "ur",
     "uretprobe": "ur",
+    "usdt": "usdt",
 }
 _SYMBOL = re.compile(r"[A-Za-z_.$][\w.$@]*")
 _ARG = re.compile(r"(?P<name>[a-z_][a-z0-9_]*)(?::(?P<fmt>[a-z]+))?")
@@ -50,7 +55,10 @@ EXAMPLES = """\
   u:/bin/bash:0x8f0a0           a file offset in the executable
   ur:/bin/bash:readline retval  user function return
   'u:/bin/bash:readline arg0 di:x'
-                                print the first argument, and %rdi in hex"""
+                                print the first argument, and %rdi in hex
+  'usdt:/usr/bin/python3:python:function__entry arg1'
+                                a USDT probe (<sys/sdt.h>): a uprobe at each of its sites,
+                                its semaphore raised while traced; argN as its note says"""
 
 
 class SpecError(KuprobeError, ValueError):
@@ -70,13 +78,15 @@ class Arg:
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """One parsed spec. ``symbol`` is None for a raw file offset (``u:/path:0x…``)."""
+    """One parsed spec. ``symbol`` is None for a raw file offset (``u:/path:0x…``); for a
+    USDT spec it is the probe's name and ``provider`` its provider."""
 
     kind: Kind
     path: str | None
     symbol: str | None
     offset: int
     args: tuple[Arg, ...] = ()
+    provider: str | None = None
 
     @property
     def is_return(self) -> bool:
@@ -89,6 +99,8 @@ class ProbeSpec:
     @property
     def target(self) -> str:
         """``sym``, ``sym+0x10`` or ``0x8f0a0``: where in the file or the kernel."""
+        if self.kind == "usdt":
+            return f"{self.provider}:{self.symbol}"
         if self.symbol is None:
             return f"{self.offset:#x}"
         return f"{self.symbol}+{self.offset:#x}" if self.offset else self.symbol
@@ -163,11 +175,29 @@ def parse_spec(text: str) -> ProbeSpec:
     prefix, colon, body = head.partition(":")
     if not colon:
         raise SpecError(
-            f"{head!r}: a spec starts with k:, kr:, u: or ur: (e.g. 'u:/bin/bash:readline')"
+            f"{head!r}: a spec starts with k:, kr:, u:, ur: or usdt: (e.g. 'u:/bin/bash:readline')"
         )
     kind = _KINDS.get(prefix)
     if kind is None:
-        raise SpecError(f"{head!r}: unknown probe type {prefix!r} (use k, kr, u or ur)")
+        raise SpecError(f"{head!r}: unknown probe type {prefix!r} (use k, kr, u, ur or usdt)")
+    if kind == "usdt":
+        file, _, rest_ = body.rpartition(":")
+        usdt_path, _, provider = file.rpartition(":")
+        if not usdt_path or not provider or not rest_:
+            raise SpecError(
+                f"{head!r}: a USDT spec is 'usdt:/path/to/prog:PROVIDER:NAME' "
+                "(list them with `readelf -n PROG`)"
+            )
+        for part in (provider, rest_):
+            if not _SYMBOL.fullmatch(part):
+                raise SpecError(f"{head!r}: {part!r} is not a USDT provider or probe name")
+        if "/" in usdt_path:
+            usdt_path = os.path.abspath(usdt_path)
+        usdt_args = tuple(_parse_arg(w, head, "u") for w in rest)
+        for a in usdt_args:
+            if not _ARGN.fullmatch(a.name) and a.name not in _REGISTERS:
+                raise SpecError(f"{head!r}: print argN or a register at a USDT site")
+        return ProbeSpec("usdt", usdt_path, rest_, 0, usdt_args, provider=provider)
     path: str | None = None
     symbol: str | None
     if kind in ("u", "ur"):
@@ -208,7 +238,22 @@ def check_spec(spec: ProbeSpec, *, pid: int | None = None) -> str:
     """
     from kuprobe.resolve import resolve_uprobe
 
-    if spec.path is None:
+    if spec.kind == "usdt":
+        from kuprobe.usdt import usdt_sites
+
+        try:
+            sites = usdt_sites(spec.path or "", spec.provider or "", spec.symbol or "")
+        except ProbeError as e:
+            code = errno.errorcode.get(e.errno or 0, str(e.errno))
+            text = f"{e.strerror} [{code}]" + (f" (hint: {e.hint})" if e.hint else "")
+            raise SpecError(text) from e
+        for arg in spec.args:
+            if (n := _ARGN.fullmatch(arg.name)) and int(n.group(1)) >= len(sites[0].args):
+                raise SpecError(
+                    f"{spec}: {spec.target} has {len(sites[0].args)} arguments, no {arg.name}"
+                )
+        arch = resolve_uprobe(spec.path or "", symbol_name=None, offset=sites[0].offset).arch
+    elif spec.path is None:
         host = host_arch()
         if host is None:
             raise SpecError(f"{spec}: kuprobe knows no arch {os.uname().machine!r}")
@@ -228,15 +273,17 @@ def check_spec(spec: ProbeSpec, *, pid: int | None = None) -> str:
     return arch
 
 
-def fetch(regs: PtRegs, arg: Arg, *, user: bool) -> int:
+def fetch(regs: PtRegs, arg: Arg, *, user: bool, site: UsdtSite | None = None) -> int:
     """The value of ``arg`` in a snapshot taken at the probe (entry or return).
 
     ``argN`` follows the calling convention of the probed code: the kernel's
     (regs_get_kernel_argument) for a kprobe, the user ABI for a uprobe — on i386 that is
     cdecl, all on the stack above the return address. On a return probe ``argN`` is only what
-    is left in those registers.
+    is left in those registers. At a USDT ``site``, ``argN`` is what its note says.
     """
     name = arg.name
+    if site is not None and (m := _ARGN.fullmatch(name)):
+        return site.arg(regs, int(m.group(1)))
     if name == "retval":
         return int(getattr(regs, regs.layout.retval))
     if m := _ARGN.fullmatch(name):
@@ -245,10 +292,12 @@ def fetch(regs: PtRegs, arg: Arg, *, user: bool) -> int:
     return int(getattr(regs, name))
 
 
-def value_of(regs: PtRegs, arg: Arg, *, user: bool) -> int:
+def value_of(regs: PtRegs, arg: Arg, *, user: bool, site: UsdtSite | None = None) -> int:
     """``arg``'s value as a number: signed unless it prints in hex (``:x``)."""
-    value = fetch(regs, arg, user=user)
+    value = fetch(regs, arg, user=user, site=site)
     bits = regs.info.bits
+    if value < 0:  # a USDT argument, already signed by its note
+        return value & ((1 << bits) - 1) if arg.hex else value
     if not arg.hex and value >> (bits - 1):  # negative numbers as such; pointers read in :x
         value -= 1 << bits
     return value

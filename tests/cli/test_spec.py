@@ -53,8 +53,8 @@ def test_str_and_label() -> None:
 
 BAD_SPECS = [
     ("", "empty probe spec"),
-    ("readline", "a spec starts with k:, kr:, u: or ur:"),
-    ("x:foo", "unknown probe type 'x' (use k, kr, u or ur)"),
+    ("readline", "a spec starts with k:, kr:, u:, ur: or usdt:"),
+    ("x:foo", "unknown probe type 'x' (use k, kr, u, ur or usdt)"),
     ("k:", "no function name"),
     ("k:+4", "no function name"),
     ("k:vfs_read+", "nothing after '+'"),
@@ -182,3 +182,17 @@ def test_no_kprobes_is_a_clear_error(argv: list[str], capsys: pytest.CaptureFixt
     assert "no kprobes (CONFIG_KPROBES is off) [EOPNOTSUPP]" in err
     assert f"kuprobe {argv[0]}: hint: " in err
     assert out == ""  # nothing printed as if tracing
+
+
+def test_usdt_and_library_specs() -> None:
+    s = parse_spec("usdt:./prog:kuprobe:round arg0 arg4:x")
+    assert s.kind == "usdt" and s.provider == "kuprobe" and s.symbol == "round"
+    assert s.path is not None and s.path.endswith("/prog") and s.path.startswith("/")
+    assert s.label == "usdt:prog:kuprobe:round" and not s.is_return and not s.is_kernel
+    assert str(s.args[1]) == "arg4:x"
+    assert parse_spec("usdt:libc:libc:setjmp").path == "libc"  # a library name stays a name
+    assert parse_spec("u:libc:getpid").path == "libc"
+    assert parse_spec("u:libc:getpid").label == "u:libc:getpid"
+    for bad in ("usdt:prog:round", "usdt:prog:kuprobe:", "usdt:prog:kup-robe:round"):
+        with pytest.raises(SpecError):
+            parse_spec(bad)
