@@ -22,19 +22,27 @@ from kuprobe.live.api import (
     unregister_uprobe,
     unregister_usdt,
 )
-from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
+from kuprobe.probes import Capture, Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import (
     PtRegs,
     instruction_pointer,
     regs_get_kernel_argument,
     regs_get_kernel_stack_nth,
     regs_return_value,
+    user_argument,
     user_stack_pointer,
 )
 from kuprobe.task import current
+from kuprobe.uaccess import (
+    copy_from_kernel_nofault,
+    copy_from_user,
+    strncpy_from_kernel_nofault,
+    strncpy_from_user,
+)
 from kuprobe.usdt import Usdt, UsdtSite
 
 __all__ = [
+    "Capture",
     "Kprobe",
     "Kretprobe",
     "KretprobeInstance",
@@ -45,6 +53,8 @@ __all__ = [
     "UprobeConsumer",
     "Usdt",
     "UsdtSite",
+    "copy_from_kernel_nofault",
+    "copy_from_user",
     "current",
     "disable_kprobe",
     "enable_kprobe",
@@ -58,11 +68,14 @@ __all__ = [
     "regs_get_kernel_argument",
     "regs_get_kernel_stack_nth",
     "regs_return_value",
+    "strncpy_from_kernel_nofault",
+    "strncpy_from_user",
     "unregister_kprobe",
     "unregister_kprobes",
     "unregister_kretprobe",
     "unregister_kretprobes",
     "unregister_uprobe",
     "unregister_usdt",
+    "user_argument",
     "user_stack_pointer",
 ]

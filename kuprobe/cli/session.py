@@ -16,7 +16,14 @@ from typing import Any
 
 from kuprobe.backend import Backend, register_all_or_none, register_probe, unregister_probe
 from kuprobe.cli.dashboard import LATENCY_BOUNDS, LATENCY_BUCKETS, ProbeSample, Sample
-from kuprobe.cli.spec import ProbeSpec, format_value, value_of
+from kuprobe.cli.spec import (
+    ProbeSpec,
+    Value,
+    format_memory,
+    format_value,
+    memory_value,
+    value_of,
+)
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task, current
@@ -36,7 +43,7 @@ class Event:
     returned: bool
     values: tuple[str, ...]  # as printed: "arg0=5", "retval=0x1f"
     latency_ns: int | None
-    data: tuple[tuple[str, int], ...] = ()  # the same values as numbers, for --format json
+    data: tuple[tuple[str, Value], ...] = ()  # the same as numbers or text, for --format json
 
 
 EventSink = Callable[[Event], None]
@@ -90,11 +97,20 @@ class Watch:
 
     def _make_probe(self) -> Kprobe | Kretprobe | Uprobe:
         spec = self.spec
+        capture = tuple(a.capture(kernel=spec.is_kernel) for a in spec.args if a.memory)
         if spec.kind == "k":
-            return Kprobe(symbol_name=spec.symbol, offset=spec.offset, pre_handler=self._kp_pre)
+            return Kprobe(
+                symbol_name=spec.symbol,
+                offset=spec.offset,
+                pre_handler=self._kp_pre,
+                capture=capture,
+            )
         if spec.kind == "kr":
             return Kretprobe(
-                symbol_name=spec.symbol, handler=self._kr_ret, entry_handler=self._kr_entry
+                symbol_name=spec.symbol,
+                handler=self._kr_ret,
+                entry_handler=self._kr_entry,
+                capture=capture,
             )
         consumer = UprobeConsumer(
             handler=self._u_entry, ret_handler=self._u_ret if spec.is_return else None
@@ -105,6 +121,7 @@ class Watch:
             symbol_name=spec.symbol,
             consumer=consumer,
             pid=self.pid,
+            capture=capture,
         )
 
     # --- handlers (dispatcher thread) ---
@@ -179,11 +196,18 @@ class Watch:
         site: UsdtSite | None = None,
     ) -> Event:
         user = not self.spec.is_kernel
-        data = tuple((a.name, value_of(regs, a, user=user, site=site)) for a in self.spec.args)
-        shown = tuple(
-            format_value(regs, a, value) for a, (_, value) in zip(self.spec.args, data, strict=True)
-        )
-        return Event(ts, task, self, returned, shown, latency, data)
+        data: list[tuple[str, Value]] = []
+        shown: list[str] = []
+        for a in self.spec.args:
+            if a.memory is not None:
+                mem = memory_value(regs, a, user=user)
+                data.append((str(a), mem))
+                shown.append(format_memory(a, mem))
+            else:
+                value = value_of(regs, a, user=user, site=site)
+                data.append((a.name, value))
+                shown.append(format_value(regs, a, value))
+        return Event(ts, task, self, returned, tuple(shown), latency, tuple(data))
 
     # --- reading (any thread) ---
 

@@ -12,6 +12,7 @@ name for it (``di``, ``ax``, ``x0`` …); ``:x`` after a name prints it in hex.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kuprobe.arch import ARCHES, host_arch
 from kuprobe.errors import KuprobeError, ProbeError
+from kuprobe.probes import CAPTURE_MAX_BYTES, Capture
 from kuprobe.regs import PtRegs, regs_get_kernel_argument, user_argument
 
 if TYPE_CHECKING:
@@ -39,7 +41,20 @@ _KINDS: dict[str, Kind] = {
     "usdt": "usdt",
 }
 _SYMBOL = re.compile(r"[A-Za-z_.$][\w.$@]*")
-_ARG = re.compile(r"(?P<name>[a-z_][a-z0-9_]*)(?::(?P<fmt>[a-z]+))?")
+_ARG = re.compile(
+    r"(?P<name>[a-z_][a-z0-9_]*)(?P<off>[+-](?:0x[0-9a-f]+|\d+))?"
+    r"(?::(?P<fmt>[a-z]+?)(?P<size>\d+)?)?"
+)
+# Memory read at the hit: a string or a buffer at the value (+ offset), user or kernel.
+_MEMORY_FORMATS = {
+    "str": ("str", ""),
+    "ustr": ("str", "user"),
+    "kstr": ("str", "kernel"),
+    "buf": ("buf", ""),
+    "ubuf": ("buf", "user"),
+    "kbuf": ("buf", "kernel"),
+}
+DEFAULT_BUF = 16
 _ARGN = re.compile(r"arg(\d+)")
 MAX_ARG = 11  # arg0 .. arg11: registers and then the captured stack words
 _REGISTERS = frozenset(f for info in ARCHES.values() for f in info.regs.fields)
@@ -56,6 +71,12 @@ EXAMPLES = """\
   ur:/bin/bash:readline retval  user function return
   'u:/bin/bash:readline arg0 di:x'
                                 print the first argument, and %rdi in hex
+  'u:./demo:demo_handle arg0 arg1:str'
+                                a string at arg1, read when the probe fires (:str64 at most
+                                64 bytes; :buf32 32 bytes in hex; arg1+8:str at arg1 + 8;
+                                :ustr/:kstr user or kernel memory, a kprobe's :str by address)
+  'ur:/bin/bash:readline retval:str'   the line readline returned
+  'k:do_sys_openat2 arg1:str'   the file name opened (a user pointer)
   'usdt:/usr/bin/python3:python:function__entry arg1'
                                 a USDT probe (<sys/sdt.h>): a uprobe at each of its sites,
                                 its semaphore raised while traced; argN as its note says"""
@@ -71,9 +92,22 @@ class Arg:
 
     name: str  # "arg0" … , "retval" or a register name
     hex: bool = False
+    memory: str | None = None  # "str" or "buf": read memory at the value + offset at the hit
+    offset: int = 0
+    size: int = 0
+    space: str = ""  # "user", "kernel"; "" = the probe's own (a kprobe: by the address)
+    text: str = ""  # a memory value as typed ("arg1:str", "arg0+8:buf32")
 
     def __str__(self) -> str:
+        if self.memory is not None:
+            return self.text
         return f"{self.name}:x" if self.hex else self.name
+
+    def capture(self, *, kernel: bool) -> Capture:
+        """What the probe reads at the hit for this value (kuprobe/probes.py: Capture)."""
+        assert self.memory is not None
+        space = self.space or ("auto" if kernel else "user")
+        return Capture(self.name, self.offset, self.memory, self.size, space)
 
 
 @dataclass(frozen=True)
@@ -149,8 +183,16 @@ def _parse_arg(token: str, spec: str, kind: Kind) -> Arg:
     if not m:
         raise SpecError(f"{spec!r}: cannot read {token!r} (print argN, retval or a register)")
     name, fmt = m.group("name"), m.group("fmt")
-    if fmt not in (None, "x", "d"):
-        raise SpecError(f"{spec!r}: unknown format ':{fmt}' in {token!r} (use :x or :d)")
+    memory = _MEMORY_FORMATS.get(fmt or "")
+    if fmt not in (None, "x", "d") and memory is None:
+        raise SpecError(
+            f"{spec!r}: unknown format ':{fmt}' in {token!r} "
+            "(use :x, :d, :str[N], :buf[N], or :ustr/:kstr/:ubuf/:kbuf)"
+        )
+    if m.group("size") and memory is None:
+        raise SpecError(f"{spec!r}: a size goes with :str or :buf, not in {token!r}")
+    if m.group("off") and memory is None:
+        raise SpecError(f"{spec!r}: an offset goes with :str or :buf ('arg0+8:str')")
     if name == "retval":
         if kind not in ("kr", "ur"):
             raise SpecError(
@@ -163,6 +205,15 @@ def _parse_arg(token: str, spec: str, kind: Kind) -> Arg:
         raise SpecError(
             f"{spec!r}: {token!r} is not argN, retval or a register name (di, ax, x0 …)"
         )
+    if memory is not None:
+        if kind == "usdt":
+            raise SpecError(f"{spec!r}: a USDT spec does not read memory yet ({token!r})")
+        size = int(m.group("size") or (CAPTURE_MAX_BYTES if memory[0] == "str" else DEFAULT_BUF))
+        if not 0 < size <= CAPTURE_MAX_BYTES:
+            raise SpecError(f"{spec!r}: {token!r}: size 1 … {CAPTURE_MAX_BYTES} bytes")
+        off = m.group("off")
+        offset = int(off, 0) if off else 0
+        return Arg(name, False, memory[0], offset, size, memory[1], token)
     return Arg(name, hex=fmt == "x")
 
 
@@ -193,7 +244,7 @@ def parse_spec(text: str) -> ProbeSpec:
                 raise SpecError(f"{head!r}: {part!r} is not a USDT provider or probe name")
         if "/" in usdt_path:
             usdt_path = os.path.abspath(usdt_path)
-        usdt_args = tuple(_parse_arg(w, head, "u") for w in rest)
+        usdt_args = tuple(_parse_arg(w, head, "usdt") for w in rest)
         for a in usdt_args:
             if not _ARGN.fullmatch(a.name) and a.name not in _REGISTERS:
                 raise SpecError(f"{head!r}: print argN or a register at a USDT site")
@@ -308,3 +359,40 @@ def format_value(regs: PtRegs, arg: Arg, value: int | None = None, *, user: bool
     if value is None:
         value = value_of(regs, arg, user=user)
     return f"{arg.name}={value:#x}" if arg.hex else f"{arg.name}={value}"
+
+
+# A printed value: a number, the text or hex bytes read at the hit, or {"fault": why}.
+Value = int | str | dict[str, str]
+
+
+def memory_value(regs: PtRegs, arg: Arg, *, user: bool) -> Value:
+    """The string (text) or buffer (hex) ``arg`` names, as read at the hit
+    (kuprobe/uaccess.py); ``{"fault": …}`` if that read failed or was not made."""
+    from kuprobe.uaccess import (
+        copy_from_kernel_nofault,
+        copy_from_user,
+        strncpy_from_kernel_nofault,
+        strncpy_from_user,
+    )
+
+    mask = (1 << regs.info.bits) - 1
+    addr = (fetch(regs, arg, user=user) + arg.offset) & mask
+    space = arg.space or ("user" if user else "auto")
+    in_user = space == "user" or (space == "auto" and not addr >> (regs.info.bits - 1))
+    try:
+        if arg.memory == "str":
+            read_str = strncpy_from_user if in_user else strncpy_from_kernel_nofault
+            return read_str(addr, arg.size).decode("utf-8", "backslashreplace")
+        read = copy_from_user if in_user else copy_from_kernel_nofault
+        return read(addr, arg.size).hex()
+    except ProbeError as e:
+        why = "not captured" if "not captured" in str(e) else "unreadable at the hit"
+        return {"fault": f"{why}: {addr:#x}"}
+
+
+def format_memory(arg: Arg, value: Value) -> str:
+    if isinstance(value, dict):
+        return f"{arg}=<{value['fault']}>"
+    if arg.memory == "str":
+        return f"{arg}={json.dumps(value, ensure_ascii=False)}"
+    return f"{arg}={value}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
+from kuprobe.live.capture import capture_cfg, with_captured
 from kuprobe.live.core import (
     BackendCore,
     Registration,
@@ -21,6 +22,7 @@ from kuprobe.live.core import (
 )
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
+    KUPROBE_CFG_CAPTURE,
     KUPROBE_CFG_REMOVABLE,
     KUPROBE_CFG_RET,
     KUPROBE_CFG_STREAM,
@@ -32,6 +34,7 @@ from kuprobe.live.pool import ProbePool
 from kuprobe.probes import (
     UPROBE_HANDLER_REMOVE,
     Uprobe,
+    check_captures,
 )
 from kuprobe.task import Task
 
@@ -68,6 +71,9 @@ class UprobeOps(BackendCore):
             uc = up.consumer
             handler = uc.handler if uc else None
             ret_handler = uc.ret_handler if uc else None
+            captures = check_captures(up.capture, up)
+            cfgs = [capture_cfg(c, target.arch, kernel=False) for c in captures]
+            cap_flag = KUPROBE_CFG_CAPTURE if cfgs else 0
             reg = Registration(up)
             pool = self._pool_with(2 if ret_handler else 1)
             make_regs = regs_factory(target.arch)
@@ -92,7 +98,9 @@ class UprobeOps(BackendCore):
                 )
 
             try:
-                entry_flags = (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE) if handler else 0
+                entry_flags = (
+                    (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE | cap_flag) if handler else 0
+                )
                 entry = self._attach_slot(
                     reg,
                     pool,
@@ -101,16 +109,21 @@ class UprobeOps(BackendCore):
                     handler=self._uprobe_handler(up, pool, reg, target.arch) if handler else None,
                     attach=open_uprobe(False),
                     uprobe_multi=multi,
+                    captures=cfgs if handler else (),
                 )
                 if ret_handler:
                     self._attach_slot(
                         reg,
                         pool,
-                        flags=KUPROBE_CFG_STREAM | KUPROBE_CFG_RET | KUPROBE_CFG_REMOVABLE,
+                        flags=KUPROBE_CFG_STREAM
+                        | KUPROBE_CFG_RET
+                        | KUPROBE_CFG_REMOVABLE
+                        | cap_flag,
                         tgid=pid,
                         handler=self._uretprobe_handler(up, make_regs),
                         attach=open_uprobe(True),
                         uprobe_multi=multi,
+                        captures=cfgs,
                     )
                 del entry
             except OSError as e:
@@ -134,6 +147,8 @@ class UprobeOps(BackendCore):
         uc = up.consumer
         assert uc is not None and uc.handler is not None
         handler, filt = uc.handler, uc.filter
+        if up.capture:
+            handler = with_captured(handler, up.capture)
         report = self._reporter(up)
         removed: set[int] = set()
         warned: list[int] = []
@@ -177,6 +192,8 @@ class UprobeOps(BackendCore):
         uc = up.consumer
         assert uc is not None and uc.ret_handler is not None
         ret_handler, filt = uc.ret_handler, uc.filter
+        if up.capture:
+            ret_handler = with_captured(ret_handler, up.capture)
         report = self._reporter(up)
 
         def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:

@@ -70,7 +70,7 @@ BAD_SPECS = [
     ("u:/bin/bash:readline retval", "retval exists only on a return probe (kr:/ur:), not on u:"),
     ("k:vfs_read arg12", "arg12 is out of range (arg0 … arg11)"),
     ("k:vfs_read foo", "'foo' is not argN, retval or a register name"),
-    ("k:vfs_read arg0:q", "unknown format ':q' in 'arg0:q' (use :x or :d)"),
+    ("k:vfs_read arg0:q", "unknown format ':q' in 'arg0:q' (use :x, :d, :str[N], :buf[N]"),
     ("k:vfs_read Arg0", "cannot read 'Arg0'"),
 ]
 
@@ -194,5 +194,23 @@ def test_usdt_and_library_specs() -> None:
     assert parse_spec("u:libc:getpid").path == "libc"
     assert parse_spec("u:libc:getpid").label == "u:libc:getpid"
     for bad in ("usdt:prog:round", "usdt:prog:kuprobe:", "usdt:prog:kup-robe:round"):
+        with pytest.raises(SpecError):
+            parse_spec(bad)
+
+
+def test_memory_values() -> None:
+    s = parse_spec("ur:/bin/bash:readline retval:str")
+    (a,) = s.args
+    assert (a.name, a.memory, a.size, a.offset, str(a)) == ("retval", "str", 256, 0, "retval:str")
+    assert a.capture(kernel=False).space == "user"
+    k = parse_spec("k:do_sys_openat2 arg1:str64 arg2+8:kbuf32").args
+    assert (k[0].size, k[0].capture(kernel=True).space) == (64, "auto")
+    assert (k[1].memory, k[1].offset, k[1].size, k[1].capture(kernel=True).space) == (
+        "buf",
+        8,
+        32,
+        "kernel",
+    )
+    for bad in ("u:/x:f arg0:str999", "u:/x:f arg0+8", "u:/x:f arg0:x8", "usdt:/x:p:n arg0:str"):
         with pytest.raises(SpecError):
             parse_spec(bad)
