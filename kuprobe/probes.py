@@ -156,6 +156,7 @@ class Kprobe(_Counted):
     fault_handler: FaultHandler | None = None
     flags: int = 0
     capture: tuple[Capture, ...] = ()  # memory read when it fires (kuprobe/uaccess.py)
+    stack: bool = False  # record the kernel stack at each hit (kuprobe/stacks.py)
 
     def __hash__(self) -> int:
         return id(self)
@@ -183,6 +184,7 @@ class Kretprobe(_Counted):
     data_size: int = 0
     flags: int = 0
     capture: tuple[Capture, ...] = ()  # read at the return (kuprobe/uaccess.py)
+    stack: bool = False  # record the kernel stack at the return (kuprobe/stacks.py)
 
     def __hash__(self) -> int:
         return id(self)
@@ -233,6 +235,7 @@ class Uprobe(_Counted):
     consumer: UprobeConsumer | None = None
     pid: int | None = None
     capture: tuple[Capture, ...] = ()  # memory read at each hit, entry and return
+    stack: bool = False  # record the user stack at each hit (kuprobe/stacks.py)
     _ret_hits: int = field(default=0, init=False, repr=False)
     _ret_lost: int = field(default=0, init=False, repr=False)
     _ret_dropped: int = field(default=0, init=False, repr=False)

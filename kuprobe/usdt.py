@@ -201,6 +201,7 @@ class Usdt:
     name: str
     handler: UsdtHandler | None = None
     pid: int | None = None
+    stack: bool = False  # record the user stack at each hit (kuprobe/stacks.py)
     sites: list[UsdtSite] = field(init=False)
     uprobes: list[Uprobe] = field(init=False)
 
@@ -220,6 +221,7 @@ class Usdt:
             ref_ctr_offset=site.ref_ctr_offset,
             consumer=UprobeConsumer(handler=on_hit if handler is not None else None),
             pid=self.pid,
+            stack=self.stack,
         )
 
     @property

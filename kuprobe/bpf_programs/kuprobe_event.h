@@ -12,6 +12,7 @@
 #define KUPROBE_CFG_REMOVABLE 0x8 /* honour UPROBE_HANDLER_REMOVE per process */
 #define KUPROBE_CFG_OFF       0x10 /* being unregistered: count and record nothing */
 #define KUPROBE_CFG_CAPTURE   0x20 /* read memory at the hit (kuprobe_capcfg): a captured event */
+#define KUPROBE_CFG_STACK     0x40 /* record the stack (kuprobe_stacks): a captured event */
 
 /* struct kuprobe_event.flags */
 #define KUPROBE_EV_RET     0x1 /* a return event */
@@ -80,6 +81,8 @@ struct kuprobe_captured {
 	__u64 addr[KUPROBE_CAPTURES]; /* where each was read */
 	__s32 len[KUPROBE_CAPTURES];  /* bytes read (a string: with its NUL), or -errno */
 	__u8 data[KUPROBE_CAPTURES][KUPROBE_CAPTURE_BYTES];
+	__s32 user_stack;   /* kuprobe_stacks id of the user stack, or -errno (-1: not asked) */
+	__s32 kernel_stack; /* kuprobe_stacks id of the kernel stack, or -errno */
 };
 
 struct kuprobe_event_captured {

@@ -11,6 +11,7 @@
 BPF_ARRAY(kuprobe_cfg, struct kuprobe_slot_cfg, KUPROBE_NSLOTS);
 BPF_PERCPU_ARRAY(kuprobe_counts, struct kuprobe_counts, KUPROBE_NSLOTS);
 BPF_ARRAY(kuprobe_capcfg, struct kuprobe_slot_captures, KUPROBE_NSLOTS);
+BPF_STACK_TRACE(kuprobe_stacks, 4096); /* stacks of the probes that ask (--stack) */
 BPF_HASH(kuprobe_removed, struct kuprobe_removed_key, __u8, 4096);
 BPF_RINGBUF_OUTPUT(kuprobe_events, KUPROBE_RINGBUF_PAGES);
 
@@ -106,7 +107,7 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 	c->hits++;
 	if (!(flags & KUPROBE_CFG_STREAM))
 		return 0;
-	if (flags & KUPROBE_CFG_CAPTURE) {
+	if (flags & (KUPROBE_CFG_CAPTURE | KUPROBE_CFG_STACK)) {
 		struct kuprobe_slot_captures *sc = kuprobe_capcfg.lookup(&slot);
 		if (!sc)
 			return 0;
@@ -118,6 +119,14 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 		kuprobe_fill(ctx, &ec->ev, slot, flags);
 		ec->ev.flags |= KUPROBE_EV_CAPTURED;
 		kuprobe_capture(&ec->ev, &ec->cap, sc);
+		ec->cap.user_stack = -1;
+		ec->cap.kernel_stack = -1;
+		if (flags & KUPROBE_CFG_STACK) {
+			if (flags & KUPROBE_CFG_KERNEL)
+				ec->cap.kernel_stack = kuprobe_stacks.get_stackid(ctx, 0);
+			else
+				ec->cap.user_stack = kuprobe_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+		}
 		kuprobe_events.ringbuf_submit(ec, BPF_RB_NO_WAKEUP);
 		return 0;
 	}

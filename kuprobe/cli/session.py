@@ -44,6 +44,7 @@ class Event:
     values: tuple[str, ...]  # as printed: "arg0=5", "retval=0x1f"
     latency_ns: int | None
     data: tuple[tuple[str, Value], ...] = ()  # the same as numbers or text, for --format json
+    stack: tuple[str, ...] | None = None  # symbolized frames, innermost first (--stack)
 
 
 EventSink = Callable[[Event], None]
@@ -64,6 +65,7 @@ class Watch:
     pid: int | None = None
     sink: EventSink | None = None
     name: str | None = None  # the row's label; the spec's own short form by default
+    stack: bool = False  # record and symbolize the stack of each event (kuprobe/stacks.py)
     probe: Any = None
     probes: tuple[Any, ...] = ()  # every probe of the watch: a USDT probe's sites, else probe
     usdt: Usdt | None = None
@@ -79,6 +81,7 @@ class Watch:
                 self.spec.symbol or "",
                 handler=self._usdt_hit,
                 pid=self.pid,
+                stack=self.stack,
             )
             self.probes = tuple(self.usdt.uprobes)
             self.probe = self.probes[0]
@@ -104,6 +107,7 @@ class Watch:
                 offset=spec.offset,
                 pre_handler=self._kp_pre,
                 capture=capture,
+                stack=self.stack,
             )
         if spec.kind == "kr":
             return Kretprobe(
@@ -111,6 +115,7 @@ class Watch:
                 handler=self._kr_ret,
                 entry_handler=self._kr_entry,
                 capture=capture,
+                stack=self.stack,
             )
         consumer = UprobeConsumer(
             handler=self._u_entry, ret_handler=self._u_ret if spec.is_return else None
@@ -122,6 +127,7 @@ class Watch:
             consumer=consumer,
             pid=self.pid,
             capture=capture,
+            stack=self.stack,
         )
 
     # --- handlers (dispatcher thread) ---
@@ -207,7 +213,24 @@ class Watch:
                 value = value_of(regs, a, user=user, site=site)
                 data.append((a.name, value))
                 shown.append(format_value(regs, a, value))
-        return Event(ts, task, self, returned, tuple(shown), latency, tuple(data))
+        frames = self._frames(task) if self.stack else None
+        return Event(ts, task, self, returned, tuple(shown), latency, tuple(data), frames)
+
+    def _frames(self, task: Task) -> tuple[str, ...]:
+        from kuprobe.errors import ProbeError
+        from kuprobe.stacks import (
+            stack_trace_save,
+            stack_trace_save_user,
+            symbolize_kernel,
+            symbolize_user,
+        )
+
+        try:
+            if self.spec.is_kernel:
+                return tuple(map(str, symbolize_kernel(stack_trace_save())))
+            return tuple(map(str, symbolize_user(stack_trace_save_user(), task.tgid)))
+        except ProbeError as e:
+            return (f"<{e.strerror}>",)
 
     # --- reading (any thread) ---
 

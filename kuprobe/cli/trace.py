@@ -38,6 +38,18 @@ return probe). Ctrl-C stops and prints hits, nmissed and lost per probe.
   probe whose entry was seen, else null. The last line is the counters:
   {"summary": [{"probe": …, "hits": …, "nmissed": …, "lost": …, "errors": …}], "unprinted": 0}
   e.g.  sudo kuprobe trace --json 'u:libc:getpid' -d 5 | jq -r .comm | sort | uniq -c
+  With --stack each object also has "stack": ["demo_hash+0x0 (demo)", "main+0x51 (demo)", …].
+
+--stack: the stack each event came from, innermost first, one frame per line below it
+(recorded by the BPF program at the hit: bpf_get_stackid(), frame pointers), each frame as
+function+offset (file) from the ELF symbols of the process's mappings, or kallsyms:
+  sudo kuprobe trace --stack 'u:./demo:demo_hash'
+     0.001234 4242/4242       demo             u:demo:demo_hash
+          demo_hash+0x0 (demo)
+          main+0x51 (demo)
+  At a function's first instruction its own frame is not yet linked, so its direct
+  caller is missing (as with every frame-pointer unwinder); probe past the prologue
+  (e.g. +4 on x86_64: push %rbp; mov %rsp,%rbp) to see it.
 """
 
 
@@ -58,6 +70,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--json", dest="format", action="store_const", const="json", help="--format json"
+    )
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="print the stack of each event (user stack of a uprobe, kernel stack of a kprobe)",
     )
     parser.set_defaults(func=run)
     return parser
@@ -93,7 +110,8 @@ class _Printer:
         parts = [f"{t:10.6f} {who:<15} {ev.task.comm:<16} {ev.watch.label}", *ev.values]
         if ev.latency_ns is not None:
             parts.append(f"({format_ns(ev.latency_ns)})")
-        return " ".join(parts) + "\n"
+        frames = "".join(f"        {f}\n" for f in ev.stack or ())
+        return " ".join(parts) + "\n" + frames
 
 
 class _JsonPrinter(_Printer):
@@ -113,6 +131,7 @@ class _JsonPrinter(_Printer):
                     "probe": ev.watch.label,
                     "values": dict(ev.data),
                     "latency": ev.latency_ns,
+                    **({} if ev.stack is None else {"stack": list(ev.stack)}),
                 },
                 separators=(",", ":"),
             )
@@ -153,7 +172,8 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
     specs = checked(args.specs, args.pid)
     as_json = getattr(args, "format", "text") == "json"
     printer = (_JsonPrinter if as_json else _Printer)(out, time.monotonic_ns())
-    session = Session([Watch(spec, pid=args.pid, sink=printer) for spec in specs])
+    stack = bool(getattr(args, "stack", False))
+    session = Session([Watch(spec, pid=args.pid, sink=printer, stack=stack) for spec in specs])
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
         session.register()

@@ -21,6 +21,7 @@ from kuprobe.live.events import (
     KUPROBE_CAP_STR,
     KUPROBE_CAP_USER,
     KUPROBE_CAPTURE_BYTES,
+    KUPROBE_CAPTURES,
     KUPROBE_EV_CAPTURED,
     KUPROBE_SRC_REG,
     KUPROBE_SRC_STACK32,
@@ -29,6 +30,7 @@ from kuprobe.live.events import (
     live_host,
 )
 from kuprobe.probes import Capture
+from kuprobe.stacks import StacksAtHit, set_stacks
 from kuprobe.uaccess import CapturedMemory, set_memory
 
 # kind, space, src, mask32, index, offset, size
@@ -73,21 +75,32 @@ def capture_cfg(c: Capture, arch: str, *, kernel: bool) -> CaptureCfg:
     return (kind, _SPACES[c.space], src, int(word == 4), index, c.offset, c.size)
 
 
-def with_captured(fn: Callable[..., Any], captures: Sequence[Capture]) -> Callable[..., Any]:
+def with_captured(
+    fn: Callable[..., Any],
+    captures: Sequence[Capture],
+    stack_of: Callable[[int], list[int]] | None = None,
+) -> Callable[..., Any]:
     """``fn`` (a handler whose last argument is the event's regs) with the event's captured
-    memory current for kuprobe/uaccess.py while it runs."""
+    memory current for kuprobe/uaccess.py while it runs, and with ``stack_of`` (the pool's
+    stack map reader) its recorded stacks for kuprobe/stacks.py."""
     assert KUPROBE_CAPTURE_BYTES * len(captures) <= CAPTURED.size
     spaces = tuple(c.space for c in captures)
     size = KUPROBE_CAPTURE_BYTES
+    n = KUPROBE_CAPTURES
 
     def handler(*args: Any) -> Any:
         regs = args[-1]
         _dec, chunk, off, _ts = regs._raw
         memory = None
+        stacks = None
         if _FLAGS.unpack_from(chunk, off)[0] & KUPROBE_EV_CAPTURED:
             vals = CAPTURED.unpack_from(chunk, off + EVENT_SIZE)
-            n = len(vals) - 1
-            addrs, lens, data = vals[: n // 2], vals[n // 2 : n], vals[n]
+            addrs, lens, data = vals[:n], vals[n : 2 * n], vals[2 * n]
+            if stack_of is not None:
+                stacks = StacksAtHit(
+                    _stack_reader(stack_of, vals[2 * n + 1], "user"),
+                    _stack_reader(stack_of, vals[2 * n + 2], "kernel"),
+                )
             spans = []
             for i, space in enumerate(spaces):
                 addr = addrs[i]
@@ -95,9 +108,28 @@ def with_captured(fn: Callable[..., Any], captures: Sequence[Capture]) -> Callab
                 spans.append((addr, lens[i], data[i * size : (i + 1) * size], user))
             memory = CapturedMemory(spans)
         previous = set_memory(memory)
+        previous_stacks = set_stacks(stacks)
         try:
             return fn(*args)
         finally:
             set_memory(previous)
+            set_stacks(previous_stacks)
 
     return handler
+
+
+def _stack_reader(
+    stack_of: Callable[[int], list[int]], stack_id: int, which: str
+) -> Callable[[], list[int]] | None:
+    if stack_id == -1:
+        return None  # not asked for
+
+    def read() -> list[int]:
+        if stack_id < 0:
+            code = errno.errorcode.get(-stack_id, str(-stack_id))
+            raise ProbeError(
+                errno.EFAULT, f"the {which} stack could not be recorded at the hit ({code})"
+            )
+        return stack_of(stack_id)
+
+    return read

@@ -25,6 +25,7 @@ KUPROBE_CFG_OFF = 0x10
 KUPROBE_EV_RET = 0x1
 KUPROBE_EV_NOSTACK = 0x2
 KUPROBE_CFG_CAPTURE = 0x20
+KUPROBE_CFG_STACK = 0x40
 KUPROBE_EV_CAPTURED = 0x4
 KUPROBE_CAPTURES = 4
 KUPROBE_CAPTURE_BYTES = 256
@@ -87,6 +88,8 @@ CAPTURED_FIELDS: tuple[tuple[str, str], ...] = (
     ("addr", f"{KUPROBE_CAPTURES}Q"),
     ("len", f"{KUPROBE_CAPTURES}i"),
     ("data", f"{KUPROBE_CAPTURES * KUPROBE_CAPTURE_BYTES}s"),
+    ("user_stack", "i"),
+    ("kernel_stack", "i"),
 )
 CAPTURED = struct.Struct("<" + "".join(fmt for _n, fmt in CAPTURED_FIELDS))
 CAPTURED_EVENT_SIZE = EVENT_SIZE + CAPTURED.size

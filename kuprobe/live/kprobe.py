@@ -27,10 +27,12 @@ from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
     KUPROBE_CFG_KERNEL,
     KUPROBE_CFG_RET,
+    KUPROBE_CFG_STACK,
     KUPROBE_CFG_STREAM,
     live_host,
     regs_factory,
 )
+from kuprobe.live.pool import ProbePool
 from kuprobe.probes import (
     KPROBE_FLAG_DISABLED,
     Kprobe,
@@ -86,8 +88,9 @@ class KprobeOps(BackendCore):
         pre = kp.pre_handler
         captures = check_captures(kp.capture, kp)
         cfgs = [capture_cfg(c, live_host().name, kernel=True) for c in captures]
-        if pre is not None and cfgs:
-            pre = with_captured(pre, captures)
+        if pre is not None and (cfgs or kp.stack):
+            pre = with_captured(pre, captures, pool.stack if kp.stack else None)
+        extra = (KUPROBE_CFG_CAPTURE if cfgs else 0) | (KUPROBE_CFG_STACK if kp.stack else 0)
         handler: SlotHandler | None = None
         if pre is not None:
             report = self._reporter(kp)
@@ -102,8 +105,7 @@ class KprobeOps(BackendCore):
             self._attach_slot(
                 reg,
                 pool,
-                flags=KUPROBE_CFG_KERNEL
-                | (KUPROBE_CFG_STREAM | (KUPROBE_CFG_CAPTURE if cfgs else 0) if pre else 0),
+                flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM | extra if pre else 0),
                 tgid=0,
                 handler=handler,
                 captures=cfgs if pre else (),
@@ -140,7 +142,7 @@ class KprobeOps(BackendCore):
         pool = self._pool_with(2 if want_entry else 1)
         captures = check_captures(rp.capture, rp)  # read at the return
         cfgs = [capture_cfg(c, live_host().name, kernel=True) for c in captures]
-        entry_h, ret_h = self._kretprobe_handlers(rp)
+        entry_h, ret_h = self._kretprobe_handlers(rp, pool)
         target = kname(sym, off)
         try:
             if want_entry:
@@ -175,7 +177,8 @@ class KprobeOps(BackendCore):
                 flags=KUPROBE_CFG_KERNEL
                 | KUPROBE_CFG_RET
                 | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0)
-                | (KUPROBE_CFG_CAPTURE if cfgs and rp.handler else 0),
+                | (KUPROBE_CFG_CAPTURE if cfgs and rp.handler else 0)
+                | (KUPROBE_CFG_STACK if rp.stack and rp.handler else 0),
                 tgid=0,
                 handler=ret_h,
                 captures=cfgs if rp.handler else (),
@@ -190,14 +193,16 @@ class KprobeOps(BackendCore):
         rp._owner = self
         self._regs[id(rp)] = reg
 
-    def _kretprobe_handlers(self, rp: Kretprobe) -> tuple[SlotHandler, SlotHandler | None]:
+    def _kretprobe_handlers(
+        self, rp: Kretprobe, pool: ProbePool
+    ) -> tuple[SlotHandler, SlotHandler | None]:
         """Entry and return handlers sharing one KretprobeInstance per call (per task, LIFO)."""
         make_regs = regs_factory(live_host().name)
         in_flight: dict[int, list[KretprobeInstance | None]] = {}
         report = self._reporter(rp)
         entry_handler, handler = rp.entry_handler, rp.handler
-        if handler is not None and rp.capture:
-            handler = with_captured(handler, rp.capture)
+        if handler is not None and (rp.capture or rp.stack):
+            handler = with_captured(handler, rp.capture, pool.stack if rp.stack else None)
 
         def on_entry(chunk: memoryview, off: int, ts: int, ip: int, task: Task) -> None:
             ri: KretprobeInstance | None = KretprobeInstance(rp, bytearray(rp.data_size), 0, task)

@@ -45,6 +45,7 @@ class ProbePool:
         self._counts = self.bpf[b"kuprobe_counts"]
         self._removed = self.bpf[b"kuprobe_removed"]
         self._capcfg = self.bpf[b"kuprobe_capcfg"]
+        self._stacks = self.bpf[b"kuprobe_stacks"]
         rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
@@ -114,6 +115,10 @@ class ProbePool:
             c.kind, c.space, c.src, c.mask32 = kind, space, src, mask32
             c.index, c.offset, c.size = index, offset, size
         self._capcfg[ctypes.c_int(slot)] = leaf
+
+    def stack(self, stack_id: int) -> list[int]:
+        """The addresses of stack ``stack_id`` in kuprobe_stacks, innermost first."""
+        return [int(a) for a in self._stacks.walk(stack_id)]
 
     def release(self, slot: int) -> None:
         self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(0, 0)

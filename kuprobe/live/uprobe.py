@@ -25,6 +25,7 @@ from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
     KUPROBE_CFG_REMOVABLE,
     KUPROBE_CFG_RET,
+    KUPROBE_CFG_STACK,
     KUPROBE_CFG_STREAM,
     live_host,
     live_regs_parts,
@@ -73,7 +74,7 @@ class UprobeOps(BackendCore):
             ret_handler = uc.ret_handler if uc else None
             captures = check_captures(up.capture, up)
             cfgs = [capture_cfg(c, target.arch, kernel=False) for c in captures]
-            cap_flag = KUPROBE_CFG_CAPTURE if cfgs else 0
+            cap_flag = (KUPROBE_CFG_CAPTURE if cfgs else 0) | (KUPROBE_CFG_STACK if up.stack else 0)
             reg = Registration(up)
             pool = self._pool_with(2 if ret_handler else 1)
             make_regs = regs_factory(target.arch)
@@ -120,7 +121,7 @@ class UprobeOps(BackendCore):
                         | KUPROBE_CFG_REMOVABLE
                         | cap_flag,
                         tgid=pid,
-                        handler=self._uretprobe_handler(up, make_regs),
+                        handler=self._uretprobe_handler(up, make_regs, pool),
                         attach=open_uprobe(True),
                         uprobe_multi=multi,
                         captures=cfgs,
@@ -147,8 +148,8 @@ class UprobeOps(BackendCore):
         uc = up.consumer
         assert uc is not None and uc.handler is not None
         handler, filt = uc.handler, uc.filter
-        if up.capture:
-            handler = with_captured(handler, up.capture)
+        if up.capture or up.stack:
+            handler = with_captured(handler, up.capture, pool.stack if up.stack else None)
         report = self._reporter(up)
         removed: set[int] = set()
         warned: list[int] = []
@@ -187,13 +188,13 @@ class UprobeOps(BackendCore):
         return on_hit
 
     def _uretprobe_handler(
-        self, up: Uprobe, make_regs: Callable[[memoryview, int, int], Any]
+        self, up: Uprobe, make_regs: Callable[[memoryview, int, int], Any], pool: ProbePool
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.ret_handler is not None
         ret_handler, filt = uc.ret_handler, uc.filter
-        if up.capture:
-            ret_handler = with_captured(ret_handler, up.capture)
+        if up.capture or up.stack:
+            ret_handler = with_captured(ret_handler, up.capture, pool.stack if up.stack else None)
         report = self._reporter(up)
 
         def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:

@@ -26,7 +26,7 @@ int main(void) {
     printf("size %zu 0\n", sizeof(struct kuprobe_event));
 #define C(name) printf("cap_" #name " %zu %zu\n", offsetof(struct kuprobe_captured, name), \
                        sizeof(((struct kuprobe_captured *)0)->name));
-    C(addr) C(len) C(data)
+    C(addr) C(len) C(data) C(user_stack) C(kernel_stack)
     printf("captured %zu %zu\n", sizeof(struct kuprobe_captured),
            offsetof(struct kuprobe_event_captured, cap));
     printf("capcfg %zu %zu %zu\n", sizeof(struct kuprobe_capture_cfg),
@@ -34,7 +34,8 @@ int main(void) {
     printf("capconsts %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", KUPROBE_CFG_CAPTURE,
            KUPROBE_EV_CAPTURED, KUPROBE_CAPTURES, KUPROBE_CAPTURE_BYTES, KUPROBE_CAP_NONE,
            KUPROBE_CAP_STR, KUPROBE_CAP_BUF, KUPROBE_CAP_USER, KUPROBE_CAP_KERNEL,
-           KUPROBE_CAP_AUTO, KUPROBE_SRC_REG, KUPROBE_SRC_STACK64, KUPROBE_SRC_STACK32, 0);
+           KUPROBE_CAP_AUTO, KUPROBE_SRC_REG, KUPROBE_SRC_STACK64, KUPROBE_SRC_STACK32,
+           KUPROBE_CFG_STACK);
     printf("cfg %zu %zu\n", sizeof(struct kuprobe_slot_cfg), sizeof(struct kuprobe_counts));
     printf("consts %d %d %d %d %d %d %d %d\n", KUPROBE_CFG_STREAM, KUPROBE_CFG_RET,
            KUPROBE_CFG_KERNEL, KUPROBE_CFG_REMOVABLE, KUPROBE_CFG_OFF, KUPROBE_EV_RET,
@@ -95,7 +96,7 @@ def test_captured_event_matches_header(tmp_path: Path) -> None:
         events.KUPROBE_SRC_REG,
         events.KUPROBE_SRC_STACK64,
         events.KUPROBE_SRC_STACK32,
-        0,
+        events.KUPROBE_CFG_STACK,
     )
 
 

@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -29,7 +28,6 @@ from kuprobe import (
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("no_leftovers")]
 OPEN = "do_sys_openat2"  # fs/open.c: (int dfd, const char __user *filename, struct open_how *)
 libc = ctypes.CDLL(None, use_errno=True)
-KUPROBE = Path(sys.executable).with_name("kuprobe")
 
 
 def test_user_string_and_kernel_struct_at_the_hit() -> None:
@@ -66,7 +64,7 @@ def test_trace_spec_reads_the_file_name() -> None:
     me = os.getpid()
     path = f"/nonexistent/kuprobe-trace-{me}"
     trace = subprocess.Popen(
-        [str(KUPROBE), "trace", "--json", f"k:{OPEN} arg1:str"],
+        [sys.executable, "-m", "kuprobe", "trace", "--json", f"k:{OPEN} arg1:str"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
