@@ -24,6 +24,7 @@ from kuprobe import (
     strncpy_from_user,
     unregister_kprobe,
 )
+from kuprobe.stacks import stack_trace_save, symbolize_kernel
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("no_leftovers")]
 OPEN = "do_sys_openat2"  # fs/open.c: (int dfd, const char __user *filename, struct open_how *)
@@ -79,3 +80,26 @@ def test_trace_spec_reads_the_file_name() -> None:
     assert trace.returncode == 0, err
     names = [json.loads(line)["values"].get("arg1:str") for line in out.splitlines()[:-1]]
     assert names.count(path) == 3
+
+
+def test_kernel_stack_symbolized() -> None:
+    """A kprobe with stack=True: the kernel stack at the hit, named by kallsyms."""
+    me = os.getpid()
+    stacks: list[list[str | None]] = []
+
+    def pre(p: Kprobe, regs: PtRegs) -> int:
+        if current().tgid == me:
+            stacks.append([f.symbol for f in symbolize_kernel(stack_trace_save())])
+        return 0
+
+    kp = Kprobe(symbol_name="__x64_sys_getpgid", pre_handler=pre, stack=True)
+    register_kprobe(kp)
+    try:
+        for _ in range(3):
+            os.getpgid(0)
+    finally:
+        unregister_kprobe(kp)
+    assert len(stacks) == 3
+    for names in stacks:
+        assert names[0] == "__x64_sys_getpgid"
+        assert "do_syscall_64" in names
