@@ -196,3 +196,23 @@ def test_trace_usdt_spec_json(live: Path) -> None:
         [str(KUPROBE), "trace", f"usdt:{exe}:kuprobe:round arg5"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "has 5 arguments, no arg5" in bad.stderr
+
+
+def test_notes_of_each_arch_decode(targets: Path) -> None:
+    """The same <sys/sdt.h> site compiled for x86_64, i386 and arm64: the notes' operands
+    (registers of several widths, a frame slot) all decode."""
+    from kuprobe.usdt import usdt_sites
+
+    want = {
+        "x86_64": [("di", False), ("ax", False), ("dx", False), ("cx", False), ("bp", True)],
+        "i386": [("ax", False), ("di", False), ("cx", False), ("dx", False), ("bp", True)],
+        "arm64": [("x0", False), ("x2", False), ("x3", False), ("x4", False), ("sp", True)],
+    }
+    for arch, regs in want.items():
+        exe = targets / arch / ("usdt-static" if arch == "arm64" else "usdt")
+        (site,) = usdt_sites(str(exe), "kuprobe", "round")
+        got = [(a.reg, a.deref) for a in site.args]
+        assert [a.size for a in site.args][2:4] == [2, 1], arch  # short, signed char
+        assert all(a.signed for a in site.args), arch
+        assert got == regs, (arch, site.note.args)  # as Debian 12's gcc 12 placed them
+        assert site.ref_ctr_offset != 0
