@@ -27,7 +27,7 @@ def after_prologue(exe: Path, func: str) -> int:
     """The offset of the third instruction (push %rbp; mov %rsp,%rbp; here)."""
     with ElfImage(str(exe)) as elf:
         sym = elf.symbols[func]
-        return [off for off, _ in boundaries("x86_64", elf.read_vaddr(sym.value, sym.size))][2]
+        return [off for off, _ in boundaries(elf.arch, elf.read_vaddr(sym.value, sym.size))][2]
 
 
 def frames_of(exe: Path, func: str, offset: int, *, stack: bool) -> tuple[Uprobe, list[object]]:
@@ -60,8 +60,9 @@ def frames_of(exe: Path, func: str, offset: int, *, stack: bool) -> tuple[Uprobe
     return up, seen
 
 
-def test_user_stack_symbolized(live: Path) -> None:
-    exe = live / "x86_64" / "demo"
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+def test_user_stack_symbolized(live: Path, arch: str) -> None:
+    exe = live / arch / "demo"
     off = after_prologue(exe, "demo_handle")  # its frame is linked: main shows as its caller
     up, seen = frames_of(exe, "demo_handle", off, stack=True)
     assert up.hits > 10 and up.handler_errors == 0 and len(seen) == up.hits
