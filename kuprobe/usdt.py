@@ -20,12 +20,12 @@ from __future__ import annotations
 import errno
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kuprobe.backend import Backend, register_all_or_none
 from kuprobe.elf import UsdtNote
 from kuprobe.errors import ProbeError
-from kuprobe.probes import Uprobe, UprobeConsumer
+from kuprobe.probes import Capture, Uprobe, UprobeConsumer
 from kuprobe.regs import PtRegs
 
 # x86 register names as sdt.h prints them (any width) -> the kernel's pt_regs field.
@@ -202,6 +202,8 @@ class Usdt:
     handler: UsdtHandler | None = None
     pid: int | None = None
     stack: bool = False  # record the user stack at each hit (kuprobe/stacks.py)
+    # Memory read at each hit: a Capture at "argN" is at the note's argN (a register operand)
+    capture: tuple[Capture, ...] = ()
     sites: list[UsdtSite] = field(init=False)
     uprobes: list[Uprobe] = field(init=False)
 
@@ -222,7 +224,28 @@ class Usdt:
             consumer=UprobeConsumer(handler=on_hit if handler is not None else None),
             pid=self.pid,
             stack=self.stack,
+            capture=tuple(self._site_capture(site, c) for c in self.capture),
         )
+
+    def _site_capture(self, site: UsdtSite, c: Capture) -> Capture:
+        """``c`` with the note's ``argN`` as the register the compiler put it in."""
+        m = re.fullmatch(r"arg(\d+)", c.at)
+        if m is None:
+            return c
+        n = int(m.group(1))
+        if n >= len(site.args):
+            raise ProbeError(
+                errno.EINVAL,
+                f"{self.provider}:{self.name} has {len(site.args)} arguments, no arg{n}",
+            )
+        arg = site.args[n]
+        if arg.reg is None or arg.deref:
+            raise ProbeError(
+                errno.EOPNOTSUPP,
+                f"{self.provider}:{self.name} arg{n} is {arg.text!r} at {site.note.pc:#x}: "
+                "kuprobe reads memory at a register operand only",
+            )
+        return replace(c, at=arg.reg)
 
     @property
     def hits(self) -> int:

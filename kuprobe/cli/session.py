@@ -82,6 +82,7 @@ class Watch:
                 handler=self._usdt_hit,
                 pid=self.pid,
                 stack=self.stack,
+                capture=tuple(a.capture(kernel=False) for a in self.spec.args if a.memory),
             )
             self.probes = tuple(self.usdt.uprobes)
             self.probe = self.probes[0]
@@ -206,7 +207,7 @@ class Watch:
         shown: list[str] = []
         for a in self.spec.args:
             if a.memory is not None:
-                mem = memory_value(regs, a, user=user)
+                mem = memory_value(regs, a, user=user, site=site)
                 data.append((str(a), mem))
                 shown.append(format_memory(a, mem))
             else:

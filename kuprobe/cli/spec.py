@@ -77,7 +77,7 @@ EXAMPLES = """\
                                 :ustr/:kstr user or kernel memory, a kprobe's :str by address)
   'ur:/bin/bash:readline retval:str'   the line readline returned
   'k:do_sys_openat2 arg1:str'   the file name opened (a user pointer)
-  'usdt:/usr/bin/python3:python:function__entry arg1'
+  'usdt:/usr/bin/python3:python:function__entry arg0:str arg2'
                                 a USDT probe (<sys/sdt.h>): a uprobe at each of its sites,
                                 its semaphore raised while traced; argN as its note says"""
 
@@ -206,8 +206,8 @@ def _parse_arg(token: str, spec: str, kind: Kind) -> Arg:
             f"{spec!r}: {token!r} is not argN, retval or a register name (di, ax, x0 …)"
         )
     if memory is not None:
-        if kind == "usdt":
-            raise SpecError(f"{spec!r}: a USDT spec does not read memory yet ({token!r})")
+        if kind == "usdt" and not _ARGN.fullmatch(name):
+            raise SpecError(f"{spec!r}: at a USDT site memory is read at argN ({token!r})")
         size = int(m.group("size") or (CAPTURE_MAX_BYTES if memory[0] == "str" else DEFAULT_BUF))
         if not 0 < size <= CAPTURE_MAX_BYTES:
             raise SpecError(f"{spec!r}: {token!r}: size 1 … {CAPTURE_MAX_BYTES} bytes")
@@ -365,7 +365,7 @@ def format_value(regs: PtRegs, arg: Arg, value: int | None = None, *, user: bool
 Value = int | str | dict[str, str]
 
 
-def memory_value(regs: PtRegs, arg: Arg, *, user: bool) -> Value:
+def memory_value(regs: PtRegs, arg: Arg, *, user: bool, site: UsdtSite | None = None) -> Value:
     """The string (text) or buffer (hex) ``arg`` names, as read at the hit
     (kuprobe/uaccess.py); ``{"fault": …}`` if that read failed or was not made."""
     from kuprobe.uaccess import (
@@ -376,7 +376,7 @@ def memory_value(regs: PtRegs, arg: Arg, *, user: bool) -> Value:
     )
 
     mask = (1 << regs.info.bits) - 1
-    addr = (fetch(regs, arg, user=user) + arg.offset) & mask
+    addr = (fetch(regs, arg, user=user, site=site) + arg.offset) & mask
     space = arg.space or ("user" if user else "auto")
     in_user = space == "user" or (space == "auto" and not addr >> (regs.info.bits - 1))
     try:

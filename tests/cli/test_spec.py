@@ -211,6 +211,6 @@ def test_memory_values() -> None:
         32,
         "kernel",
     )
-    for bad in ("u:/x:f arg0:str999", "u:/x:f arg0+8", "u:/x:f arg0:x8", "usdt:/x:p:n arg0:str"):
+    for bad in ("u:/x:f arg0:str999", "u:/x:f arg0+8", "u:/x:f arg0:x8", "usdt:/x:p:n di:str"):
         with pytest.raises(SpecError):
             parse_spec(bad)

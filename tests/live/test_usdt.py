@@ -216,3 +216,58 @@ def test_notes_of_each_arch_decode(targets: Path) -> None:
         assert all(a.signed for a in site.args), arch
         assert got == regs, (arch, site.note.args)  # as Debian 12's gcc 12 placed them
         assert site.ref_ctr_offset != 0
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_string_argument_read_at_the_site(live: Path, arch: str) -> None:
+    """kuprobe:named's arg1 is a pointer in a register: a Capture at the note's arg1 reads
+    the string there when the site fires."""
+    from kuprobe import Capture, strncpy_from_user
+
+    exe = live / arch / "usdt"
+    t = Waiting(exe, 20)
+    seen: list[tuple[int, bytes]] = []
+
+    def handler(site: UsdtSite, regs: PtRegs) -> int:
+        seen.append((site.arg(regs, 0), strncpy_from_user(site.arg(regs, 1), 32)))
+        return 0
+
+    u = Usdt(str(exe), "kuprobe", "named", handler=handler, pid=t.pid, capture=(Capture("arg1"),))
+    try:
+        register_usdt(u)
+        t.go()
+    finally:
+        t.kill()
+        unregister_usdt(u)
+    assert seen == [(i, f"round-{i}".encode()) for i in range(20)]
+    with pytest.raises(ProbeError) as e:  # a memory operand: not a pointer in a register
+        Usdt(str(exe), "kuprobe", "round", capture=(Capture("arg4"),))
+    assert e.value.errno == errno.EOPNOTSUPP
+
+
+def test_trace_usdt_string(live: Path) -> None:
+    exe = (live / "x86_64" / "usdt").resolve()
+    t = Waiting(exe, 10)
+    try:
+        trace = subprocess.Popen(
+            [
+                str(KUPROBE),
+                "trace",
+                f"usdt:{exe}:kuprobe:named arg0 arg1:str",
+                "--pid",
+                str(t.pid),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert trace.stderr is not None
+        assert trace.stderr.readline().startswith("Tracing 1 probe(s)")
+        t.go()
+        trace.send_signal(2)
+        out, err = trace.communicate(timeout=30)
+    finally:
+        t.kill()
+    assert trace.returncode == 0, err
+    lines = [ln.split()[-2:] for ln in out.splitlines() if "usdt:usdt:kuprobe:named" in ln]
+    assert lines == [[f"arg0={i}", f'arg1:str="round-{i}"'] for i in range(10)]

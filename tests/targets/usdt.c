@@ -2,6 +2,7 @@
  * "ready PID", waits for a line on stdin, then runs N rounds, each passing through
  *   kuprobe:round    (i, -3*i, a short, a byte, and a word left in memory on the stack)
  *   kuprobe:guarded  (i): only while its semaphore is raised, i.e. while it is traced,
+ *   kuprobe:named    (i, "round-<i>"),
  * and prints "usdt N GUARDED" (how many rounds saw the guarded site armed). */
 #define _SDT_HAS_SEMAPHORES 1
 #include <stdio.h>
@@ -15,6 +16,16 @@ __extension__ unsigned short kuprobe_guarded_semaphore __attribute__((unused))
 __attribute__((section(".probes")));
 __extension__ unsigned short kuprobe_round_semaphore __attribute__((unused))
 __attribute__((section(".probes")));
+__extension__ unsigned short kuprobe_named_semaphore __attribute__((unused))
+__attribute__((section(".probes")));
+
+/* kuprobe:named (i, "round-<i>"): a string argument, for `arg1:str` at a USDT site. */
+NOINLINE void named(long i)
+{
+	char buf[24];
+	snprintf(buf, sizeof buf, "round-%ld", i);
+	DTRACE_PROBE2(kuprobe, named, i, buf);
+}
 
 NOINLINE long round_of(long i)
 {
@@ -43,8 +54,10 @@ int main(int argc, char **argv)
 	if (!fgets(line, sizeof line, stdin))
 		return 3;
 	long n = atol(argv[2]), guarded = 0;
-	for (long i = 0; i < n; i++)
+	for (long i = 0; i < n; i++) {
 		guarded += round_of(i);
+		named(i);
+	}
 	printf("usdt %ld %ld\n", n, guarded);
 	return 0;
 }
