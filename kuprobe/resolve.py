@@ -122,6 +122,8 @@ def _stem_matches(name: str) -> Callable[[str], bool]:
         stem += ".so"
 
     def matches(base: str) -> bool:
+        if base == name:  # the file's own name (a program: "python3.11", "bash")
+            return True
         return base == stem or (base.startswith(stem + ".") and base[len(stem) + 1 :][:1].isdigit())
 
     return matches
@@ -203,6 +205,20 @@ def _distinct(paths: Iterable[str]) -> list[str]:
     return out
 
 
+def _program_on_path(name: str) -> str | None:
+    """The first ELF executable called ``name`` on PATH (a shell-script shim is skipped)."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            try:
+                with open(candidate, "rb") as f:
+                    if f.read(4) == b"\x7fELF":
+                        return candidate
+            except OSError:
+                continue
+    return None
+
+
 def find_library(
     name: str,
     *,
@@ -217,7 +233,10 @@ def find_library(
     directories; of those, the ones built for ``arch`` (the host's by default: this machine
     also keeps i386 and x32 C libraries). With ``pid``: the matching files that process has
     mapped, opened through ``/proc/PID/root`` (so a container's library is the container's
-    file). No match, or several different files, is ``ENOENT`` listing what was found.
+    file). A name may also be a program's: the process's own file, or one on PATH (before
+    a library whose name only starts with it: "python3.11" is the program, not
+    libpython3.11.so.1.0). No match, or several different files, is ``ENOENT`` listing what
+    was found.
     ``cache`` and ``dirs`` replace the linker's cache and default directories.
     """
     if not name or "\0" in name:
@@ -225,7 +244,10 @@ def find_library(
     matches = _stem_matches(name)
     if pid is not None:
         mapped = _mapped_files(pid)
-        hits = [p for p in mapped if matches(os.path.basename(p))]
+        # the file's own name first (a program: "python3.11"), then library names
+        hits = [p for p in mapped if os.path.basename(p) == name] or [
+            p for p in mapped if matches(os.path.basename(p))
+        ]
         found = _distinct(mapped[p] for p in hits)
         if len(found) == 1:
             return found[0]
@@ -243,7 +265,10 @@ def find_library(
         )
     want = arch or (host.name if (host := host_arch()) is not None else None)
     cached = [p for p in ld_so_cache(cache) if matches(os.path.basename(p))]
-    candidates = _distinct(cached)
+    exact = [p for p in cached if os.path.basename(p) == name]
+    if not exact and (program := _program_on_path(name)) is not None:
+        return program  # a program on PATH ("bash", "python3.11"), as bpftrace's uprobe:bash:
+    candidates = _distinct(exact or cached)
     where = cache
     if not candidates:
         triplet = _TRIPLETS.get(want or "", "")

@@ -166,12 +166,13 @@ class UsdtSite:
 UsdtHandler = Callable[[UsdtSite, PtRegs], int | None]
 
 
-def usdt_sites(path: str, provider: str, name: str) -> list[UsdtSite]:
-    """Every site of ``provider:name`` in the file at ``path`` (a library name works too:
-    kuprobe/resolve.py: find_target); ENOENT lists the probes the file has."""
+def usdt_sites(path: str, provider: str, name: str, pid: int | None = None) -> list[UsdtSite]:
+    """Every site of ``provider:name`` in the file at ``path`` (a library or program name
+    works too, through process ``pid``'s mappings if given: kuprobe/resolve.py:
+    find_target); ENOENT lists the probes the file has."""
     from kuprobe.resolve import find_target, open_image
 
-    elf = open_image(find_target(path))
+    elf = open_image(find_target(path, pid=pid))
     notes = [n for n in elf.usdt_notes if (n.provider, n.name) == (provider, name)]
     if not notes:
         have = sorted({f"{n.provider}:{n.name}" for n in elf.usdt_notes})
@@ -204,11 +205,16 @@ class Usdt:
     stack: bool = False  # record the user stack at each hit (kuprobe/stacks.py)
     # Memory read at each hit: a Capture at "argN" is at the note's argN (a register operand)
     capture: tuple[Capture, ...] = ()
+    file: str = field(init=False)  # the file ``path`` names
     sites: list[UsdtSite] = field(init=False)
     uprobes: list[Uprobe] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sites = usdt_sites(self.path, self.provider, self.name)
+        from kuprobe.resolve import find_target
+
+        # resolved once: the sites and their uprobes name the same file
+        self.file = find_target(self.path, pid=self.pid)
+        self.sites = usdt_sites(self.file, self.provider, self.name)
         self.uprobes = [self._uprobe(s) for s in self.sites]
 
     def _uprobe(self, site: UsdtSite) -> Uprobe:
@@ -218,7 +224,7 @@ class Usdt:
             return (handler(site, regs) or 0) if handler is not None else 0
 
         return Uprobe(
-            self.path,
+            self.file,
             offset=site.offset,
             ref_ctr_offset=site.ref_ctr_offset,
             consumer=UprobeConsumer(handler=on_hit if handler is not None else None),

@@ -65,7 +65,8 @@ EXAMPLES = """\
   kr:do_sys_openat2 retval      kernel function return, printing the return value
   u:/bin/bash:readline          user function entry (path to the executable or library)
   u:libc:getpid                 a library by name (libc, c, libssl.so.3), found as the
-                                dynamic linker would; with --pid, the one that process maps
+                                dynamic linker would, or a program on PATH (bash); with
+                                --pid, the file that process maps
   u:/bin/bash:readline+8        an instruction 8 bytes into the function
   u:/bin/bash:0x8f0a0           a file offset in the executable
   ur:/bin/bash:readline retval  user function return
@@ -77,7 +78,7 @@ EXAMPLES = """\
                                 :ustr/:kstr user or kernel memory, a kprobe's :str by address)
   'ur:/bin/bash:readline retval:str'   the line readline returned
   'k:do_sys_openat2 arg1:str'   the file name opened (a user pointer)
-  'usdt:/usr/bin/python3:python:function__entry arg0:str arg2'
+  'usdt:python3.11:python:import__find__load__start arg0:str'
                                 a USDT probe (<sys/sdt.h>): a uprobe at each of its sites,
                                 its semaphore raised while traced; argN as its note says"""
 
@@ -293,7 +294,7 @@ def check_spec(spec: ProbeSpec, *, pid: int | None = None) -> str:
         from kuprobe.usdt import usdt_sites
 
         try:
-            sites = usdt_sites(spec.path or "", spec.provider or "", spec.symbol or "")
+            sites = usdt_sites(spec.path or "", spec.provider or "", spec.symbol or "", pid)
         except ProbeError as e:
             code = errno.errorcode.get(e.errno or 0, str(e.errno))
             text = f"{e.strerror} [{code}]" + (f" (hint: {e.hint})" if e.hint else "")
@@ -303,7 +304,9 @@ def check_spec(spec: ProbeSpec, *, pid: int | None = None) -> str:
                 raise SpecError(
                     f"{spec}: {spec.target} has {len(sites[0].args)} arguments, no {arg.name}"
                 )
-        arch = resolve_uprobe(spec.path or "", symbol_name=None, offset=sites[0].offset).arch
+        arch = resolve_uprobe(
+            spec.path or "", symbol_name=None, offset=sites[0].offset, pid=pid
+        ).arch
     elif spec.path is None:
         host = host_arch()
         if host is None:

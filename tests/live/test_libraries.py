@@ -51,6 +51,10 @@ def test_names_as_the_dynamic_linker_finds_them() -> None:
     )
     cached = ld_so_cache()
     assert any(same_file(p, libc) for p in cached)
+    # a program's name: the ELF file on PATH (bpftrace's uprobe:bash:…), not a library whose
+    # name starts with it (libpython3.11.so.1.0), nor a shell-script shim
+    assert same_file(find_library("bash"), "/usr/bin/bash")
+    assert same_file(find_library("python3.11"), "/usr/bin/python3.11")
 
 
 def test_missing_and_ambiguous_names_list_what_was_found(tmp_path: Path) -> None:

@@ -271,3 +271,44 @@ def test_trace_usdt_string(live: Path) -> None:
     assert trace.returncode == 0, err
     lines = [ln.split()[-2:] for ln in out.splitlines() if "usdt:usdt:kuprobe:named" in ln]
     assert lines == [[f"arg0={i}", f'arg1:str="round-{i}"'] for i in range(10)]
+
+
+def test_python_import_probe_by_program_name(live: Path) -> None:
+    """Debian's python3.11 has USDT probes: by the program's name and its pid, the sites,
+    the semaphore and the module name (a string in a register) of each import."""
+    from kuprobe import Capture, strncpy_from_user
+
+    code = "import sys\nsys.stdin.readline()\nimport json, decimal\nprint('done')"
+    py = subprocess.Popen(
+        ["/usr/bin/python3.11", "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[bytes] = []
+
+    def handler(site: UsdtSite, regs: PtRegs) -> int:
+        seen.append(strncpy_from_user(site.arg(regs, 0), 64))
+        return 0
+
+    try:
+        u = Usdt(
+            "python3.11",
+            "python",
+            "import__find__load__start",
+            handler=handler,
+            pid=py.pid,
+            capture=(Capture("arg0", size=64),),
+        )
+        assert u.file == f"/proc/{py.pid}/root/usr/bin/python3.11"  # its own file
+        register_usdt(u)
+        try:
+            out, _ = py.communicate("go\n", timeout=30)
+        finally:
+            unregister_usdt(u)
+    finally:
+        py.kill()
+        py.wait()
+    assert out.strip() == "done"
+    assert b"json" in seen and b"decimal" in seen
+    assert sum(p.handler_errors for p in u.uprobes) == 0
