@@ -239,6 +239,27 @@ t3 = time.perf_counter()
 print(t2 - t1, t3 - t2)
 """
 
+# What `kuprobe trace/top/demo` do on Ctrl-C: Session.unregister() (one batch), against the
+# same 20 watches removed one by one.
+SESSION_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from kuprobe.cli.session import Session, Watch
+from kuprobe.cli.spec import parse_spec
+from kuprobe.live.api import backend
+s = Session([Watch(parse_spec("u:%s:%s+%d" % ({exe!r}, n, o))) for n, o in {offs!r}])
+t1 = time.perf_counter()
+s.register()
+t2 = time.perf_counter()
+if {batch!r}:
+    s.unregister()
+else:
+    for w in reversed(s.watches):
+        backend().unregister_uprobe(w.probe)
+t3 = time.perf_counter()
+print(t2 - t1, t3 - t2)
+"""
+
 BCC_ARM_SCRIPT = """
 import sys, time
 offs = {offs!r}
@@ -404,6 +425,14 @@ def main() -> int:
     row("arm 20 (s) vs raw BCC (one module)", arm, statistics.median(a for a, _ in bcc20), "s")
     row("remove 20 one by one (s) vs raw BCC", rem, statistics.median(r for _, r in bcc20), "s")
     row("remove 20 batched (s) vs raw BCC", rem_b, statistics.median(r for _, r in bcc20), "s")
+    row("remove 20 batched (s) vs one by one", rem_b, rem, "s")
+    s_one = statistics.median(
+        r for _, r in (arm_remove(SESSION_SCRIPT, batch=False) for _ in range(3))
+    )
+    s_batch = statistics.median(
+        r for _, r in (arm_remove(SESSION_SCRIPT, batch=True) for _ in range(3))
+    )
+    row("trace/top: Session.unregister 20 vs one by one", s_batch, s_one, "s")
     if have_bpftrace:
         bt = [arm_remove_bpftrace() for _ in range(3)]
         row("arm 20 (s) vs bpftrace", arm, statistics.median(a for a, _ in bt), "s")

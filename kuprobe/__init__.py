@@ -14,24 +14,35 @@ from kuprobe.live.api import (
     register_kretprobe,
     register_kretprobes,
     register_uprobe,
+    register_usdt,
     unregister_kprobe,
     unregister_kprobes,
     unregister_kretprobe,
     unregister_kretprobes,
     unregister_uprobe,
+    unregister_usdt,
 )
-from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
+from kuprobe.probes import Capture, Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import (
     PtRegs,
     instruction_pointer,
     regs_get_kernel_argument,
     regs_get_kernel_stack_nth,
     regs_return_value,
+    user_argument,
     user_stack_pointer,
 )
 from kuprobe.task import current
+from kuprobe.uaccess import (
+    copy_from_kernel_nofault,
+    copy_from_user,
+    strncpy_from_kernel_nofault,
+    strncpy_from_user,
+)
+from kuprobe.usdt import Usdt, UsdtSite
 
 __all__ = [
+    "Capture",
     "Kprobe",
     "Kretprobe",
     "KretprobeInstance",
@@ -40,6 +51,10 @@ __all__ = [
     "PtRegs",
     "Uprobe",
     "UprobeConsumer",
+    "Usdt",
+    "UsdtSite",
+    "copy_from_kernel_nofault",
+    "copy_from_user",
     "current",
     "disable_kprobe",
     "enable_kprobe",
@@ -49,13 +64,18 @@ __all__ = [
     "register_kretprobe",
     "register_kretprobes",
     "register_uprobe",
+    "register_usdt",
     "regs_get_kernel_argument",
     "regs_get_kernel_stack_nth",
     "regs_return_value",
+    "strncpy_from_kernel_nofault",
+    "strncpy_from_user",
     "unregister_kprobe",
     "unregister_kprobes",
     "unregister_kretprobe",
     "unregister_kretprobes",
     "unregister_uprobe",
+    "unregister_usdt",
+    "user_argument",
     "user_stack_pointer",
 ]

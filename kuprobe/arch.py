@@ -41,6 +41,7 @@ class ArchInfo:
     name: str  # kuprobe's name: "x86_64", "i386", "arm64"
     uname: tuple[str, ...]  # what `uname -m` prints on a kernel of this arch
     elf_machine: str  # e_machine as pyelftools names it
+    triplet: str  # the multiarch library directory: /usr/lib/<triplet> (Debian's, glibc's)
     bits: int
     # Every instruction starts at a multiple of this; a probe elsewhere is EINVAL (arm64).
     insn_align: int
@@ -91,6 +92,7 @@ X86_64 = ArchInfo(
     name="x86_64",
     uname=("x86_64",),
     elf_machine="EM_X86_64",
+    triplet="x86_64-linux-gnu",
     bits=64,
     insn_align=1,  # variable length: boundaries are decoded (EILSEQ inside one)
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_64), regs_get_kernel_argument()
@@ -117,6 +119,7 @@ I386 = ArchInfo(
     name="i386",
     uname=("i386", "i486", "i586", "i686"),
     elf_machine="EM_386",
+    triplet="i386-linux-gnu",
     bits=32,
     insn_align=1,
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_32); the kernel is built with
@@ -144,6 +147,7 @@ ARM64 = ArchInfo(
     name="arm64",
     uname=("aarch64", "arm64"),
     elf_machine="EM_AARCH64",
+    triplet="aarch64-linux-gnu",
     bits=64,
     insn_align=4,  # arch/arm64/include/asm/insn.h: AARCH64_INSN_SIZE
     # arch/arm64/include/uapi/asm/ptrace.h: struct user_pt_regs { regs[31], sp, pc, pstate };

@@ -225,20 +225,30 @@ class ElfImage:
 
     @cached_property
     def usdt_notes(self) -> tuple[UsdtNote, ...]:
-        """The ``.note.stapsdt`` entries (systemtap's SDT format, v3)."""
+        """The ``.note.stapsdt`` entries (systemtap's SDT format, v3: pc, base, semaphore,
+        then provider, name and arguments). A file prelinked since it was built has moved
+        ``.stapsdt.base``: pc and semaphore move with it (as libbpf's usdt.c does)."""
         notes: list[UsdtNote] = []
         word = "<Q" if self.bits == 64 else "<I"
         w = 8 if self.bits == 64 else 4
+        base_sec = self.elf.get_section_by_name(".stapsdt.base")
         for sec in self.elf.iter_sections():
             if not isinstance(sec, NoteSection) or sec.name != ".note.stapsdt":
                 continue
             for note in sec.iter_notes():
-                if note["n_name"] != "stapsdt" or note["n_type"] not in (3, "NT_STAPSDT"):
+                # pyelftools names type 3 after the GNU note it is for another owner
+                if note["n_name"] != "stapsdt" or note["n_type"] not in (
+                    3,
+                    "NT_STAPSDT",
+                    "NT_GNU_BUILD_ID",
+                ):
                     continue
                 desc = note["n_desc"]
                 raw = desc.encode("latin-1") if isinstance(desc, str) else bytes(desc)
-                pc = struct.unpack_from(word, raw, 0)[0]
-                sem = struct.unpack_from(word, raw, 2 * w)[0]
+                pc, base, sem = struct.unpack_from(word[0] + 3 * word[1], raw, 0)
+                if base_sec is not None and base:
+                    bias = base_sec["sh_addr"] - base
+                    pc, sem = pc + bias, (sem + bias if sem else 0)
                 provider, name, args = raw[3 * w :].split(b"\0")[:3]
                 notes.append(UsdtNote(provider.decode(), name.decode(), pc, sem, args.decode()))
         return tuple(notes)

@@ -38,6 +38,54 @@ UretprobeHandler = Callable[["UprobeConsumer", int, "PtRegs"], int]
 UprobeFilter = Callable[["UprobeConsumer", "Task"], bool]
 
 
+CAPTURE_MAX_BYTES = 256  # per capture (kuprobe_event.h: KUPROBE_CAPTURE_BYTES)
+CAPTURE_MAX = 4  # per probe (KUPROBE_CAPTURES)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Memory a probe reads when it fires, for its handlers' ``copy_from_user`` and friends
+    (kuprobe/uaccess.py), in the spirit of kprobe_events' fetch arguments
+    (Documentation/trace/kprobetrace.rst: ``+OFFS(FETCHARG):string``).
+
+    ``at``: where the address is — ``argN`` (the probed code's calling convention),
+    ``retval``, a register by the kernel's name, or ``stackN`` (the N-th word up from the
+    stack pointer); ``offset`` is added to it. ``kind``: ``"str"``, a NUL-terminated string of
+    at most ``size`` bytes with its NUL, or ``"buf"``, ``size`` bytes. ``space``: ``"user"``,
+    ``"kernel"``, or ``"auto"`` (kernel if the address's top bit is set). Live, the BPF program
+    reads it on the spot; a handler's read of anything else is an error (EFAULT).
+    """
+
+    at: str
+    offset: int = 0
+    kind: str = "str"
+    size: int = CAPTURE_MAX_BYTES
+    space: str = "user"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("str", "buf"):
+            raise ProbeError(errno.EINVAL, f"Capture kind {self.kind!r} is not 'str' or 'buf'")
+        if self.space not in ("user", "kernel", "auto"):
+            raise ProbeError(errno.EINVAL, f"Capture space {self.space!r}: user, kernel or auto")
+        if not 0 < self.size <= CAPTURE_MAX_BYTES:
+            raise ProbeError(
+                errno.E2BIG if self.size > 0 else errno.EINVAL,
+                f"Capture size {self.size} is outside 1..{CAPTURE_MAX_BYTES}",
+            )
+
+
+def check_captures(captures: tuple[Capture, ...], probe: object = None) -> tuple[Capture, ...]:
+    captures = tuple(captures)
+    if len(captures) > CAPTURE_MAX:
+        raise ProbeError(
+            errno.E2BIG, f"{len(captures)} captures; a probe has at most {CAPTURE_MAX}", probe=probe
+        )
+    for c in captures:
+        if not isinstance(c, Capture):
+            raise ProbeError(errno.EINVAL, f"not a Capture: {c!r}", probe=probe)
+    return captures
+
+
 @dataclass(eq=False)
 class _Counted:
     """Counters the holding backend updates; users read them."""
@@ -107,6 +155,8 @@ class Kprobe(_Counted):
     post_handler: PostHandler | None = None
     fault_handler: FaultHandler | None = None
     flags: int = 0
+    capture: tuple[Capture, ...] = ()  # memory read when it fires (kuprobe/uaccess.py)
+    stack: bool = False  # record the kernel stack at each hit (kuprobe/stacks.py)
 
     def __hash__(self) -> int:
         return id(self)
@@ -133,6 +183,8 @@ class Kretprobe(_Counted):
     maxactive: int = 0
     data_size: int = 0
     flags: int = 0
+    capture: tuple[Capture, ...] = ()  # read at the return (kuprobe/uaccess.py)
+    stack: bool = False  # record the kernel stack at the return (kuprobe/stacks.py)
 
     def __hash__(self) -> int:
         return id(self)
@@ -188,6 +240,8 @@ class Uprobe(_Counted):
     consumer: UprobeConsumer | None = None
     pid: int | None = None
     unsafe: bool = False
+    capture: tuple[Capture, ...] = ()  # memory read at each hit, entry and return
+    stack: bool = False  # record the user stack at each hit (kuprobe/stacks.py)
     _ret_hits: int = field(default=0, init=False, repr=False)
     _ret_lost: int = field(default=0, init=False, repr=False)
     _ret_dropped: int = field(default=0, init=False, repr=False)

@@ -23,10 +23,11 @@ if [ ! -r /etc/debian_version ]; then
 fi
 
 release=$(uname -r)
+# systemtap-sdt-dev: <sys/sdt.h> for the USDT target (kuprobe/targets/usdt.c).
 # i386 targets: gcc -m32 with lib32gcc-12-dev + libc6-dev-i386. Not gcc-multilib: Debian's
 # gcc-multilib conflicts with the arm64 cross compiler, and installing one removes the other.
 packages=(python3-bpfcc python3-venv python3-dev gcc lib32gcc-12-dev libc6-dev-i386
-	gcc-aarch64-linux-gnu binutils bpftrace tmux)
+	gcc-aarch64-linux-gnu binutils bpftrace tmux systemtap-sdt-dev)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

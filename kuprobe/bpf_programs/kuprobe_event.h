@@ -11,10 +11,44 @@
 #define KUPROBE_CFG_KERNEL    0x4 /* a kprobe: the stack is kernel memory */
 #define KUPROBE_CFG_REMOVABLE 0x8 /* honour UPROBE_HANDLER_REMOVE per process */
 #define KUPROBE_CFG_OFF       0x10 /* being unregistered: count and record nothing */
+#define KUPROBE_CFG_CAPTURE   0x20 /* read memory at the hit (kuprobe_capcfg): a captured event */
+#define KUPROBE_CFG_STACK     0x40 /* record the stack (kuprobe_stacks): a captured event */
 
 /* struct kuprobe_event.flags */
 #define KUPROBE_EV_RET     0x1 /* a return event */
 #define KUPROBE_EV_NOSTACK 0x2 /* the stack words could not be read */
+#define KUPROBE_EV_CAPTURED 0x4 /* a struct kuprobe_event_captured */
+
+/* Memory read at the hit (a probe's Capture declarations, kuprobe/probes.py). */
+#define KUPROBE_CAPTURES 4          /* per probe */
+#define KUPROBE_CAPTURE_BYTES 256   /* per capture */
+/* struct kuprobe_capture_cfg.kind */
+#define KUPROBE_CAP_NONE 0
+#define KUPROBE_CAP_STR 1 /* a NUL-terminated string, up to size bytes with the NUL */
+#define KUPROBE_CAP_BUF 2 /* size bytes */
+/* .space */
+#define KUPROBE_CAP_USER 0
+#define KUPROBE_CAP_KERNEL 1
+#define KUPROBE_CAP_AUTO 2 /* kernel if the address's top bit is set (x86_64, arm64) */
+/* .src: where the address comes from */
+#define KUPROBE_SRC_REG 0     /* pt_regs word number index */
+#define KUPROBE_SRC_STACK64 1 /* 64-bit stack word number index */
+#define KUPROBE_SRC_STACK32 2 /* 32-bit stack word number index */
+
+struct kuprobe_capture_cfg {
+	__u8 kind;
+	__u8 space;
+	__u8 src;
+	__u8 mask32; /* a 32-bit task: the address is 32 bits */
+	__u32 index;
+	__s64 offset; /* added to the source's value */
+	__u32 size;   /* bytes to read, at most KUPROBE_CAPTURE_BYTES */
+	__u32 pad;
+};
+
+struct kuprobe_slot_captures {
+	struct kuprobe_capture_cfg cap[KUPROBE_CAPTURES];
+};
 
 struct kuprobe_slot_cfg {
 	__u32 flags;
@@ -40,6 +74,20 @@ struct kuprobe_event {
 	char comm[16];
 	__u64 regs[KUPROBE_NREGS]; /* struct pt_regs of the trapped context */
 	__u8 stack[KUPROBE_STACK_BYTES];
+};
+
+/* A captured event: the event, then what was read at the hit. */
+struct kuprobe_captured {
+	__u64 addr[KUPROBE_CAPTURES]; /* where each was read */
+	__s32 len[KUPROBE_CAPTURES];  /* bytes read (a string: with its NUL), or -errno */
+	__u8 data[KUPROBE_CAPTURES][KUPROBE_CAPTURE_BYTES];
+	__s32 user_stack;   /* kuprobe_stacks id of the user stack, or -errno (-1: not asked) */
+	__s32 kernel_stack; /* kuprobe_stacks id of the kernel stack, or -errno */
+};
+
+struct kuprobe_event_captured {
+	struct kuprobe_event ev;
+	struct kuprobe_captured cap;
 };
 
 #endif

@@ -10,8 +10,79 @@
 
 BPF_ARRAY(kuprobe_cfg, struct kuprobe_slot_cfg, KUPROBE_NSLOTS);
 BPF_PERCPU_ARRAY(kuprobe_counts, struct kuprobe_counts, KUPROBE_NSLOTS);
+BPF_ARRAY(kuprobe_capcfg, struct kuprobe_slot_captures, KUPROBE_NSLOTS);
+BPF_STACK_TRACE(kuprobe_stacks, 4096); /* stacks of the probes that ask (--stack) */
 BPF_HASH(kuprobe_removed, struct kuprobe_removed_key, __u8, 4096);
 BPF_RINGBUF_OUTPUT(kuprobe_events, KUPROBE_RINGBUF_PAGES);
+
+static __always_inline void kuprobe_fill(struct pt_regs *ctx, struct kuprobe_event *e,
+					 __u32 slot, __u32 flags)
+{
+	e->slot = slot;
+	e->flags = (flags & KUPROBE_CFG_RET) ? KUPROBE_EV_RET : 0;
+	e->ts = bpf_ktime_get_ns();
+	e->func_ip = bpf_get_func_ip(ctx);
+	e->pid_tgid = bpf_get_current_pid_tgid();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_probe_read_kernel(e->regs, sizeof(e->regs), ctx);
+	void *sp = (void *)PT_REGS_SP(ctx);
+	long err = (flags & KUPROBE_CFG_KERNEL)
+		? bpf_probe_read_kernel(e->stack, sizeof(e->stack), sp)
+		: bpf_probe_read_user(e->stack, sizeof(e->stack), sp);
+	if (err)
+		e->flags |= KUPROBE_EV_NOSTACK;
+}
+
+/* Read what the slot's captures name, on the spot: the address from a register or a stack
+ * word of the snapshot just taken, plus an offset. Only integers come from the map. */
+static __always_inline void kuprobe_capture(struct kuprobe_event *e,
+					    struct kuprobe_captured *out,
+					    struct kuprobe_slot_captures *sc)
+{
+#pragma unroll
+	for (int i = 0; i < KUPROBE_CAPTURES; i++) {
+		struct kuprobe_capture_cfg *c = &sc->cap[i];
+		out->addr[i] = 0;
+		out->len[i] = 0;
+		if (c->kind == KUPROBE_CAP_NONE)
+			continue;
+		__u32 idx = c->index;
+		__u64 base = 0;
+		if (c->src == KUPROBE_SRC_REG) {
+			if (idx >= KUPROBE_NREGS)
+				continue;
+			base = e->regs[idx];
+		} else if (c->src == KUPROBE_SRC_STACK64) {
+			if (idx >= KUPROBE_STACK_BYTES / 8)
+				continue;
+			base = ((__u64 *)e->stack)[idx];
+		} else {
+			if (idx >= KUPROBE_STACK_BYTES / 4)
+				continue;
+			base = ((__u32 *)e->stack)[idx];
+		}
+		__u64 addr = base + c->offset;
+		if (c->mask32)
+			addr &= 0xffffffff;
+		out->addr[i] = addr;
+		__u32 n = c->size;
+		if (n > KUPROBE_CAPTURE_BYTES)
+			n = KUPROBE_CAPTURE_BYTES;
+		int kernel = c->space == KUPROBE_CAP_KERNEL ||
+			     (c->space == KUPROBE_CAP_AUTO && (addr >> 63));
+		long r;
+		if (c->kind == KUPROBE_CAP_STR) {
+			r = kernel ? bpf_probe_read_kernel_str(out->data[i], n, (void *)addr)
+				   : bpf_probe_read_user_str(out->data[i], n, (void *)addr);
+		} else {
+			r = kernel ? bpf_probe_read_kernel(out->data[i], n, (void *)addr)
+				   : bpf_probe_read_user(out->data[i], n, (void *)addr);
+			if (r == 0)
+				r = n;
+		}
+		out->len[i] = r;
+	}
+}
 
 static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 {
@@ -36,24 +107,35 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 	c->hits++;
 	if (!(flags & KUPROBE_CFG_STREAM))
 		return 0;
+	if (flags & (KUPROBE_CFG_CAPTURE | KUPROBE_CFG_STACK)) {
+		struct kuprobe_slot_captures *sc = kuprobe_capcfg.lookup(&slot);
+		if (!sc)
+			return 0;
+		struct kuprobe_event_captured *ec = kuprobe_events.ringbuf_reserve(sizeof(*ec));
+		if (!ec) {
+			c->lost++;
+			return 0;
+		}
+		kuprobe_fill(ctx, &ec->ev, slot, flags);
+		ec->ev.flags |= KUPROBE_EV_CAPTURED;
+		kuprobe_capture(&ec->ev, &ec->cap, sc);
+		ec->cap.user_stack = -1;
+		ec->cap.kernel_stack = -1;
+		if (flags & KUPROBE_CFG_STACK) {
+			if (flags & KUPROBE_CFG_KERNEL)
+				ec->cap.kernel_stack = kuprobe_stacks.get_stackid(ctx, 0);
+			else
+				ec->cap.user_stack = kuprobe_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+		}
+		kuprobe_events.ringbuf_submit(ec, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
 	struct kuprobe_event *e = kuprobe_events.ringbuf_reserve(sizeof(*e));
 	if (!e) {
 		c->lost++;
 		return 0;
 	}
-	e->slot = slot;
-	e->flags = (flags & KUPROBE_CFG_RET) ? KUPROBE_EV_RET : 0;
-	e->ts = bpf_ktime_get_ns();
-	e->func_ip = bpf_get_func_ip(ctx);
-	e->pid_tgid = bpf_get_current_pid_tgid();
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_probe_read_kernel(e->regs, sizeof(e->regs), ctx);
-	void *sp = (void *)PT_REGS_SP(ctx);
-	long err = (flags & KUPROBE_CFG_KERNEL)
-		? bpf_probe_read_kernel(e->stack, sizeof(e->stack), sp)
-		: bpf_probe_read_user(e->stack, sizeof(e->stack), sp);
-	if (err)
-		e->flags |= KUPROBE_EV_NOSTACK;
+	kuprobe_fill(ctx, e, slot, flags);
 	kuprobe_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }

@@ -44,10 +44,11 @@ def positive(text: str) -> float:
     return value
 
 
-def checked(specs: Sequence[ProbeSpec]) -> list[ProbeSpec]:
-    """Every spec, after its file and symbol were found (``SpecError`` otherwise)."""
+def checked(specs: Sequence[ProbeSpec], pid: int | None = None) -> list[ProbeSpec]:
+    """Every spec, after its file (a library name: the one process ``pid`` maps, if given)
+    and symbol were found (``SpecError`` otherwise)."""
     for spec in specs:
-        check_spec(spec)
+        check_spec(spec, pid=pid)
     return list(specs)
 
 

@@ -16,10 +16,18 @@ from typing import Any
 
 from kuprobe.backend import Backend, register_all_or_none, register_probe, unregister_probe
 from kuprobe.cli.dashboard import LATENCY_BOUNDS, LATENCY_BUCKETS, ProbeSample, Sample
-from kuprobe.cli.spec import ProbeSpec, format_value
+from kuprobe.cli.spec import (
+    ProbeSpec,
+    Value,
+    format_memory,
+    format_value,
+    memory_value,
+    value_of,
+)
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, Uprobe, UprobeConsumer
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task, current
+from kuprobe.usdt import Usdt, UsdtSite
 
 MAX_DEPTH = 64  # kernel/events/uprobes.c: MAX_URETPROBE_DEPTH; entries kept per thread
 _STALE_THREADS = 4096  # forget entry stacks (threads that exited mid-call) beyond this
@@ -33,8 +41,10 @@ class Event:
     task: Task
     watch: Watch
     returned: bool
-    values: tuple[str, ...]
+    values: tuple[str, ...]  # as printed: "arg0=5", "retval=0x1f"
     latency_ns: int | None
+    data: tuple[tuple[str, Value], ...] = ()  # the same as numbers or text, for --format json
+    stack: tuple[str, ...] | None = None  # symbolized frames, innermost first (--stack)
 
 
 EventSink = Callable[[Event], None]
@@ -55,13 +65,30 @@ class Watch:
     pid: int | None = None
     sink: EventSink | None = None
     name: str | None = None  # the row's label; the spec's own short form by default
+    stack: bool = False  # record and symbolize the stack of each event (kuprobe/stacks.py)
     probe: Any = None
+    probes: tuple[Any, ...] = ()  # every probe of the watch: a USDT probe's sites, else probe
+    usdt: Usdt | None = None
     hist: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
     tasks: dict[tuple[int, str], int] = field(default_factory=dict)
     _starts: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.probe = self._make_probe()
+        if self.spec.kind == "usdt":
+            self.usdt = Usdt(
+                self.spec.path or "",
+                self.spec.provider or "",
+                self.spec.symbol or "",
+                handler=self._usdt_hit,
+                pid=self.pid,
+                stack=self.stack,
+                capture=tuple(a.capture(kernel=False) for a in self.spec.args if a.memory),
+            )
+            self.probes = tuple(self.usdt.uprobes)
+            self.probe = self.probes[0]
+        else:
+            self.probe = self._make_probe()
+            self.probes = (self.probe,)
 
     @property
     def label(self) -> str:
@@ -74,11 +101,22 @@ class Watch:
 
     def _make_probe(self) -> Kprobe | Kretprobe | Uprobe:
         spec = self.spec
+        capture = tuple(a.capture(kernel=spec.is_kernel) for a in spec.args if a.memory)
         if spec.kind == "k":
-            return Kprobe(symbol_name=spec.symbol, offset=spec.offset, pre_handler=self._kp_pre)
+            return Kprobe(
+                symbol_name=spec.symbol,
+                offset=spec.offset,
+                pre_handler=self._kp_pre,
+                capture=capture,
+                stack=self.stack,
+            )
         if spec.kind == "kr":
             return Kretprobe(
-                symbol_name=spec.symbol, handler=self._kr_ret, entry_handler=self._kr_entry
+                symbol_name=spec.symbol,
+                handler=self._kr_ret,
+                entry_handler=self._kr_entry,
+                capture=capture,
+                stack=self.stack,
             )
         consumer = UprobeConsumer(
             handler=self._u_entry, ret_handler=self._u_ret if spec.is_return else None
@@ -89,6 +127,8 @@ class Watch:
             symbol_name=spec.symbol,
             consumer=consumer,
             pid=self.pid,
+            capture=capture,
+            stack=self.stack,
         )
 
     # --- handlers (dispatcher thread) ---
@@ -113,7 +153,11 @@ class Watch:
         self._return(regs)
         return 0
 
-    def _entry(self, regs: PtRegs, *, record: bool) -> None:
+    def _usdt_hit(self, site: UsdtSite, regs: PtRegs) -> int:
+        self._entry(regs, record=False, site=site)
+        return 0
+
+    def _entry(self, regs: PtRegs, *, record: bool, site: UsdtSite | None = None) -> None:
         task = current()
         if self.pid is not None and task.tgid != self.pid:
             return  # kprobes have no pid filter in the kernel: filter here
@@ -129,7 +173,7 @@ class Watch:
             return  # a return probe is counted and printed at the return
         self._count(task)
         if self.sink is not None:
-            self.sink(Event(_ts(regs), task, self, False, self._values(regs), None))
+            self.sink(self._event(_ts(regs), task, regs, False, None, site))
 
     def _return(self, regs: PtRegs) -> None:
         task = current()
@@ -143,32 +187,67 @@ class Watch:
             self.hist[bisect_right(LATENCY_BOUNDS, latency)] += 1
         self._count(task)
         if self.sink is not None:
-            self.sink(Event(ts, task, self, True, self._values(regs), latency))
+            self.sink(self._event(ts, task, regs, True, latency))
 
     def _count(self, task: Task) -> None:
         key = (task.tgid, task.comm)
         self.tasks[key] = self.tasks.get(key, 0) + 1
 
-    def _values(self, regs: PtRegs) -> tuple[str, ...]:
+    def _event(
+        self,
+        ts: int,
+        task: Task,
+        regs: PtRegs,
+        returned: bool,
+        latency: int | None,
+        site: UsdtSite | None = None,
+    ) -> Event:
         user = not self.spec.is_kernel
-        return tuple(format_value(regs, a, user=user) for a in self.spec.args)
+        data: list[tuple[str, Value]] = []
+        shown: list[str] = []
+        for a in self.spec.args:
+            if a.memory is not None:
+                mem = memory_value(regs, a, user=user, site=site)
+                data.append((str(a), mem))
+                shown.append(format_memory(a, mem))
+            else:
+                value = value_of(regs, a, user=user, site=site)
+                data.append((a.name, value))
+                shown.append(format_value(regs, a, value))
+        frames = self._frames(task) if self.stack else None
+        return Event(ts, task, self, returned, tuple(shown), latency, tuple(data), frames)
+
+    def _frames(self, task: Task) -> tuple[str, ...]:
+        from kuprobe.errors import ProbeError
+        from kuprobe.stacks import (
+            stack_trace_save,
+            stack_trace_save_user,
+            symbolize_kernel,
+            symbolize_user,
+        )
+
+        try:
+            if self.spec.is_kernel:
+                return tuple(map(str, symbolize_kernel(stack_trace_save())))
+            return tuple(map(str, symbolize_user(stack_trace_save_user(), task.tgid)))
+        except ProbeError as e:
+            return (f"<{e.strerror}>",)
 
     # --- reading (any thread) ---
 
     def sample(self) -> ProbeSample:
-        p = self.probe
-        hits, lost, dropped, entry_lost = p.hits, p.lost, p.dropped, 0
-        if isinstance(p, Uprobe) and self.spec.is_return:  # entry and return counted apart
-            hits, lost, dropped, entry_lost = p.ret_hits, p.ret_lost, p.ret_dropped, p.lost
+        ps = self.probes
+        ret = self.spec.is_return
+        uret = ret and all(isinstance(p, Uprobe) for p in ps)  # entry and return apart
         return ProbeSample(
             label=self.label,
-            is_return=self.spec.is_return,
-            hits=hits,
-            nmissed=getattr(p, "nmissed", 0),
-            lost=lost,
-            dropped=dropped,
-            entry_lost=entry_lost,
-            handler_errors=p.handler_errors,
+            is_return=ret,
+            hits=sum(p.ret_hits if uret else p.hits for p in ps),
+            nmissed=sum(getattr(p, "nmissed", 0) for p in ps),
+            lost=sum(p.ret_lost if uret else p.lost for p in ps),
+            dropped=sum(p.ret_dropped if uret else p.dropped for p in ps),
+            entry_lost=sum(p.lost for p in ps) if uret else 0,
+            handler_errors=sum(p.handler_errors for p in ps),
             latency=tuple(self.hist) if self.spec.is_return else None,
         )
 
@@ -199,21 +278,41 @@ class Session:
         )
 
     def _register_one(self, backend: Backend, w: Watch) -> None:
-        register_probe(backend, w.probe)
+        register_all_or_none(
+            w.probes, lambda p: register_probe(backend, p), lambda p: unregister_probe(backend, p)
+        )
         self._registered.append(w)
 
     def _unregister_one(self, backend: Backend, w: Watch) -> None:
         if w in self._registered:
             self._registered.remove(w)
-        if w.probe.registered:  # the backend's own SIGINT/exit hook may have been first
-            unregister_probe(backend, w.probe)
+        for p in w.probes:
+            if p.registered:  # the backend's own SIGINT/exit hook may have been first
+                unregister_probe(backend, p)
 
     def unregister(self) -> None:
-        """Unregister in reverse order; afterwards no handler runs and counters are final."""
+        """Unregister every probe in one batch per kind (the backend's ``unregister_uprobes``
+        and friends: on the live backend the kernel's grace periods run side by side, one wait
+        for all instead of one per probe); afterwards no handler runs and counters are final.
+        """
         if self.backend is None:
             return
-        while self._registered:
-            self._unregister_one(self.backend, self._registered[-1])
+        backend = self.backend
+        done, self._registered = list(reversed(self._registered)), []
+        live = [p for w in done for p in w.probes if p.registered]  # the backend's own exit hook
+        ups = [p for p in live if isinstance(p, Uprobe)]  # may have been first
+        kps = [p for p in live if isinstance(p, Kprobe)]
+        rps = [p for p in live if isinstance(p, Kretprobe)]
+        try:
+            if ups:
+                backend.unregister_uprobes(ups)
+        finally:
+            try:
+                if kps:
+                    backend.unregister_kprobes(kps)
+            finally:
+                if rps:
+                    backend.unregister_kretprobes(rps)
 
     @contextmanager
     def active(self) -> Iterator[Session]:

@@ -79,6 +79,6 @@ def show(session: Session, args: argparse.Namespace, *, title: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    specs = checked(args.specs)
+    specs = checked(args.specs, args.pid)
     session = Session([Watch(spec, pid=args.pid) for spec in specs])
     return show(session, args, title="kuprobe top")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -30,6 +31,27 @@ examples:
 
 output: seconds since start, pid/tid, comm, probe, values (and entry→return time on a
 return probe). Ctrl-C stops and prints hits, nmissed and lost per probe.
+
+--format json (or --json): one JSON object per line, for programs (jq, pandas …):
+  {"time": 0.012345, "pid": 1235, "tgid": 1234, "comm": "demo", "probe": "ur:demo:demo_hash",
+   "values": {"retval": 2748}, "latency": 1250}
+  time: seconds since start; pid: the thread id (the kernel's task pid), tgid: the process;
+  values: numbers (signed, or unsigned for :x); latency: ns from entry to return on a return
+  probe whose entry was seen, else null. The last line is the counters:
+  {"summary": [{"probe": …, "hits": …, "nmissed": …, "lost": …, "errors": …}], "unprinted": 0}
+  e.g.  sudo kuprobe trace --json 'u:libc:getpid' -d 5 | jq -r .comm | sort | uniq -c
+  With --stack each object also has "stack": ["demo_hash+0x0 (demo)", "main+0x51 (demo)", …].
+
+--stack: the stack each event came from, innermost first, one frame per line below it
+(recorded by the BPF program at the hit: bpf_get_stackid(), frame pointers), each frame as
+function+offset (file) from the ELF symbols of the process's mappings, or kallsyms:
+  sudo kuprobe trace --stack 'u:./demo:demo_hash'
+     0.001234 4242/4242       demo             u:demo:demo_hash
+          demo_hash+0x0 (demo)
+          main+0x51 (demo)
+  At a function's first instruction its own frame is not yet linked, so its direct
+  caller is missing (as with every frame-pointer unwinder); probe past the prologue
+  (e.g. +4 on x86_64: push %rbp; mov %rsp,%rbp) to see it.
 """
 
 
@@ -42,6 +64,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_probe_options(parser)
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines (default) or JSON lines (see below)",
+    )
+    parser.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="--format json"
+    )
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="print the stack of each event (user stack of a uprobe, kernel stack of a kprobe)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -76,7 +112,49 @@ class _Printer:
         parts = [f"{t:10.6f} {who:<15} {ev.task.comm:<16} {ev.watch.label}", *ev.values]
         if ev.latency_ns is not None:
             parts.append(f"({format_ns(ev.latency_ns)})")
-        return " ".join(parts) + "\n"
+        frames = "".join(f"        {f}\n" for f in ev.stack or ())
+        return " ".join(parts) + "\n" + frames
+
+
+class _JsonPrinter(_Printer):
+    """One JSON object per event; the header is none (the first line is an event)."""
+
+    def header(self) -> None:
+        pass
+
+    def line(self, ev: Event) -> str:
+        return (
+            json.dumps(
+                {
+                    "time": round((ev.ts - self.start_ns) / 1e9, 9),
+                    "pid": ev.task.pid,
+                    "tgid": ev.task.tgid,
+                    "comm": ev.task.comm,
+                    "probe": ev.watch.label,
+                    "values": dict(ev.data),
+                    "latency": ev.latency_ns,
+                    **({} if ev.stack is None else {"stack": list(ev.stack)}),
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+        )
+
+
+def json_summary(session: Session, *, dropped: int = 0) -> str:
+    rows = []
+    for w in session.watches:
+        s = w.sample()
+        rows.append(
+            {
+                "probe": s.label,
+                "hits": s.hits,
+                "nmissed": s.nmissed,
+                "lost": s.lost,
+                "errors": s.handler_errors,
+            }
+        )
+    return json.dumps({"summary": rows, "unprinted": dropped}, separators=(",", ":")) + "\n"
 
 
 def summary(session: Session, *, dropped: int = 0) -> str:
@@ -102,9 +180,11 @@ def summary(session: Session, *, dropped: int = 0) -> str:
 
 def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
-    specs = checked(args.specs)
-    printer = _Printer(out, time.monotonic_ns())
-    session = Session([Watch(spec, pid=args.pid, sink=printer) for spec in specs])
+    specs = checked(args.specs, args.pid)
+    as_json = getattr(args, "format", "text") == "json"
+    printer = (_JsonPrinter if as_json else _Printer)(out, time.monotonic_ns())
+    stack = bool(getattr(args, "stack", False))
+    session = Session([Watch(spec, pid=args.pid, sink=printer, stack=stack) for spec in specs])
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
         session.register()
@@ -125,7 +205,12 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
             printer.flush()
         except BrokenPipeError:
             _quiet_stdout(printer)
-    sys.stderr.write("\n" + summary(session, dropped=printer.dropped))
+    if as_json:
+        with contextlib.suppress(BrokenPipeError):
+            out.write(json_summary(session, dropped=printer.dropped))
+            out.flush()
+    else:
+        sys.stderr.write("\n" + summary(session, dropped=printer.dropped))
     return 0
 
 

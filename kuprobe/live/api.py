@@ -13,6 +13,7 @@ from typing import Any
 
 from kuprobe.live.backend import LiveBackend
 from kuprobe.probes import Kprobe, Kretprobe, Uprobe
+from kuprobe.usdt import Usdt
 
 _backend: LiveBackend | None = None
 _backend_lock = threading.Lock()
@@ -112,3 +113,13 @@ def unregister_uprobe(up: Uprobe, timeout: float | None = None) -> None:
 def unregister_uprobes(ups: Sequence[Uprobe], timeout: float | None = None) -> None:
     """Disarm several at once: the kernel's grace periods run in parallel."""
     backend().unregister_uprobes(ups, timeout=timeout)
+
+
+def register_usdt(u: Usdt) -> None:
+    """Arm every site of a USDT probe (all or none); its semaphore is raised meanwhile."""
+    u.register(backend())
+
+
+def unregister_usdt(u: Usdt, timeout: float | None = None) -> None:
+    """Disarm every site of ``u`` in one batch; counters are final afterwards."""
+    backend().unregister_uprobes([p for p in u.uprobes if p.registered], timeout=timeout)

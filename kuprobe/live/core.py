@@ -176,12 +176,16 @@ class BackendCore:
         handler: SlotHandler | None,
         attach: Callable[[int, int], tuple[int, int]],
         uprobe_multi: bool = False,
+        captures: Sequence[tuple[int, ...]] = (),
     ) -> Attach:
-        """Take a slot, configure it, and attach the program with ``attach(prog_fd, slot)``
-        (the slot is the link's cookie), which returns (link fd, perf event fd or -1)."""
+        """Take a slot, configure it (and its ``captures``: kuprobe/live/capture.py), and
+        attach the program with ``attach(prog_fd, slot)`` (the slot is the link's cookie),
+        which returns (link fd, perf event fd or -1)."""
         slot = pool.acquire(flags=flags, tgid=tgid)
         att = Attach(pool, slot, bool(flags & KUPROBE_CFG_RET))
         reg.attaches.append(att)
+        if captures:  # before the link: no event of the slot goes without them
+            pool.set_captures(slot, captures)
         self.dispatcher.set_handler(pool, slot, handler)
         prog_fd = pool.prog_fd(uprobe_multi=uprobe_multi)
         with self.signals:  # the link exists only once its fd is recorded

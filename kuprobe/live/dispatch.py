@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from kuprobe.live.events import EVENT_SIZE, RECORD, RECORD_STRIDE, RINGBUF_HDR
+from kuprobe.live.events import RECORDS, RINGBUF_HDR
 from kuprobe.live.pool import ProbePool
 from kuprobe.task import Task, _state
 
@@ -147,14 +147,15 @@ class Dispatcher:
 
     def _poll(self, pool: ProbePool) -> int:
         """Handle one batch: every record committed to ``pool``'s ring buffer by now."""
-        chunk, n = pool.ring.read(EVENT_SIZE)
+        chunk, n, size = pool.ring.read_any(RECORDS)  # a run of plain or captured events
         if n:
-            self._handle(pool, chunk)
+            self._handle(pool, chunk, size)
             self.events += n
         self._mark_handled(pool)
         return n
 
-    def _handle(self, pool: ProbePool, chunk: memoryview) -> None:
+    def _handle(self, pool: ProbePool, chunk: memoryview, size: int) -> None:
+        record, stride = RECORDS[size]
         handlers = self._handlers.get(id(pool))
         if handlers is None:
             return
@@ -162,7 +163,7 @@ class Dispatcher:
         last_pid_tgid, last_comm, task = -1, b"", None
         # the hot loop: fields of each record unpacked in C, a handler call per event
         off = RINGBUF_HDR  # of each event's data in ``chunk``
-        for _len, _pg, slot, _fl, ts, ip, pid_tgid, comm in RECORD.iter_unpack(chunk):
+        for _len, _pg, slot, _fl, ts, ip, pid_tgid, comm in record.iter_unpack(chunk):
             h = handlers[slot]
             if h is not None:
                 if pid_tgid != last_pid_tgid or comm != last_comm:
@@ -174,7 +175,7 @@ class Dispatcher:
                 except BaseException as e:  # the slot handlers count their own; a bug here
                     self.errors += 1
                     log.error("kuprobe: a slot handler raised %r", e, exc_info=e)
-            off += RECORD_STRIDE
+            off += stride
         state.task = None
 
     def _mark_handled(self, pool: ProbePool) -> None:

@@ -24,6 +24,14 @@ KUPROBE_CFG_REMOVABLE = 0x8
 KUPROBE_CFG_OFF = 0x10
 KUPROBE_EV_RET = 0x1
 KUPROBE_EV_NOSTACK = 0x2
+KUPROBE_CFG_CAPTURE = 0x20
+KUPROBE_CFG_STACK = 0x40
+KUPROBE_EV_CAPTURED = 0x4
+KUPROBE_CAPTURES = 4
+KUPROBE_CAPTURE_BYTES = 256
+KUPROBE_CAP_NONE, KUPROBE_CAP_STR, KUPROBE_CAP_BUF = 0, 1, 2
+KUPROBE_CAP_USER, KUPROBE_CAP_KERNEL, KUPROBE_CAP_AUTO = 0, 1, 2
+KUPROBE_SRC_REG, KUPROBE_SRC_STACK64, KUPROBE_SRC_STACK32 = 0, 1, 2
 
 # The host kernels whose struct pt_regs the event carries (kuprobe_event.h: KUPROBE_NREGS):
 # x86_64's whole frame (arch/x86/include/asm/ptrace.h); on arm64 its head, struct
@@ -83,6 +91,26 @@ RECORD = struct.Struct(
 REGS_OFFSET = TASK_OFFSET + TASK.size
 STACK_OFFSET = REGS_OFFSET + 8 * NREGS
 assert STACK_OFFSET + KUPROBE_STACK_BYTES == EVENT_SIZE
+
+# A captured event (KUPROBE_EV_CAPTURED): the event, then struct kuprobe_captured.
+CAPTURED_FIELDS: tuple[tuple[str, str], ...] = (
+    ("addr", f"{KUPROBE_CAPTURES}Q"),
+    ("len", f"{KUPROBE_CAPTURES}i"),
+    ("data", f"{KUPROBE_CAPTURES * KUPROBE_CAPTURE_BYTES}s"),
+    ("user_stack", "i"),
+    ("kernel_stack", "i"),
+)
+CAPTURED = struct.Struct("<" + "".join(fmt for _n, fmt in CAPTURED_FIELDS))
+CAPTURED_EVENT_SIZE = EVENT_SIZE + CAPTURED.size
+CAPTURED_STRIDE = (CAPTURED_EVENT_SIZE + RINGBUF_HDR + 7) & ~7
+RECORD_CAPTURED = struct.Struct(
+    f"<II{HEAD.format[1:]}{TASK.format[1:]}{CAPTURED_STRIDE - RINGBUF_HDR - HEAD.size - TASK.size}x"
+)
+# The record sizes the ring carries, and each one's (record struct, stride).
+RECORDS: dict[int, tuple[struct.Struct, int]] = {
+    EVENT_SIZE: (RECORD, RECORD_STRIDE),
+    CAPTURED_EVENT_SIZE: (RECORD_CAPTURED, CAPTURED_STRIDE),
+}
 
 _X86_64_REGS = struct.Struct(f"<{len(X86_64.regs.fields)}Q")
 _ARM64_REGS = struct.Struct(f"<{len(ARM64.regs.fields)}Q")

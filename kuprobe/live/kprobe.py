@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from kuprobe.backend import register_all_or_none
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
+from kuprobe.live.capture import capture_cfg, with_captured
 from kuprobe.live.core import (
     BackendCore,
     Registration,
@@ -23,17 +24,21 @@ from kuprobe.live.core import (
 )
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
+    KUPROBE_CFG_CAPTURE,
     KUPROBE_CFG_KERNEL,
     KUPROBE_CFG_RET,
+    KUPROBE_CFG_STACK,
     KUPROBE_CFG_STREAM,
     live_host,
     regs_factory,
 )
+from kuprobe.live.pool import ProbePool
 from kuprobe.probes import (
     KPROBE_FLAG_DISABLED,
     Kprobe,
     Kretprobe,
     KretprobeInstance,
+    check_captures,
     check_handlers,
     check_kretprobe_fields,
 )
@@ -86,6 +91,11 @@ class KprobeOps(BackendCore):
         pool = self._pool_with(1)
         make_regs = regs_factory(live_host().name)
         pre = kp.pre_handler
+        captures = check_captures(kp.capture, kp)
+        cfgs = [capture_cfg(c, live_host().name, kernel=True) for c in captures]
+        if pre is not None and (cfgs or kp.stack):
+            pre = with_captured(pre, captures, pool.stack if kp.stack else None)
+        extra = (KUPROBE_CFG_CAPTURE if cfgs else 0) | (KUPROBE_CFG_STACK if kp.stack else 0)
         handler: SlotHandler | None = None
         if pre is not None:
             report = self._reporter(kp)
@@ -100,9 +110,10 @@ class KprobeOps(BackendCore):
             self._attach_slot(
                 reg,
                 pool,
-                flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM if pre else 0),
+                flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM | extra if pre else 0),
                 tgid=0,
                 handler=handler,
+                captures=cfgs if pre else (),
                 attach=lambda prog, slot: perf_link(
                     perf.open_kprobe(sym, off, retprobe=False), prog, slot
                 ),
@@ -134,7 +145,9 @@ class KprobeOps(BackendCore):
         reg = Registration(rp)
         want_entry = rp.entry_handler is not None or rp.data_size > 0
         pool = self._pool_with(2 if want_entry else 1)
-        entry_h, ret_h = self._kretprobe_handlers(rp)
+        captures = check_captures(rp.capture, rp)  # read at the return
+        cfgs = [capture_cfg(c, live_host().name, kernel=True) for c in captures]
+        entry_h, ret_h = self._kretprobe_handlers(rp, pool)
         target = kname(sym, off)
         try:
             if want_entry:
@@ -168,9 +181,12 @@ class KprobeOps(BackendCore):
                 pool,
                 flags=KUPROBE_CFG_KERNEL
                 | KUPROBE_CFG_RET
-                | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0),
+                | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0)
+                | (KUPROBE_CFG_CAPTURE if cfgs and rp.handler else 0)
+                | (KUPROBE_CFG_STACK if rp.stack and rp.handler else 0),
                 tgid=0,
                 handler=ret_h,
+                captures=cfgs if rp.handler else (),
                 attach=lambda prog, slot: perf_link(open_ret(), prog, slot),
             )
         except OSError as e:
@@ -182,12 +198,16 @@ class KprobeOps(BackendCore):
         rp._owner = self
         self._regs[id(rp)] = reg
 
-    def _kretprobe_handlers(self, rp: Kretprobe) -> tuple[SlotHandler, SlotHandler | None]:
+    def _kretprobe_handlers(
+        self, rp: Kretprobe, pool: ProbePool
+    ) -> tuple[SlotHandler, SlotHandler | None]:
         """Entry and return handlers sharing one KretprobeInstance per call (per task, LIFO)."""
         make_regs = regs_factory(live_host().name)
         in_flight: dict[int, list[KretprobeInstance | None]] = {}
         report = self._reporter(rp)
         entry_handler, handler = rp.entry_handler, rp.handler
+        if handler is not None and (rp.capture or rp.stack):
+            handler = with_captured(handler, rp.capture, pool.stack if rp.stack else None)
 
         def on_entry(chunk: memoryview, off: int, ts: int, ip: int, task: Task) -> None:
             ri: KretprobeInstance | None = KretprobeInstance(rp, bytearray(rp.data_size), 0, task)

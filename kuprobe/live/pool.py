@@ -12,6 +12,7 @@ import ctypes
 import errno
 import mmap
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from kuprobe.errors import ProbeError
@@ -43,6 +44,8 @@ class ProbePool:
         self._cfg = self.bpf[b"kuprobe_cfg"]
         self._counts = self.bpf[b"kuprobe_counts"]
         self._removed = self.bpf[b"kuprobe_removed"]
+        self._capcfg = self.bpf[b"kuprobe_capcfg"]
+        self._stacks = self.bpf[b"kuprobe_stacks"]
         rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
@@ -103,8 +106,23 @@ class ProbePool:
         flags = cfg.flags | KUPROBE_CFG_OFF if off else cfg.flags & ~KUPROBE_CFG_OFF
         self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, cfg.tgid)
 
+    def set_captures(self, slot: int, captures: Sequence[tuple[int, ...]]) -> None:
+        """The slot's kuprobe_capcfg entry: per capture (kind, space, src, mask32, index,
+        offset, size), integers only."""
+        leaf = self._capcfg.Leaf()
+        for i, (kind, space, src, mask32, index, offset, size) in enumerate(captures):
+            c = leaf.cap[i]
+            c.kind, c.space, c.src, c.mask32 = kind, space, src, mask32
+            c.index, c.offset, c.size = index, offset, size
+        self._capcfg[ctypes.c_int(slot)] = leaf
+
+    def stack(self, stack_id: int) -> list[int]:
+        """The addresses of stack ``stack_id`` in kuprobe_stacks, innermost first."""
+        return [int(a) for a in self._stacks.walk(stack_id)]
+
     def release(self, slot: int) -> None:
         self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(0, 0)
+        self._capcfg[ctypes.c_int(slot)] = self._capcfg.Leaf()
         self._free.append(slot)
 
     def _read_counts(self, slot: int) -> tuple[int, int]:

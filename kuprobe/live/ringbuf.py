@@ -9,6 +9,7 @@ padded to 8 bytes. The programs submit with BPF_RB_NO_WAKEUP; this reader polls.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Collection
 
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
@@ -65,6 +66,21 @@ class RingBufReader:
         self._cons_word[0] = end
         self.consumer_pos = end
         return chunk[: n * stride], n
+
+    def read_any(self, record_lens: Collection[int]) -> tuple[memoryview, int, int]:
+        """``read()`` for a ring carrying records of several lengths: the run of records
+        as long as the first committed one (one of ``record_lens``), and that length."""
+        cons = self.consumer_pos
+        if self.producer_pos() - cons < BPF_RINGBUF_HDR_SZ:
+            return memoryview(b""), 0, 0
+        start = cons & self._mask
+        first = int(self._data[start : start + 4].cast("I")[0])
+        if first & BPF_RINGBUF_BUSY_BIT:
+            return memoryview(b""), 0, 0
+        if first not in record_lens:
+            raise ValueError(f"ring buffer record of {first:#x} bytes, not one of {record_lens}")
+        chunk, n = self.read(first)
+        return chunk, n, first
 
     def close(self) -> None:
         self._cons_word.release()

@@ -12,6 +12,7 @@ from typing import Any
 
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
+from kuprobe.live.capture import capture_cfg, with_captured
 from kuprobe.live.core import (
     BackendCore,
     Registration,
@@ -21,8 +22,10 @@ from kuprobe.live.core import (
 )
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
+    KUPROBE_CFG_CAPTURE,
     KUPROBE_CFG_REMOVABLE,
     KUPROBE_CFG_RET,
+    KUPROBE_CFG_STACK,
     KUPROBE_CFG_STREAM,
     live_host,
     live_regs_parts,
@@ -33,6 +36,7 @@ from kuprobe.probes import (
     UPROBE_HANDLER_REMOVE,
     Uprobe,
     UprobeConsumer,
+    check_captures,
     check_handlers,
 )
 from kuprobe.task import Task
@@ -73,12 +77,16 @@ class UprobeOps(BackendCore):
                 runs=host.runs,
                 where=f"this {host.name} kernel",
                 unsafe=bool(up.unsafe),
+                pid=pid or None,
             )
             self.require_root()
             self.require_pmu("uprobe")
             uc = up.consumer
             handler = uc.handler if uc else None
             ret_handler = uc.ret_handler if uc else None
+            captures = check_captures(up.capture, up)
+            cfgs = [capture_cfg(c, target.arch, kernel=False) for c in captures]
+            cap_flag = (KUPROBE_CFG_CAPTURE if cfgs else 0) | (KUPROBE_CFG_STACK if up.stack else 0)
             reg = Registration(up)
             pool = self._pool_with(2 if ret_handler else 1)
             make_regs = regs_factory(target.arch)
@@ -103,7 +111,9 @@ class UprobeOps(BackendCore):
                 )
 
             try:
-                entry_flags = (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE) if handler else 0
+                entry_flags = (
+                    (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE | cap_flag) if handler else 0
+                )
                 entry = self._attach_slot(
                     reg,
                     pool,
@@ -112,16 +122,21 @@ class UprobeOps(BackendCore):
                     handler=self._uprobe_handler(up, pool, reg, target.arch) if handler else None,
                     attach=open_uprobe(False),
                     uprobe_multi=multi,
+                    captures=cfgs if handler else (),
                 )
                 if ret_handler:
                     self._attach_slot(
                         reg,
                         pool,
-                        flags=KUPROBE_CFG_STREAM | KUPROBE_CFG_RET | KUPROBE_CFG_REMOVABLE,
+                        flags=KUPROBE_CFG_STREAM
+                        | KUPROBE_CFG_RET
+                        | KUPROBE_CFG_REMOVABLE
+                        | cap_flag,
                         tgid=pid,
-                        handler=self._uretprobe_handler(up, make_regs),
+                        handler=self._uretprobe_handler(up, make_regs, pool),
                         attach=open_uprobe(True),
                         uprobe_multi=multi,
+                        captures=cfgs,
                     )
                 del entry
             except OSError as e:
@@ -145,6 +160,8 @@ class UprobeOps(BackendCore):
         uc = up.consumer
         assert uc is not None and uc.handler is not None
         handler, filt = uc.handler, uc.filter
+        if up.capture or up.stack:
+            handler = with_captured(handler, up.capture, pool.stack if up.stack else None)
         report = self._reporter(up)
         removed: set[int] = set()
         warned: list[int] = []
@@ -183,11 +200,13 @@ class UprobeOps(BackendCore):
         return on_hit
 
     def _uretprobe_handler(
-        self, up: Uprobe, make_regs: Callable[[memoryview, int, int], Any]
+        self, up: Uprobe, make_regs: Callable[[memoryview, int, int], Any], pool: ProbePool
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.ret_handler is not None
         ret_handler, filt = uc.ret_handler, uc.filter
+        if up.capture or up.stack:
+            ret_handler = with_captured(ret_handler, up.capture, pool.stack if up.stack else None)
         report = self._reporter(up)
 
         def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:

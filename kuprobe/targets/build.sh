@@ -14,9 +14,27 @@ out=${KUPROBE_TARGET_OUT:?set KUPROBE_TARGET_OUT to the folder to build into}
 extra=${KUPROBE_TARGET_EXTRA:-}
 arches=${KUPROBE_TARGET_ARCHES:-x86_64 i386 arm64}
 cflags=(-O2 -g -fno-omit-frame-pointer -fcf-protection=none -Wall -Werror -I"$here")
+# <sys/sdt.h> (systemtap-sdt-dev) lives in the host's multiarch folder, which gcc -m32 and the
+# cross compilers do not search; it is arch-neutral: give every compiler a folder with it.
+sdt=""
+for d in /usr/include /usr/include/*-linux-gnu; do
+	[ -e "$d/sys/sdt.h" ] && { sdt=$d; break; }
+done
+if [ -n "$sdt" ]; then
+	mkdir -p "$out/include/sys"
+	for h in sdt.h sdt-config.h; do
+		[ -e "$sdt/sys/$h" ] && ln -sf "$sdt/sys/$h" "$out/include/sys/$h"
+	done
+	cflags+=(-I"$out/include")
+fi
 progs=()
 for src in "$here"/*.c ${extra:+"$extra"/*.c}; do
-	[ "$(basename "$src")" = funcs.c ] || progs+=("$src")
+	[ "$(basename "$src")" = funcs.c ] && continue
+	if [ -z "$sdt" ] && grep -q '<sys/sdt.h>' "$src"; then
+		echo "warning: no <sys/sdt.h> (install systemtap-sdt-dev): $(basename "$src") not built" >&2
+		continue
+	fi
+	progs+=("$src")
 done
 
 strip_for() {

@@ -53,8 +53,8 @@ def test_str_and_label() -> None:
 
 BAD_SPECS = [
     ("", "empty probe spec"),
-    ("readline", "a spec starts with k:, kr:, u: or ur:"),
-    ("x:foo", "unknown probe type 'x' (use k, kr, u or ur)"),
+    ("readline", "a spec starts with k:, kr:, u:, ur: or usdt:"),
+    ("x:foo", "unknown probe type 'x' (use k, kr, u, ur or usdt)"),
     ("k:", "no function name"),
     ("k:+4", "no function name"),
     ("k:vfs_read+", "nothing after '+'"),
@@ -70,7 +70,7 @@ BAD_SPECS = [
     ("u:/bin/bash:readline retval", "retval exists only on a return probe (kr:/ur:), not on u:"),
     ("k:vfs_read arg12", "arg12 is out of range (arg0 … arg11)"),
     ("k:vfs_read foo", "'foo' is not argN, retval or a register name"),
-    ("k:vfs_read arg0:q", "unknown format ':q' in 'arg0:q' (use :x or :d)"),
+    ("k:vfs_read arg0:q", "unknown format ':q' in 'arg0:q' (use :x, :d, :str[N], :buf[N]"),
     ("k:vfs_read Arg0", "cannot read 'Arg0'"),
 ]
 
@@ -185,3 +185,35 @@ def test_no_kprobes_is_a_clear_error(argv: list[str], capsys: pytest.CaptureFixt
     assert "no kprobes (CONFIG_KPROBES is off) [EOPNOTSUPP]" in err
     assert f"kuprobe {argv[0]}: hint: " in err
     assert out == ""  # nothing printed as if tracing
+
+
+def test_usdt_and_library_specs() -> None:
+    s = parse_spec("usdt:./prog:kuprobe:round arg0 arg4:x")
+    assert s.kind == "usdt" and s.provider == "kuprobe" and s.symbol == "round"
+    assert s.path is not None and s.path.endswith("/prog") and s.path.startswith("/")
+    assert s.label == "usdt:prog:kuprobe:round" and not s.is_return and not s.is_kernel
+    assert str(s.args[1]) == "arg4:x"
+    assert parse_spec("usdt:libc:libc:setjmp").path == "libc"  # a library name stays a name
+    assert parse_spec("u:libc:getpid").path == "libc"
+    assert parse_spec("u:libc:getpid").label == "u:libc:getpid"
+    for bad in ("usdt:prog:round", "usdt:prog:kuprobe:", "usdt:prog:kup-robe:round"):
+        with pytest.raises(SpecError):
+            parse_spec(bad)
+
+
+def test_memory_values() -> None:
+    s = parse_spec("ur:/bin/bash:readline retval:str")
+    (a,) = s.args
+    assert (a.name, a.memory, a.size, a.offset, str(a)) == ("retval", "str", 256, 0, "retval:str")
+    assert a.capture(kernel=False).space == "user"
+    k = parse_spec("k:do_sys_openat2 arg1:str64 arg2+8:kbuf32").args
+    assert (k[0].size, k[0].capture(kernel=True).space) == (64, "auto")
+    assert (k[1].memory, k[1].offset, k[1].size, k[1].capture(kernel=True).space) == (
+        "buf",
+        8,
+        32,
+        "kernel",
+    )
+    for bad in ("u:/x:f arg0:str999", "u:/x:f arg0+8", "u:/x:f arg0:x8", "usdt:/x:p:n di:str"):
+        with pytest.raises(SpecError):
+            parse_spec(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -89,3 +90,59 @@ def test_demo_without_a_terminal(live: Path) -> None:
 def _mid(rows: dict[str, list[str]]) -> str:
     mids = [k for k in rows if k.startswith("u:x86_64/demo:demo_handle+")]
     return mids[0].rsplit("+", 1)[1] if mids else "?"
+
+
+def test_trace_json_lines_parse(live: Path) -> None:
+    """--format json: one object per event with numbers, then the counters."""
+    exe = (live / "x86_64" / "demo").resolve()
+    demo = subprocess.Popen([str(exe), "60"])
+    try:
+        out = subprocess.run(
+            [
+                str(KUPROBE),
+                "trace",
+                "--format",
+                "json",
+                f"u:{exe}:demo_handle arg0",
+                f"ur:{exe}:demo_hash retval:x",
+                "--pid",
+                str(demo.pid),
+                "-d",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        demo.kill()
+        demo.wait()
+    assert out.returncode == 0, out.stderr
+    objs = [json.loads(line) for line in out.stdout.splitlines()]
+    events, last = objs[:-1], objs[-1]
+    entries = [e for e in events if e["probe"] == "u:demo:demo_handle"]
+    returns = [e for e in events if e["probe"] == "ur:demo:demo_hash"]
+    assert len(entries) > 100 and len(returns) > 100
+    for e in events:
+        assert set(e) == {"time", "pid", "tgid", "comm", "probe", "values", "latency"}
+        assert e["tgid"] == demo.pid and e["pid"] == demo.pid and e["comm"] == "demo"
+    ids = [e["values"]["arg0"] for e in entries]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # numbers, every call in order
+    assert all(e["latency"] is None for e in entries)
+    assert all(
+        isinstance(r["values"]["retval"], int) and r["values"]["retval"] >= 0 for r in returns
+    )
+    assert sum(isinstance(r["latency"], int) and r["latency"] > 0 for r in returns) > 100
+    assert [e["time"] for e in entries] == sorted(e["time"] for e in entries)
+    rows = {r["probe"]: r for r in last["summary"]}
+    assert last["unprinted"] == 0
+    assert rows["u:demo:demo_handle"]["hits"] == len(entries)  # the counters are final
+    assert set(rows["ur:demo:demo_hash"]) == {"probe", "hits", "nmissed", "lost", "errors"}
+    assert rows["u:demo:demo_handle"]["lost"] == 0 and rows["u:demo:demo_handle"]["errors"] == 0
+    same = subprocess.run(
+        [str(KUPROBE), "trace", "--json", f"u:{exe}:demo_handle", "-d", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert same.returncode == 0 and "summary" in json.loads(same.stdout.splitlines()[-1])

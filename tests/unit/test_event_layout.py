@@ -24,6 +24,18 @@ PROBE = r"""
 int main(void) {
     F(slot) F(flags) F(ts) F(func_ip) F(pid_tgid) F(comm) F(regs) F(stack)
     printf("size %zu 0\n", sizeof(struct kuprobe_event));
+#define C(name) printf("cap_" #name " %zu %zu\n", offsetof(struct kuprobe_captured, name), \
+                       sizeof(((struct kuprobe_captured *)0)->name));
+    C(addr) C(len) C(data) C(user_stack) C(kernel_stack)
+    printf("captured %zu %zu\n", sizeof(struct kuprobe_captured),
+           offsetof(struct kuprobe_event_captured, cap));
+    printf("capcfg %zu %zu %zu\n", sizeof(struct kuprobe_capture_cfg),
+           sizeof(struct kuprobe_slot_captures), offsetof(struct kuprobe_capture_cfg, offset));
+    printf("capconsts %d %d %d %d %d %d %d %d %d %d %d %d %d %d\n", KUPROBE_CFG_CAPTURE,
+           KUPROBE_EV_CAPTURED, KUPROBE_CAPTURES, KUPROBE_CAPTURE_BYTES, KUPROBE_CAP_NONE,
+           KUPROBE_CAP_STR, KUPROBE_CAP_BUF, KUPROBE_CAP_USER, KUPROBE_CAP_KERNEL,
+           KUPROBE_CAP_AUTO, KUPROBE_SRC_REG, KUPROBE_SRC_STACK64, KUPROBE_SRC_STACK32,
+           KUPROBE_CFG_STACK);
     printf("cfg %zu %zu\n", sizeof(struct kuprobe_slot_cfg), sizeof(struct kuprobe_counts));
     printf("consts %d %d %d %d %d %d %d %d\n", KUPROBE_CFG_STREAM, KUPROBE_CFG_RET,
            KUPROBE_CFG_KERNEL, KUPROBE_CFG_REMOVABLE, KUPROBE_CFG_OFF, KUPROBE_EV_RET,
@@ -57,6 +69,35 @@ def test_event_fields_match_header(tmp_path: Path) -> None:
         assert c[name] == (offset, size), f"{name}: C {c[name]} vs Python {(offset, size)}"
         offset += size
     assert c["size"][0] == events.EVENT_SIZE == offset
+
+
+def test_captured_event_matches_header(tmp_path: Path) -> None:
+    """The captured event (memory read at the hit) is the event, then kuprobe_captured."""
+    c = _c_layout(tmp_path)
+    offset = 0
+    for name, fmt in events.CAPTURED_FIELDS:
+        size = struct.calcsize("<" + fmt)
+        assert c[f"cap_{name}"] == (offset, size), name
+        offset += size
+    assert c["captured"] == (events.CAPTURED.size, events.EVENT_SIZE)
+    assert events.EVENT_SIZE + c["captured"][0] == events.CAPTURED_EVENT_SIZE
+    assert c["capcfg"] == (24, 24 * events.KUPROBE_CAPTURES, 8)
+    assert c["capconsts"] == (
+        events.KUPROBE_CFG_CAPTURE,
+        events.KUPROBE_EV_CAPTURED,
+        events.KUPROBE_CAPTURES,
+        events.KUPROBE_CAPTURE_BYTES,
+        events.KUPROBE_CAP_NONE,
+        events.KUPROBE_CAP_STR,
+        events.KUPROBE_CAP_BUF,
+        events.KUPROBE_CAP_USER,
+        events.KUPROBE_CAP_KERNEL,
+        events.KUPROBE_CAP_AUTO,
+        events.KUPROBE_SRC_REG,
+        events.KUPROBE_SRC_STACK64,
+        events.KUPROBE_SRC_STACK32,
+        events.KUPROBE_CFG_STACK,
+    )
 
 
 def test_constants_match_header(tmp_path: Path) -> None:

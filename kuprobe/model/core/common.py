@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 from kuprobe.errors import KuprobeError
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task, set_current
+from kuprobe.uaccess import EmulatedMemory, set_memory
 
 log = logging.getLogger("kuprobe.model")
 
@@ -143,6 +144,8 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
         if isinstance(a, PtRegs):
             m.fill_stack(a)
     previous = set_current(m.task)
+    # kuprobe/uaccess.py: copy_from_user() and friends read the emulated memory at the hit
+    previous_memory = set_memory(EmulatedMemory(m.read))
     try:
         return fn(*args)
     except ModelError:  # the emulated run cannot go on (a kernel BUG, a lost step …)
@@ -158,3 +161,4 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
         return 0
     finally:
         set_current(previous)
+        set_memory(previous_memory)
