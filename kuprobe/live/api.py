@@ -1,6 +1,14 @@
 """The kernel's registration functions, on the live kernel (include/linux/kprobes.h,
 include/linux/uprobes.h). One backend per process, made on first use; every probe is
-unregistered on interpreter exit and on SIGINT/SIGTERM.
+unregistered on interpreter exit and on SIGINT/SIGTERM, within 2 s: events still queued then
+are counted in each probe's ``dropped`` (and logged), not handled.
+
+``unregister_*(…)`` returns once every event recorded for the probe has been handled, and no
+handler of it runs afterwards; ``timeout=`` bounds that wait, counting the rest in
+``dropped``. Called from a handler (the dispatcher thread cannot wait for the events queued
+behind it), it detaches at once, counts the probe's queued events in ``dropped``, and the
+probe reads ``registered`` until the dispatcher has passed them; then its counters are final.
+Always ``hits == handled + handler_errors + lost + dropped``.
 """
 
 from __future__ import annotations
