@@ -25,6 +25,7 @@ from kuprobe.errors import ProbeError
 from kuprobe.live import perf
 from kuprobe.live.dispatch import Dispatcher, SlotHandler
 from kuprobe.live.events import (
+    EVENT_SIZE,
     KUPROBE_CFG_RET,
 )
 from kuprobe.live.pool import ProbePool
@@ -39,8 +40,8 @@ log = logging.getLogger("kuprobe")
 AnyProbe = Kprobe | Kretprobe | Uprobe
 # Interpreter exit and SIGINT/SIGTERM: how long events still queued get handled before the
 # rest are counted in ``dropped``, and how long a handler already running is then waited for.
-SHUTDOWN_TIMEOUT = 1.5
-IN_FLIGHT_GRACE = 0.4
+SHUTDOWN_TIMEOUT = 1.2
+IN_FLIGHT_GRACE = 0.3
 
 
 @dataclass
@@ -337,9 +338,14 @@ class BackendCore:
         r.final = True
         late = [a for a in r.attaches if not self.dispatcher.handled_past(a.pool, a.target)]
         if late:
+            queued = sum(
+                a.pool.ring.peek_words(a.target, EVENT_SIZE, 0).count(a.slot) for a in late
+            )
             log.warning(
-                "%s: a handler is still running; its slot is freed once the dispatcher passes",
+                "%s: a handler is still running; at least %d queued events were not handled "
+                "(counted in dropped if the dispatcher gets past it)",
                 describe(r.probe),
+                queued,
             )
         for att in r.attaches:
             if att in late:

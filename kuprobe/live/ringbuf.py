@@ -66,6 +66,21 @@ class RingBufReader:
         self.consumer_pos = end
         return chunk[: n * stride], n
 
+    def peek_words(self, end: int, record_len: int, word: int) -> list[int]:
+        """Without consuming: the 32-bit word at data offset ``4 * word`` of every committed
+        record between the consumer position and ``end`` (e.g. the slot of each event)."""
+        stride = (record_len + BPF_RINGBUF_HDR_SZ + 7) & ~7
+        cons = self.consumer_pos
+        avail = min(end, self.producer_pos()) - cons
+        if avail < stride:
+            return []
+        avail -= avail % stride
+        start = cons & self._mask
+        words = memoryview(bytes(self._data[start : start + avail])).cast("I")
+        per = stride // 4
+        hdr = BPF_RINGBUF_HDR_SZ // 4
+        return [words[i + hdr + word] for i in range(0, len(words), per) if words[i] == record_len]
+
     def close(self) -> None:
         self._cons_word.release()
         self._prod_word.release()
