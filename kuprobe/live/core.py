@@ -108,6 +108,7 @@ class BackendCore:
         self._regs: dict[int, Registration] = {}
         self._closing: dict[int, Registration] = {}  # detached, events still being handled
         self.signals = SignalsDeferred()
+        self._finished_late: list[Registration] = []  # final while a handler still ran
         self.dispatcher = Dispatcher()
         self._event_seq = 0
         self._stale_checked = False
@@ -229,7 +230,9 @@ class BackendCore:
     def unregister(self, probe: AnyProbe, timeout: float | None = None) -> None:
         self.unregister_many([probe], timeout=timeout)
 
-    def unregister_many(self, probes: Sequence[AnyProbe], timeout: float | None = None) -> None:
+    def unregister_many(
+        self, probes: Sequence[AnyProbe], timeout: float | None = None, *, missing_ok: bool = False
+    ) -> None:
         """Unregister several probes: detach all, drain, read final counters, free slots.
 
         Returns once every event recorded for them has been handled, and no handler of them
@@ -247,6 +250,8 @@ class BackendCore:
             regs: list[Registration] = []
             for p in probes:
                 r = self._regs.get(id(p)) or self._closing.get(id(p))
+                if r is None and missing_ok:  # finished by another thread meanwhile
+                    continue
                 if r is None:
                     raise ProbeError(
                         errno.EINVAL, f"this {type(p).__name__} is not registered", probe=p
@@ -347,6 +352,13 @@ class BackendCore:
                 describe(r.probe),
                 queued,
             )
+        if late:
+            past = self.dispatcher.handled_past
+            self._finished_late = [
+                x
+                for x in self._finished_late
+                if not all(past(a.pool, a.target) for a in x.attaches)
+            ] + [r]
         for att in r.attaches:
             if att in late:
                 self.dispatcher.after(att.pool, att.target, self._releaser(att))
@@ -416,18 +428,25 @@ class BackendCore:
             self._sync(reg)
 
     def registered(self) -> list[AnyProbe]:
-        return [r.probe for r in self._regs.values()]
+        with self._lock:
+            return [r.probe for r in self._regs.values()]
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT, *, close: bool = True) -> None:
         """Unregister everything, within ``timeout`` s (the rest counted in ``dropped``): at
         interpreter exit (``close``: and free the pools) and on SIGINT/SIGTERM."""
         with self.signals:
-            probes = [r.probe for r in (*self._regs.values(), *self._closing.values())]
+            with self._lock:  # other threads may be registering
+                probes = [r.probe for r in (*self._regs.values(), *self._closing.values())]
             if probes:
-                self.unregister_many(probes, timeout=timeout)
+                self.unregister_many(probes, timeout=timeout, missing_ok=True)
             if not close:
                 return
-            if not self.dispatcher.stop(timeout=IN_FLIGHT_GRACE):
+            stuck = any(  # a handler already waited for in _finish(): not again
+                not self.dispatcher.handled_past(a.pool, a.target)
+                for r in self._finished_late
+                for a in r.attaches
+            )
+            if not self.dispatcher.stop(timeout=0.0 if stuck else IN_FLIGHT_GRACE):
                 log.warning("kuprobe: a handler is still running at exit; left to the OS")
                 return  # the maps stay mapped: the kernel frees them with the process
             with self._lock:
