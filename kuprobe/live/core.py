@@ -148,9 +148,10 @@ class BackendCore:
         for pool in self._pools:
             if pool.free_slots >= n:
                 return pool
-        pool = ProbePool()  # one compile; another only past DEFAULT_SLOTS probes at once
-        self._pools.append(pool)
-        self.dispatcher.add_pool(pool)
+        with self.signals:  # a pool half made would never be dispatched
+            pool = ProbePool()  # one compile; another only past DEFAULT_SLOTS probes at once
+            self._pools.append(pool)
+            self.dispatcher.add_pool(pool)
         # BCC registers its own atexit cleanup per module, and atexit runs last-in first-out:
         # ours must run first, while the maps are still open.
         atexit.unregister(self.shutdown)
