@@ -24,15 +24,19 @@ from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 
 _backend: LiveBackend | None = None
 _backend_lock = threading.Lock()
+_signals_installed = False
 
 
 def backend() -> LiveBackend:
     """The process's live backend (made on first use, with its exit hooks)."""
-    global _backend
+    global _backend, _signals_installed
     with _backend_lock:
         if _backend is None:
             _backend = LiveBackend()  # registers its own atexit hook
+        if not _signals_installed and threading.current_thread() is threading.main_thread():
+            # made first on another thread: the main thread installs them on its first call
             _install_signal_handlers()
+            _signals_installed = True
         return _backend
 
 

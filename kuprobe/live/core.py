@@ -342,6 +342,15 @@ class BackendCore:
     def _finalize(self, r: Registration) -> None:
         """Counters final (hits and lost are synced by the caller), slots free, owner cleared."""
         r.final = True
+        p = r.probe
+        try:
+            self._free_slots(r)
+        finally:  # whatever happened, the probe is not left half unregistered
+            self._closing.pop(id(p), None)
+            p._owner = None
+            r.done.set()
+
+    def _free_slots(self, r: Registration) -> None:
         late = [a for a in r.attaches if not self.dispatcher.handled_past(a.pool, a.target)]
         if late:
             queued = sum(
@@ -374,9 +383,6 @@ class BackendCore:
                 describe(p),
                 dropped,
             )
-        self._closing.pop(id(p), None)
-        p._owner = None
-        r.done.set()
 
     def _release(self, att: Attach) -> None:
         self.dispatcher.set_handler(att.pool, att.slot, None)

@@ -101,6 +101,11 @@ SCRIPT = textwrap.dedent(
             continue
         if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
             fds.append(what)
+            try:
+                info = open(f"/proc/self/fdinfo/{fd}").read().replace(chr(10), " ")
+            except OSError:
+                info = ""
+            still.append(f"fd {fd}: {info}")
     rows = [(up.hits, handled[0], up.handler_errors, up.lost, up.dropped, up.registered)
             for up, handled in done_probes]
     print(json.dumps({"interrupted": interrupted, "fds": fds, "rows": rows,
