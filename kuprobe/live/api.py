@@ -1,6 +1,14 @@
 """The kernel's registration functions, on the live kernel (include/linux/kprobes.h,
 include/linux/uprobes.h). One backend per process, made on first use; every probe is
-unregistered on interpreter exit and on SIGINT/SIGTERM.
+unregistered on interpreter exit and on SIGINT/SIGTERM, within 2 s: events still queued then
+are counted in each probe's ``dropped`` (and logged), not handled.
+
+``unregister_*(…)`` returns once every event recorded for the probe has been handled, and no
+handler of it runs afterwards; ``timeout=`` bounds that wait, counting the rest in
+``dropped``. Called from a handler (the dispatcher thread cannot wait for the events queued
+behind it), it detaches at once, counts the probe's queued events in ``dropped``, and the
+probe reads ``registered`` until the dispatcher has passed them; then its counters are final.
+Always ``hits == handled + handler_errors + lost + dropped``.
 """
 
 from __future__ import annotations
@@ -17,15 +25,19 @@ from kuprobe.usdt import Usdt
 
 _backend: LiveBackend | None = None
 _backend_lock = threading.Lock()
+_signals_installed = False
 
 
 def backend() -> LiveBackend:
     """The process's live backend (made on first use, with its exit hooks)."""
-    global _backend
+    global _backend, _signals_installed
     with _backend_lock:
         if _backend is None:
             _backend = LiveBackend()  # registers its own atexit hook
+        if not _signals_installed and threading.current_thread() is threading.main_thread():
+            # made first on another thread: the main thread installs them on its first call
             _install_signal_handlers()
+            _signals_installed = True
         return _backend
 
 

@@ -39,8 +39,8 @@ log = logging.getLogger("kuprobe")
 AnyProbe = Kprobe | Kretprobe | Uprobe
 # Interpreter exit and SIGINT/SIGTERM: how long events still queued get handled before the
 # rest are counted in ``dropped``, and how long a handler already running is then waited for.
-SHUTDOWN_TIMEOUT = 1.5
-IN_FLIGHT_GRACE = 0.4
+SHUTDOWN_TIMEOUT = 1.2
+IN_FLIGHT_GRACE = 0.3
 
 
 @dataclass
@@ -107,6 +107,7 @@ class BackendCore:
         self._regs: dict[int, Registration] = {}
         self._closing: dict[int, Registration] = {}  # detached, events still being handled
         self.signals = SignalsDeferred()
+        self._finished_late: list[Registration] = []  # final while a handler still ran
         self.dispatcher = Dispatcher()
         self._event_seq = 0
         self._stale_checked = False
@@ -146,9 +147,10 @@ class BackendCore:
         for pool in self._pools:
             if pool.free_slots >= n:
                 return pool
-        pool = ProbePool()  # one compile; another only past DEFAULT_SLOTS probes at once
-        self._pools.append(pool)
-        self.dispatcher.add_pool(pool)
+        with self.signals:  # a pool half made would never be dispatched
+            pool = ProbePool()  # one compile; another only past DEFAULT_SLOTS probes at once
+            self._pools.append(pool)
+            self.dispatcher.add_pool(pool)
         # BCC registers its own atexit cleanup per module, and atexit runs last-in first-out:
         # ours must run first, while the maps are still open.
         atexit.unregister(self.shutdown)
@@ -232,7 +234,9 @@ class BackendCore:
     def unregister(self, probe: AnyProbe, timeout: float | None = None) -> None:
         self.unregister_many([probe], timeout=timeout)
 
-    def unregister_many(self, probes: Sequence[AnyProbe], timeout: float | None = None) -> None:
+    def unregister_many(
+        self, probes: Sequence[AnyProbe], timeout: float | None = None, *, missing_ok: bool = False
+    ) -> None:
         """Unregister several probes: detach all, drain, read final counters, free slots.
 
         Returns once every event recorded for them has been handled, and no handler of them
@@ -250,6 +254,8 @@ class BackendCore:
             regs: list[Registration] = []
             for p in probes:
                 r = self._regs.get(id(p)) or self._closing.get(id(p))
+                if r is None and missing_ok:  # finished by another thread meanwhile
+                    continue
                 if r is None:
                     raise ProbeError(
                         errno.EINVAL, f"this {type(p).__name__} is not registered", probe=p
@@ -339,12 +345,31 @@ class BackendCore:
     def _finalize(self, r: Registration) -> None:
         """Counters final (hits and lost are synced by the caller), slots free, owner cleared."""
         r.final = True
+        p = r.probe
+        try:
+            self._free_slots(r)
+        finally:  # whatever happened, the probe is not left half unregistered
+            self._closing.pop(id(p), None)
+            p._owner = None
+            r.done.set()
+
+    def _free_slots(self, r: Registration) -> None:
         late = [a for a in r.attaches if not self.dispatcher.handled_past(a.pool, a.target)]
         if late:
+            queued = sum(a.pool.ring.peek_words(a.target, 0).count(a.slot) for a in late)
             log.warning(
-                "%s: a handler is still running; its slot is freed once the dispatcher passes",
+                "%s: a handler is still running; at least %d queued events were not handled "
+                "(counted in dropped if the dispatcher gets past it)",
                 describe(r.probe),
+                queued,
             )
+        if late:
+            past = self.dispatcher.handled_past
+            self._finished_late = [
+                x
+                for x in self._finished_late
+                if not all(past(a.pool, a.target) for a in x.attaches)
+            ] + [r]
         for att in r.attaches:
             if att in late:
                 self.dispatcher.after(att.pool, att.target, self._releaser(att))
@@ -359,9 +384,6 @@ class BackendCore:
                 describe(p),
                 dropped,
             )
-        self._closing.pop(id(p), None)
-        p._owner = None
-        r.done.set()
 
     def _release(self, att: Attach) -> None:
         self.dispatcher.set_handler(att.pool, att.slot, None)
@@ -414,18 +436,25 @@ class BackendCore:
             self._sync(reg)
 
     def registered(self) -> list[AnyProbe]:
-        return [r.probe for r in self._regs.values()]
+        with self._lock:
+            return [r.probe for r in self._regs.values()]
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT, *, close: bool = True) -> None:
         """Unregister everything, within ``timeout`` s (the rest counted in ``dropped``): at
         interpreter exit (``close``: and free the pools) and on SIGINT/SIGTERM."""
         with self.signals:
-            probes = [r.probe for r in (*self._regs.values(), *self._closing.values())]
+            with self._lock:  # other threads may be registering
+                probes = [r.probe for r in (*self._regs.values(), *self._closing.values())]
             if probes:
-                self.unregister_many(probes, timeout=timeout)
+                self.unregister_many(probes, timeout=timeout, missing_ok=True)
             if not close:
                 return
-            if not self.dispatcher.stop(timeout=IN_FLIGHT_GRACE):
+            stuck = any(  # a handler already waited for in _finish(): not again
+                not self.dispatcher.handled_past(a.pool, a.target)
+                for r in self._finished_late
+                for a in r.attaches
+            )
+            if not self.dispatcher.stop(timeout=0.0 if stuck else IN_FLIGHT_GRACE):
                 log.warning("kuprobe: a handler is still running at exit; left to the OS")
                 return  # the maps stay mapped: the kernel frees them with the process
             with self._lock:

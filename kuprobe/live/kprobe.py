@@ -106,28 +106,29 @@ class KprobeOps(BackendCore):
                 except BaseException as e:
                     report(e)
 
-        try:
-            self._attach_slot(
-                reg,
-                pool,
-                flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM | extra if pre else 0),
-                tgid=0,
-                handler=handler,
-                captures=cfgs if pre else (),
-                attach=lambda prog, slot: perf_link(
-                    perf.open_kprobe(sym, off, retprobe=False), prog, slot
-                ),
-            )
-            if kp.flags & KPROBE_FLAG_DISABLED:  # registered disabled, as the kernel allows
-                pool.set_off(reg.attaches[0].slot, True)
-        except OSError as e:
-            self._rollback(reg)
-            raise attach_error(e, kp, kname(sym, off)) from e
-        except BaseException:
-            self._rollback(reg)
-            raise
-        kp._owner = self
-        self._regs[id(kp)] = reg
+        with self.signals:  # a signal now would leave a link nobody owns
+            try:
+                self._attach_slot(
+                    reg,
+                    pool,
+                    flags=KUPROBE_CFG_KERNEL | (KUPROBE_CFG_STREAM | extra if pre else 0),
+                    tgid=0,
+                    handler=handler,
+                    captures=cfgs if pre else (),
+                    attach=lambda prog, slot: perf_link(
+                        perf.open_kprobe(sym, off, retprobe=False), prog, slot
+                    ),
+                )
+                if kp.flags & KPROBE_FLAG_DISABLED:  # registered disabled, as the kernel allows
+                    pool.set_off(reg.attaches[0].slot, True)
+            except OSError as e:
+                self._rollback(reg)
+                raise attach_error(e, kp, kname(sym, off)) from e
+            except BaseException:
+                self._rollback(reg)
+                raise
+            kp._owner = self
+            self._regs[id(kp)] = reg
 
     def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
         with self._lock:
@@ -149,54 +150,55 @@ class KprobeOps(BackendCore):
         cfgs = [capture_cfg(c, live_host().name, kernel=True) for c in captures]
         entry_h, ret_h = self._kretprobe_handlers(rp, pool)
         target = kname(sym, off)
-        try:
-            if want_entry:
+        with self.signals:  # a signal now would leave a link nobody owns
+            try:
+                if want_entry:
+                    self._attach_slot(
+                        reg,
+                        pool,
+                        flags=KUPROBE_CFG_KERNEL | KUPROBE_CFG_STREAM,
+                        tgid=0,
+                        handler=entry_h,
+                        attach=lambda prog, slot: perf_link(
+                            perf.open_kprobe(sym, off, retprobe=False), prog, slot
+                        ),
+                    )
+                open_ret: Callable[[], int]
+                if rp.maxactive:
+                    self._remove_stale_events()
+                    self._event_seq += 1
+                    name = f"kuprobe_{os.getpid()}_{self._event_seq}"
+                    if sym is None:
+                        raise ProbeError(
+                            errno.EINVAL, "a kretprobe with maxactive needs symbol_name", probe=rp
+                        )
+                    self._start_reaper()
+                    tp_id = perf.create_kretprobe_event(name, target, rp.maxactive)
+                    reg.tracefs_event = name
+                    open_ret = lambda: perf.open_tracepoint(tp_id)  # noqa: E731
+                else:
+                    open_ret = lambda: perf.open_kprobe(sym, off, retprobe=True)  # noqa: E731
                 self._attach_slot(
                     reg,
                     pool,
-                    flags=KUPROBE_CFG_KERNEL | KUPROBE_CFG_STREAM,
+                    flags=KUPROBE_CFG_KERNEL
+                    | KUPROBE_CFG_RET
+                    | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0)
+                    | (KUPROBE_CFG_CAPTURE if cfgs and rp.handler else 0)
+                    | (KUPROBE_CFG_STACK if rp.stack and rp.handler else 0),
                     tgid=0,
-                    handler=entry_h,
-                    attach=lambda prog, slot: perf_link(
-                        perf.open_kprobe(sym, off, retprobe=False), prog, slot
-                    ),
+                    handler=ret_h,
+                    captures=cfgs if rp.handler else (),
+                    attach=lambda prog, slot: perf_link(open_ret(), prog, slot),
                 )
-            open_ret: Callable[[], int]
-            if rp.maxactive:
-                self._remove_stale_events()
-                self._event_seq += 1
-                name = f"kuprobe_{os.getpid()}_{self._event_seq}"
-                if sym is None:
-                    raise ProbeError(
-                        errno.EINVAL, "a kretprobe with maxactive needs symbol_name", probe=rp
-                    )
-                self._start_reaper()
-                tp_id = perf.create_kretprobe_event(name, target, rp.maxactive)
-                reg.tracefs_event = name
-                open_ret = lambda: perf.open_tracepoint(tp_id)  # noqa: E731
-            else:
-                open_ret = lambda: perf.open_kprobe(sym, off, retprobe=True)  # noqa: E731
-            self._attach_slot(
-                reg,
-                pool,
-                flags=KUPROBE_CFG_KERNEL
-                | KUPROBE_CFG_RET
-                | (KUPROBE_CFG_STREAM if rp.handler or want_entry else 0)
-                | (KUPROBE_CFG_CAPTURE if cfgs and rp.handler else 0)
-                | (KUPROBE_CFG_STACK if rp.stack and rp.handler else 0),
-                tgid=0,
-                handler=ret_h,
-                captures=cfgs if rp.handler else (),
-                attach=lambda prog, slot: perf_link(open_ret(), prog, slot),
-            )
-        except OSError as e:
-            self._rollback(reg)
-            raise attach_error(e, rp, target) from e
-        except BaseException:
-            self._rollback(reg)
-            raise
-        rp._owner = self
-        self._regs[id(rp)] = reg
+            except OSError as e:
+                self._rollback(reg)
+                raise attach_error(e, rp, target) from e
+            except BaseException:
+                self._rollback(reg)
+                raise
+            rp._owner = self
+            self._regs[id(rp)] = reg
 
     def _kretprobe_handlers(
         self, rp: Kretprobe, pool: ProbePool

@@ -82,6 +82,24 @@ class RingBufReader:
         chunk, n = self.read(first)
         return chunk, n, first
 
+    def peek_words(self, end: int, word: int) -> list[int]:
+        """Without consuming: the 32-bit word at data offset ``4 * word`` of every committed
+        record between the consumer position and ``end`` (e.g. the slot of each event), each
+        record walked by its own length (plain and captured events differ)."""
+        pos, stop = self.consumer_pos, min(end, self.producer_pos())
+        out: list[int] = []
+        while stop - pos >= BPF_RINGBUF_HDR_SZ:
+            start = pos & self._mask
+            head = int(self._data[start : start + 4].cast("I")[0])
+            if head & BPF_RINGBUF_BUSY_BIT:
+                break
+            length = head & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
+            if not head & BPF_RINGBUF_DISCARD_BIT:
+                at = (start + BPF_RINGBUF_HDR_SZ + 4 * word) & self._mask
+                out.append(int(self._data[at : at + 4].cast("I")[0]))
+            pos += (length + BPF_RINGBUF_HDR_SZ + 7) & ~7
+        return out
+
     def close(self) -> None:
         self._cons_word.release()
         self._prod_word.release()

@@ -110,45 +110,48 @@ class UprobeOps(BackendCore):
                     slot,
                 )
 
-            try:
-                entry_flags = (
-                    (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE | cap_flag) if handler else 0
-                )
-                entry = self._attach_slot(
-                    reg,
-                    pool,
-                    flags=entry_flags,
-                    tgid=pid,
-                    handler=self._uprobe_handler(up, pool, reg, target.arch) if handler else None,
-                    attach=open_uprobe(False),
-                    uprobe_multi=multi,
-                    captures=cfgs if handler else (),
-                )
-                if ret_handler:
-                    self._attach_slot(
+            with self.signals:  # a signal now would leave a link nobody owns
+                try:
+                    entry_flags = (
+                        (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE | cap_flag) if handler else 0
+                    )
+                    entry = self._attach_slot(
                         reg,
                         pool,
-                        flags=KUPROBE_CFG_STREAM
-                        | KUPROBE_CFG_RET
-                        | KUPROBE_CFG_REMOVABLE
-                        | cap_flag,
+                        flags=entry_flags,
                         tgid=pid,
-                        handler=self._uretprobe_handler(up, make_regs, pool),
-                        attach=open_uprobe(True),
+                        handler=self._uprobe_handler(up, pool, reg, target.arch)
+                        if handler
+                        else None,
+                        attach=open_uprobe(False),
                         uprobe_multi=multi,
-                        captures=cfgs,
+                        captures=cfgs if handler else (),
                     )
-                del entry
-            except OSError as e:
-                self._rollback(reg)
-                raise attach_error(e, up, f"{target.path}:{target.offset:#x}") from e
-            except BaseException:
-                self._rollback(reg)
-                raise
-            up._inode = target.inode
-            up._file_offset = target.offset
-            up._owner = self
-            self._regs[id(up)] = reg
+                    if ret_handler:
+                        self._attach_slot(
+                            reg,
+                            pool,
+                            flags=KUPROBE_CFG_STREAM
+                            | KUPROBE_CFG_RET
+                            | KUPROBE_CFG_REMOVABLE
+                            | cap_flag,
+                            tgid=pid,
+                            handler=self._uretprobe_handler(up, make_regs, pool),
+                            attach=open_uprobe(True),
+                            uprobe_multi=multi,
+                            captures=cfgs,
+                        )
+                    del entry
+                except OSError as e:
+                    self._rollback(reg)
+                    raise attach_error(e, up, f"{target.path}:{target.offset:#x}") from e
+                except BaseException:
+                    self._rollback(reg)
+                    raise
+                up._inode = target.inode
+                up._file_offset = target.offset
+                up._owner = self
+                self._regs[id(up)] = reg
 
     def _uprobe_handler(
         self,

@@ -197,7 +197,7 @@ SCRIPT_EXIT = textwrap.dedent(
     from kuprobe.live.api import backend
     exe = sys.argv[1]
     def slow(uc, regs):
-        time.sleep(0.1)
+        time.sleep(float(sys.argv[3]))
         return 0
     up = Uprobe(exe, symbol_name="add", consumer=UprobeConsumer(handler=slow))
     register_uprobe(up)
@@ -210,13 +210,15 @@ SCRIPT_EXIT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("how", ["exit", "SIGINT", "SIGTERM"])
-def test_exit_and_signals_stop_within_two_seconds(live: Path, how: str) -> None:
-    """2,000 events queued for a 0.1 s handler: exit, SIGINT and SIGTERM stop in 2 s and
-    report what was not handled."""
+@pytest.mark.parametrize(
+    ("how", "handler_s"), [("exit", 0.1), ("SIGINT", 0.1), ("SIGTERM", 0.1), ("exit", 60)]
+)
+def test_exit_and_signals_stop_within_two_seconds(live: Path, how: str, handler_s: float) -> None:
+    """2,000 events queued for a 0.1 s handler (or one that never returns): exit, SIGINT and
+    SIGTERM stop in 2 s and report what was not handled."""
     exe = live / "x86_64" / "target"
     p = subprocess.Popen(
-        [PYTHON, "-c", SCRIPT_EXIT, str(exe), "go" if how == "exit" else "wait"],
+        [PYTHON, "-c", SCRIPT_EXIT, str(exe), "go" if how == "exit" else "wait", str(handler_s)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -228,7 +230,7 @@ def test_exit_and_signals_stop_within_two_seconds(live: Path, how: str) -> None:
         p.send_signal(getattr(signal, how))
     _, err = p.communicate(timeout=30)
     took = time.monotonic() - t0
-    assert took < 3.0, (took, err)
+    assert took < 2.5, (took, err)  # the interpreter's own start-up is not in it
     assert "not handled" in err, err  # the dropped events are reported
 
 
