@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kuprobe.model.arch.x86 import insn_opcode, uprobe_refuses
+from kuprobe.model.arch.x86 import insn_opcode, uprobe_refuses, uprobe_undecoded
 
 CASES = [
     # (hex, x86_64 refuses, i386 refuses)
@@ -53,3 +53,20 @@ def test_c4_c5_in_32_bit_mode_are_les_lds_with_a_memory_operand() -> None:
     assert not insn_opcode(bytes.fromhex("c50600"), is64=False).vex  # lds (%esi), %eax
     assert insn_opcode(bytes.fromhex("c5f858c0"), is64=False).vex
     assert insn_opcode(bytes.fromhex("c50600"), is64=True).vex
+
+
+@pytest.mark.parametrize(
+    ("code", "undecoded"),
+    [
+        ("c4e37968c001", True),  # vfmaddps (AMD FMA4): not in the kernel's opcode map
+        ("c4e3790fc001", False),  # vpalignr
+        ("0f38c800", False),  # sha1nexte
+        ("660f38c800", True),  # its 0x66 form is EVEX-only in the map
+        ("f20f38cc00", True),  # f2 0f 38 cc: VEX-only (vsha512msg1)
+        ("f20f38c800", False),
+        ("660f38dc00", False),  # aesenc
+    ],
+)
+def test_what_the_kernels_decoder_does_not_know(code: str, undecoded: bool) -> None:
+    for is64 in (True, False):
+        assert uprobe_undecoded(bytes.fromhex(code), is64) == undecoded

@@ -81,6 +81,22 @@ POP_SS_OPCODE, MOV_SREG_OPCODE = 0x17, 0x8E  # arch/x86/include/asm/insn.h
 BRANCH_OPCODES = frozenset({0xEB, 0xE9, 0xE8, *range(0x70, 0x80)})
 
 
+# Encodings capstone decodes that arch/x86/lib/insn.c does not (insn_decode() fails, and
+# arch_uprobe_analyze_insn() returns -ENOEXEC), from its opcode map (x86-opcode-map.txt):
+# AMD's FMA4 and vpermil2ps/pd (VEX map 0f3a) are not in it; in the 0f 38 map, c8 and ca-cd
+# with a 0x66 prefix are EVEX-only forms ("(66),(ev)": vexp2ps, vrcp28ps …) and cb-cd with
+# 0xf2 VEX-only ones ("(F2),(v)": vsha512*), so insn_get_opcode() refuses their legacy
+# encodings (inat_must_vex()). Measured over every 0f, 0f 38 and 0f 3a opcode, bare and with
+# 66/f2/f3, and VEX maps 1-3 and EVEX maps 1-2 (kuprobe.crosscheck.acceptance).
+UNDECODED_VEX_0F3A = frozenset(
+    {0x48, 0x49, *range(0x5C, 0x60), *range(0x68, 0x6C), *range(0x78, 0x80)}
+)
+UNDECODED_0F38 = {
+    0x66: frozenset({0xC8, 0xCA, 0xCB, 0xCC, 0xCD}),
+    0xF2: frozenset({0xCB, 0xCC, 0xCD}),
+}
+
+
 @dataclass(frozen=True)
 class InsnOpcode:
     """What arch/x86/lib/insn.c's decoder finds before the operands: the legacy prefixes,
@@ -91,6 +107,7 @@ class InsnOpcode:
     vex: bool
     opcode: bytes
     modrm: int | None
+    vex_map: int = 0  # a VEX/EVEX prefix's opcode map: 1 (0f), 2 (0f 38), 3 (0f 3a)
 
 
 def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
@@ -106,7 +123,9 @@ def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
     vex = 0
     if i + 1 < len(insn) and insn[i] in (VEX2, VEX3, EVEX) and (is64 or insn[i + 1] >= 0xC0):
         vex = {VEX2: 2, VEX3: 3, EVEX: 4}[insn[i]]
+    vex_map = 0
     if vex:
+        vex_map = 1 if vex == 2 else insn[i + 1] & 0x1F  # VEX3/EVEX: the m-mmmm bits
         i += vex
         opcode = insn[i : i + 1]
     elif insn[i : i + 1] == b"\x0f":
@@ -115,7 +134,20 @@ def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
     else:
         opcode = insn[i : i + 1]
     i += len(opcode)
-    return InsnOpcode(prefixes, bool(vex), opcode, insn[i] if i < len(insn) else None)
+    return InsnOpcode(prefixes, bool(vex), opcode, insn[i] if i < len(insn) else None, vex_map)
+
+
+def uprobe_undecoded(insn: bytes, is64: bool) -> bool:
+    """Whether the kernel's instruction decoder fails on ``insn`` where capstone does not
+    (arch_uprobe_analyze_insn(): insn_decode() < 0, -ENOEXEC)."""
+    op = insn_opcode(insn, is64)
+    if op.vex:
+        return op.vex_map == 3 and op.opcode[0] in UNDECODED_VEX_0F3A
+    if op.opcode[:2] != b"\x0f\x38" or len(op.opcode) < 3 or not op.prefixes:
+        return False
+    # the attribute is looked up for the last 66/f2/f3 prefix (insn_last_prefix_id())
+    last = next((p for p in reversed(op.prefixes) if p in (0x66, 0xF2, 0xF3)), None)
+    return last is not None and op.opcode[2] in UNDECODED_0F38.get(last, frozenset())
 
 
 def uprobe_refuses(insn: bytes, is64: bool) -> str | None:
@@ -314,6 +346,12 @@ class X86(Arch):
     def arch_uprobe_analyze_insn(self, insn: bytes, vaddr: int) -> ArchSpecificInsn:
         dec = self.decode(insn, vaddr)
         raw = bytes(dec.bytes)
+        if uprobe_undecoded(raw, self.is64):
+            raise ProbeError(
+                errno.ENOEXEC,
+                f"{self.name}: the kernel's decoder does not know {dec.mnemonic} at {vaddr:#x}",
+                hint="probe another instruction of the function",
+            )
         why = uprobe_refuses(raw, self.is64)
         if why is not None:
             # the kernel returns -ENOTSUPP (524, kernel-internal); EOPNOTSUPP is its user face
