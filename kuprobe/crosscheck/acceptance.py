@@ -1,9 +1,11 @@
 """Instruction acceptance: which x86 instructions may carry a uprobe, the live kernel's verdict
 against the model's (``arch_uprobe_analyze_insn()``).
 
-``instructions(arch)`` lists the probed encodings: every one-byte opcode, every two-byte
-(``0f xx``) opcode, three-byte maps, the prefixes the kernel treats specially (lock, the
-segment overrides, 0x66 on branches), ``mov ss``/``pop ss``, and VEX/EVEX forms. ``build()``
+``instructions(arch)`` lists the probed encodings (about 1,800 per arch): every one-byte
+opcode, every opcode of the 0f, 0f 38 and 0f 3a maps bare and with 66/f2/f3, group opcodes
+with each modrm reg, the prefixes the kernel treats specially (lock, the segment overrides,
+0x66 on branches), ``mov ss``/``pop ss``, and every opcode of VEX maps 1-3 and EVEX maps 1-2;
+each as capstone decodes it (what it cannot decode is left out). ``build()``
 assembles each as its own symbol (``insn_N``) of one program that waits on stdin, so the kernel
 analyses each probed instruction when a uprobe limited to that process is registered.
 ``measure(arch)`` registers one uprobe per instruction on each side and returns the verdicts.
@@ -59,9 +61,14 @@ def instructions(arch: str) -> list[tuple[bytes, str]]:
         if op in (0xC4, 0xC5, 0x62) and is64:
             continue  # VEX/EVEX in 64-bit mode: below
         cands.append(bytes([op]))
-    cands += [bytes([0x0F, op]) for op in range(256)]
-    cands += [bytes([0x0F, 0x38, op]) for op in (0x00, 0x17, 0xF0, 0xF1)]
-    cands += [bytes([0x0F, 0x3A, op]) for op in (0x0F, 0x16, 0xCC)]
+    # the two- and three-byte maps, bare and with each mandatory prefix (SSE forms)
+    for op in range(256):
+        for p in (b"", b"\x66", b"\xf2", b"\xf3"):
+            cands += [p + bytes([0x0F, op]), p + bytes([0x0F, 0x38, op])]
+            cands += [p + bytes([0x0F, 0x3A, op])]
+    # group opcodes with each modrm reg, register and memory forms
+    for op in (0x80, 0x8F, 0xC6, 0xC7, 0xD9, 0xDF, 0xF6, 0xF7, 0xFE, 0xFF):
+        cands += [bytes([op, mod | reg << 3]) for reg in range(8) for mod in (0x00, 0xC0)]
     # prefixes on a plain `add %eax, (%eax)` (01 00): the kernel refuses es/cs/ss/ds and lock
     cands += [bytes([p, 0x01, 0x00]) for p in sorted(prefixes)]
     cands += [bytes([0x66, 0x2E, 0x0F, 0x1F, 0x84, 0, 0, 0, 0, 0])]  # the cs nopw padding
@@ -99,6 +106,15 @@ def instructions(arch: str) -> list[tuple[bytes, str]]:
         "62f27d487cc0",  # EVEX vpbroadcastd (0f38 7c)
     ]
     cands += [bytes.fromhex(v) for v in vex]
+    # every opcode of VEX maps 1-3 (each pp for map 1) and of EVEX maps 1-2
+    for op in range(256):
+        cands += [bytes([0xC5, pp, op, 0xC0]) for pp in (0xF8, 0xF9, 0xFA, 0xFB)]
+        cands += [bytes([0xC4, 0xE2, 0x79, op, 0xC0]), bytes([0xC4, 0xE2, 0x7D, op, 0xC0])]
+        cands += [bytes([0xC4, 0xE3, 0x79, op, 0xC0, 0x01])]
+        cands += [
+            bytes([0x62, 0xF1, 0x7C, 0x48, op, 0xC0]),
+            bytes([0x62, 0xF2, 0x7D, 0x48, op, 0xC0]),
+        ]
     out: list[tuple[bytes, str]] = []
     seen: set[bytes] = set()
     for c in cands:
