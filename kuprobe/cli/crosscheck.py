@@ -1,6 +1,7 @@
 """``kuprobe crosscheck``: each scenario on the reference model and on the live kernel.
 
-For every scenario and arch it prints one table: each fact, what the model predicted, what the
+The scenarios are TOML files under tests/scenarios/ (kuprobe.crosscheck.spec). For every
+scenario and arch it runs on, it prints one table: each fact, what the model predicted, what the
 kernel delivered, and whether they agree. Exit status 0 when everything agrees, 1 on any
 disagreement (or when a side could not run), 2 on bad arguments.
 """
@@ -20,7 +21,7 @@ from rich.text import Text
 
 from kuprobe.arch import host_arch
 from kuprobe.cli._common import make_console
-from kuprobe.crosscheck.scenarios import SCENARIOS, Event, Result, Value, diff
+from kuprobe.crosscheck.scenarios import SCENARIO_DIR, SCENARIOS, Event, Result, Value, diff
 
 # What live uprobes run here: the host's programs and its compat ones (x86_64: i386 too).
 _HOST = host_arch()
@@ -30,12 +31,14 @@ EXAMPLES = f"""\
 examples:
   sudo kuprobe crosscheck                          every scenario, x86_64 and i386
   sudo kuprobe crosscheck --arch i386 args         one scenario, the 32-bit target
-  sudo kuprobe crosscheck every-insn mid-function  two scenarios, both arches
+  sudo kuprobe crosscheck every-insn-calls mid-function
+                                                   two scenarios, both arches
   kuprobe crosscheck --list                        the scenarios (no root needed)
 
 scenarios: {", ".join(SCENARIOS)}
 
-The target is the bundled kuprobe/targets/target.c, built for ARCH on first use.
+A scenario is a TOML file in {SCENARIO_DIR} (see its README.md); its program is
+kuprobe/targets/PROGRAM.c, built for each arch on first use.
 Live probes need root: BPF and uprobes. Exit status: 0 all agree, 1 a disagreement (or a side
 could not run), 2 bad arguments.
 """
@@ -73,6 +76,7 @@ def _scenario_arg(text: str) -> str:
 
 
 def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
+    from kuprobe.crosscheck.spec import ScenarioError
     from kuprobe.live.backend import LiveBackend
     from kuprobe.model import ModelError
     from kuprobe.targets import TargetError
@@ -87,10 +91,10 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     arches = ARCHES if args.arch == "all" else (args.arch,)
     results = []
     for name in names:
-        for arch in arches:
+        for arch in (a for a in arches if a in SCENARIOS[name].arches):
             try:
                 result = SCENARIOS[name].run(arch)
-            except (TargetError, ModelError) as e:
+            except (TargetError, ModelError, ScenarioError) as e:
                 print(f"kuprobe crosscheck: error: {name} on {arch}: {e}", file=sys.stderr)
                 return 1
             console.print(render(result))
@@ -108,9 +112,10 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
 def scenario_list() -> Table:
     out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     out.add_column("Scenario", no_wrap=True, style="bold")
+    out.add_column("Arches", no_wrap=True)
     out.add_column("What it compares", overflow="fold")
     for s in SCENARIOS.values():
-        out.add_row(Text(s.name), Text(s.description))
+        out.add_row(Text(s.name), Text(" ".join(s.arches)), Text(s.description))
     return out
 
 

@@ -1,41 +1,28 @@
-"""Running one set of probes on each side: the reference model, then the live kernel.
+"""One scenario on each side: the reference model, then the live kernel.
 
-A scenario makes two sets of probe objects of the same description (an object is registered
-with one backend at a time) and hands each set here with the same calls (``Job``s). Both
-sides leave nothing registered behind, whatever fails.
+Each side gets fresh probe objects of the scenario's description (an object is registered with
+one backend at a time), registers them all, makes the scenario's calls in one process, and
+leaves nothing registered behind, whatever fails. Handlers append ``Event``s to one list per
+side, so the order across probes is compared too.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kuprobe.backend import Backend
 from kuprobe.crosscheck._target import WaitingTarget
-from kuprobe.probes import Uprobe
-from kuprobe.regs import PtRegs, signed, user_argument
-
-
-@dataclass(frozen=True)
-class Job:
-    """``target FUNC N ARG``: FUNC called N times, with ARG, ARG + 1, …"""
-
-    func: str
-    n: int
-    arg: int
-
-    @property
-    def label(self) -> str:
-        last = self.arg + self.n - 1
-        args = f"{self.arg}..{last}" if self.n > 1 else str(self.arg)
-        return f"{self.func}({args})"
-
-
-def call_args(func: str, a: int) -> tuple[int, ...]:
-    """The arguments tests/targets/target.c's call() passes to FUNC for ``a``."""
-    return (a, 2 * a) if func == "add" else (a,)
+from kuprobe.crosscheck.observe import Event, Observation
+from kuprobe.crosscheck.spec import CallSpec, ProbeSpec, ScenarioError, ScenarioSpec
+from kuprobe.elf import ElfImage
+from kuprobe.errors import ProbeError
+from kuprobe.insn import boundaries, disassembler
+from kuprobe.probes import Uprobe, UprobeConsumer
+from kuprobe.regs import PtRegs, regs_return_value, signed, user_argument
+from kuprobe.task import Task
 
 
 def user_arg(regs: PtRegs, n: int) -> int:
@@ -48,47 +35,159 @@ def word(regs: PtRegs, value: int) -> int:
     return signed(value, regs.info.bits)
 
 
-def run_model(exe: Path, probes: Sequence[Uprobe], jobs: Sequence[Job]) -> list[int]:
-    """Each job's calls on a Machine of ``exe`` with ``probes``; each job's sum of results."""
+def instruction_offsets(exe: Path, func: str) -> list[int]:
+    """Offset from ``func``'s start of each of its instructions, decoded from the start."""
+    with ElfImage(str(exe)) as elf:
+        sym = elf.symbol(func)
+        return [o for o, _ in boundaries(elf.arch, elf.read_vaddr(sym.value, sym.size))]
+
+
+def probe_offsets(exe: Path, p: ProbeSpec) -> list[int]:
+    """Where ``p``'s probes go in ``exe``: offsets from the start of ``p.symbol``."""
+    if p.every_insn:
+        return instruction_offsets(exe, p.symbol)
+    with ElfImage(str(exe)) as elf:
+        sym = elf.symbol(p.symbol)
+        if p.at is not None:
+            return [elf.symbol(p.at).value - sym.value]
+        if p.insn is None:
+            return [p.offset]
+        code = elf.read_vaddr(sym.value, sym.size)
+        found = [
+            i.address - sym.value
+            for i in disassembler(elf.arch).disasm(code, sym.value)
+            if i.mnemonic == p.insn
+        ]
+    if len(found) <= p.nth:
+        raise ScenarioError(
+            f"{exe}: {p.symbol} has {len(found)} {p.insn!r} instructions, no number {p.nth}"
+        )
+    return [found[p.nth]]
+
+
+@dataclass
+class Side:
+    """One side's probes for a scenario and the events their handlers saw."""
+
+    exe: Path
+    spec: ScenarioSpec
+    events: list[Event] = field(default_factory=list)
+    probes: list[tuple[str, ProbeSpec, Uprobe]] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)  # probe name -> the errno
+
+    def __post_init__(self) -> None:
+        for p in self.spec.probes:
+            offsets = probe_offsets(self.exe, p)
+            for off in offsets:
+                for k in range(p.consumers):
+                    name = f"{p.symbol}+{off:#x}" if p.every_insn else p.name
+                    if p.consumers > 1:
+                        name += f" #{k + 1}"
+                    self.probes.append((name, p, self._probe(name, p, off)))
+
+    def _probe(self, name: str, p: ProbeSpec, offset: int) -> Uprobe:
+        events = self.events
+
+        def entry(_uc: UprobeConsumer, regs: PtRegs) -> int:
+            values = tuple(user_arg(regs, i) for i in range(p.args))
+            values += tuple(word(regs, int(getattr(regs, r))) for r in p.registers)
+            events.append(Event(name, values))
+            return 0
+
+        def ret(_uc: UprobeConsumer, _func: int, regs: PtRegs) -> int:
+            events.append(Event(f"{name} return", (word(regs, regs_return_value(regs)),)))
+            return 0
+
+        def accept(_uc: UprobeConsumer, _task: Task) -> bool:
+            return True
+
+        def reject(_uc: UprobeConsumer, _task: Task) -> bool:
+            return False
+
+        entry_handler = entry if p.args or p.registers or p.filter else None
+        consumer = None
+        if entry_handler or p.ret or p.filter:  # else count-only: the kernel counts the hits
+            consumer = UprobeConsumer(
+                handler=entry_handler,
+                ret_handler=ret if p.ret else None,
+                filter={"accept": accept, "reject": reject}.get(p.filter or ""),
+            )
+        return Uprobe(str(self.exe), symbol_name=p.symbol, offset=offset, consumer=consumer)
+
+    def set_pids(self, target: int, other: int) -> None:
+        for _, p, up in self.probes:
+            up.pid = target if p.pid == "target" else other
+
+    def register(self, backend: Backend, registered: list[Uprobe]) -> None:
+        """Register every probe on ``backend``, appending each to ``registered``; the ones it
+        refuses are noted in ``refused`` (a refusal is a fact to compare: the kernel's verdict
+        on an instruction)."""
+        for name, _, up in self.probes:
+            try:
+                backend.register_uprobe(up)
+            except ProbeError as e:
+                self.refused[name] = e.errno or 0
+            else:
+                registered.append(up)
+
+    def observe(self, results: Sequence[int]) -> Observation:
+        obs: Observation = {}
+        compare = self.spec.compare
+        if "results" in compare:
+            for i, (call, r) in enumerate(zip(self.spec.calls, results, strict=True)):
+                obs[f"call {i + 1}: {call.label}"] = r
+        for name, p, up in self.probes:
+            if name in self.refused:
+                obs[f"{name} refused (errno)"] = self.refused[name]
+            elif "hits" in compare:
+                obs[f"{name} hits"] = up.hits
+                if p.ret:
+                    obs[f"{name} return hits"] = up.ret_hits
+        recording = [name for name, p, _ in self.probes if p.records or p.filter]
+        if "events" in compare and recording:
+            obs["handler events, in order"] = tuple(self.events)
+        if "events-by-probe" in compare:
+            for name in recording:
+                mine = (name, f"{name} return")
+                obs[f"{name} events"] = tuple(e for e in self.events if e.kind in mine)
+        return obs
+
+
+def run_model(exe: Path, spec: ScenarioSpec) -> Observation:
+    """The scenario on a Machine of ``exe``: every probe registered, then every call."""
     from kuprobe.model import Machine
 
+    side = Side(exe, spec)
     machine = Machine.load(str(exe), strict=True)  # a handler that raises is a bug here: fail
+    side.set_pids(machine.task.tgid, machine.task.tgid + 1)
+    registered: list[Uprobe] = []
     try:
-        for p in probes:
-            machine.register_uprobe(p)
-        return [
-            sum(machine.call(j.func, *call_args(j.func, j.arg + i)) for i in range(j.n))
-            for j in jobs
-        ]
+        side.register(machine, registered)
+        results = [machine.call(c.func, *c.args) for c in spec.calls]
     finally:
         # Model uprobes are global to their file, as in the kernel: leave none behind.
-        for p in probes:
-            if p.registered:
-                machine.unregister_uprobe(p)
+        for up in registered:
+            machine.unregister_uprobe(up)
+    return side.observe(results)
 
 
-def run_live(
-    exe: Path, jobs: Sequence[tuple[Job, Sequence[Uprobe]]], backend: Backend | None = None
-) -> list[int]:
-    """Each job in its own ``target wait`` process, with its probes limited to that pid, on
-    ``backend`` (this process's live backend by default).
-
-    Sets each probe's ``pid``. Returns each job's sum of results, once every probe is
-    unregistered (so every event is handled and the counters are final).
-    """
+def run_live(exe: Path, spec: ScenarioSpec, backend: Backend | None = None) -> Observation:
+    """The scenario in one ``PROGRAM wait CALL…`` process, its probes limited to that pid (or,
+    ``pid = "other"``, to this process, which does not run ``exe``), on ``backend`` (this
+    process's live backend by default). Observed once every probe is unregistered, so every
+    event is handled and the counters are final."""
     if backend is None:
         from kuprobe.live.api import backend as live_backend
 
         backend = live_backend()
-    with ExitStack() as stack:
-        targets = [stack.enter_context(WaitingTarget(exe, j.func, j.n, j.arg)) for j, _ in jobs]
+    side = Side(exe, spec)
+    calls: Sequence[CallSpec] = spec.calls
+    with WaitingTarget(exe, [c.argv for c in calls]) as target:
+        side.set_pids(target.pid, os.getpid())
         registered: list[Uprobe] = []
         try:
-            for target, (_job, probes) in zip(targets, jobs, strict=True):
-                for p in probes:
-                    p.pid = target.pid
-                    backend.register_uprobe(p)
-                    registered.append(p)
-            return [t.go() for t in targets]
+            side.register(backend, registered)
+            results = target.go()
         finally:
             backend.unregister_uprobes(registered)
+    return side.observe(results)

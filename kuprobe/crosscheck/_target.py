@@ -1,37 +1,38 @@
-"""The bundled probe target, built for each arch, and one live run of it.
+"""The scenarios' program, built for each arch, and one live run of it.
 
-``target wait FUNC N ARG`` (kuprobe/targets/target.c) prints ``ready PID``, waits for a line on
-stdin, then calls ``FUNC(ARG + i)`` for ``i < N`` and prints ``FUNC N SUM``. Between the two, a
-scenario arms its live probes limited to that pid, so nothing else running the same file is
-counted.
+``scenarios wait FUNC:A:B …`` (kuprobe/targets/scenarios.c) prints ``ready PID``, waits for a
+line on stdin, then makes each call in order and prints ``FUNC RESULT`` for each. Between the
+two, a scenario arms its live probes limited to that pid, so nothing else running the same file
+is counted.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from kuprobe.targets import TargetError, bundled
 
-TIMEOUT = 60.0  # seconds for one run of the target
+TIMEOUT = 60.0  # seconds for one run of the program
 
 
-def target_path(arch: str) -> Path:
-    """The bundled ``target`` program for ``arch`` (kuprobe/targets), built on first use."""
-    return bundled(arch, "target")
+def target_path(arch: str, program: str = "scenarios") -> Path:
+    """The bundled ``program`` for ``arch`` (kuprobe/targets), built on first use."""
+    return bundled(arch, program)
 
 
 class WaitingTarget:
-    """One ``target wait FUNC N ARG`` process: started, stopped before it calls anything.
+    """One ``PROGRAM wait CALL…`` process: started, stopped before it calls anything.
 
     Use as a context manager: leaving the block kills the process if it still runs.
     """
 
-    def __init__(self, exe: Path, func: str, n: int, arg: int) -> None:
+    def __init__(self, exe: Path, calls: Sequence[str]) -> None:
         self.exe = exe
-        self.func = func
+        self.calls = list(calls)
         self.proc = subprocess.Popen(
-            [str(exe), "wait", func, str(n), str(arg)],
+            [str(exe), "wait", *self.calls],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -41,19 +42,24 @@ class WaitingTarget:
         line = self.proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "ready":
             self.kill()
-            raise TargetError(f"{exe} wait {func}: expected 'ready PID', got {line!r}")
+            raise TargetError(f"{exe} wait: expected 'ready PID', got {line!r}")
         self.pid = int(line[1])
 
-    def go(self) -> int:
-        """Let it run to the end; the sum of its calls' results."""
+    def go(self) -> list[int]:
+        """Let it run to the end; each call's result."""
         out, err = self.proc.communicate("go\n", timeout=TIMEOUT)
-        words = out.split()
-        if self.proc.returncode != 0 or len(words) != 3 or words[0] != self.func:
+        lines = [ln.split() for ln in out.splitlines()]
+        funcs = [c.split(":")[0] for c in self.calls]
+        if (
+            self.proc.returncode != 0
+            or len(lines) != len(funcs)
+            or any(len(w) != 2 or w[0] != f for w, f in zip(lines, funcs, strict=True))
+        ):
             raise TargetError(
-                f"{self.exe} {self.func}: exit status {self.proc.returncode}, "
+                f"{self.exe}: exit status {self.proc.returncode}, "
                 f"output {out.strip()!r} {err.strip()!r}"
             )
-        return int(words[2])
+        return [int(w[1]) for w in lines]
 
     def kill(self) -> None:
         if self.proc.poll() is None:

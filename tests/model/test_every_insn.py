@@ -8,12 +8,14 @@ independently by a bare Unicorn code hook (tests/model/bare.py), not by the mode
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kuprobe import Kprobe, Kretprobe, Uprobe, UprobeConsumer
+from kuprobe.errors import ProbeError
 from kuprobe.insn import boundaries
 from kuprobe.model import Machine
 from kuprobe.regs import PtRegs
@@ -83,7 +85,13 @@ def test_probe_on_every_instruction(
         )
 
         up = Uprobe(path, offset=u.image.vaddr_to_offset(addr), consumer=UprobeConsumer(handler))
-        u.register_uprobe(up)
+        try:
+            u.register_uprobe(up)
+        except ProbeError as e:
+            # uprobes refuse some instructions (arch_uprobe_analyze_insn(): on x86 the
+            # `cs nopw` padding between functions' blocks): never one this call runs
+            assert (e.errno, n) == (errno.EOPNOTSUPP, 0), f"uprobe at {func}+{off:#x}: {e}"
+            continue
         try:
             assert u.call(func, arg) == expected, f"uprobe at {func}+{off:#x}"
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import signal
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import capstone
@@ -46,23 +47,141 @@ UPROBE_FIX_RIP_MASK = UPROBE_FIX_RIP_SI | UPROBE_FIX_RIP_DI | UPROBE_FIX_RIP_BX
 # arch/x86/lib/insn.c / inat tables: legacy prefixes skip_prefixes() walks over
 LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
 
-# arch/x86/kernel/uprobes.c: good_insns_32 / good_insns_64 refuse these one-byte opcodes
-# (software interrupts, in/out, hlt, far transfers, int3 itself); both modes:
-REFUSED_ONEBYTE = frozenset({
-    0xCC, 0xCD, 0xCE, 0xCF,  # int3, int n, into, iret
-    0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF,  # in/out
-    0xF1, 0xF4,  # int1, hlt
-    0x6C, 0x6D, 0x6E, 0x6F,  # ins/outs
-    0x9A, 0xEA,  # far call / far jmp (absolute)
-    0x0F,  # resolved by REFUSED_TWOBYTE below, never refused as such
-})  # fmt: skip
-# ... and in 64-bit mode also the opcodes that are invalid there (good_insns_64 rows 0x00..0x60)
-REFUSED_ONEBYTE_64 = frozenset({
-    0x06, 0x07, 0x0E, 0x16, 0x17, 0x1E, 0x1F, 0x27, 0x2F, 0x37, 0x3F,
-    0x60, 0x61, 0x62, 0x82, 0xC4, 0xC5, 0xD4, 0xD5, 0xD6,
-})  # fmt: skip
-# good_insns_2byte: syscall/sysret/sysenter/sysexit, ud2, rdtsc-family are refused
-REFUSED_TWOBYTE = frozenset({0x05, 0x07, 0x0B, 0x34, 0x35, 0x30, 0x31, 0x32, 0x33, 0x37})
+
+def _table(rows: str) -> frozenset[int]:
+    """A good-instruction bitmap written as the kernel writes it: 16 rows of 16 bits, row
+    0x00 first, a bit set where the opcode is good."""
+    bits = "".join(rows.split())
+    assert len(bits) == 256
+    return frozenset(i for i, b in enumerate(bits) if b == "1")
+
+
+# arch/x86/kernel/uprobes.c (v6.18): good_insns_32, good_insns_64 and good_2byte_insns, the
+# opcodes uprobe_init_insn() accepts. The one-byte tables mark 0x0f good in both modes, so
+# uprobe_init_insn() accepts every two- and three-byte opcode on the first test
+# (test_bit(OPCODE1) returns before good_2byte_insns is read): syscall, ud2, rdtsc, rdmsr …
+# may all carry a uprobe; good_2byte_insns is kept as the kernel's data, never consulted there.
+GOOD_INSNS_32 = _table("""
+    1111111011111111 1111111011111110 1111111111111111 1111111111111111
+    1111111111111111 1111111111111111 1111111111110000 1111111111111111
+    1111111111111111 1111111111111111 1111111111111111 1111111111111111
+    1111111111110000 1111111111111111 1111000011110000 1011011111001111
+""")
+GOOD_INSNS_64 = _table("""
+    1111110011111101 1111110011111100 1111111011111110 1111111011111110
+    1111111111111111 1111111111111111 0001111111110000 1111111111111111
+    1101111111111111 1111111111011111 1111111111111111 1111111111111111
+    1111111111110000 1111000111111111 1111000011010000 1011011111001111
+""")
+GOOD_2BYTE_INSNS = _table("""
+    0011100000101111 1111111111111111 1111111111111111 0111001011111111
+    1111111111111111 1111111111111111 1111111111111111 1111111100111111
+    1111111111111111 1111111111111111 1111111111111101 1111111111111111
+    1111111111111111 1111111111111111 1111111111111111 1111111111111111
+""")
+# is_prefix_bad(): es, cs, ss, ds segment overrides and lock refuse the instruction
+BAD_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0xF0})
+VEX2, VEX3, EVEX = 0xC5, 0xC4, 0x62
+POP_SS_OPCODE, MOV_SREG_OPCODE = 0x17, 0x8E  # arch/x86/include/asm/insn.h
+# branch_setup_xol_ops(): the branches it emulates (jmp rel8/rel32, call rel32, jcc)
+BRANCH_OPCODES = frozenset({0xEB, 0xE9, 0xE8, *range(0x70, 0x80)})
+
+
+# Encodings capstone decodes that arch/x86/lib/insn.c does not (insn_decode() fails, and
+# arch_uprobe_analyze_insn() returns -ENOEXEC), from its opcode map (x86-opcode-map.txt):
+# AMD's FMA4 and vpermil2ps/pd (VEX map 0f3a) are not in it; in the 0f 38 map, c8 and ca-cd
+# with a 0x66 prefix are EVEX-only forms ("(66),(ev)": vexp2ps, vrcp28ps …) and cb-cd with
+# 0xf2 VEX-only ones ("(F2),(v)": vsha512*), so insn_get_opcode() refuses their legacy
+# encodings (inat_must_vex()). Measured over every 0f, 0f 38 and 0f 3a opcode, bare and with
+# 66/f2/f3, and VEX maps 1-3 and EVEX maps 1-2 (kuprobe.crosscheck.acceptance).
+UNDECODED_VEX_0F3A = frozenset(
+    {0x48, 0x49, *range(0x5C, 0x60), *range(0x68, 0x6C), *range(0x78, 0x80)}
+)
+UNDECODED_0F38 = {
+    0x66: frozenset({0xC8, 0xCA, 0xCB, 0xCC, 0xCD}),
+    0xF2: frozenset({0xCB, 0xCC, 0xCD}),
+}
+
+
+@dataclass(frozen=True)
+class InsnOpcode:
+    """What arch/x86/lib/insn.c's decoder finds before the operands: the legacy prefixes,
+    whether a VEX/EVEX prefix was there, the opcode bytes (a VEX-encoded instruction has one:
+    the byte after the prefix, its map implied) and the modrm byte that follows."""
+
+    prefixes: bytes
+    vex: bool
+    opcode: bytes
+    modrm: int | None
+    vex_map: int = 0  # a VEX/EVEX prefix's opcode map: 1 (0f), 2 (0f 38), 3 (0f 3a)
+
+
+def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
+    """arch/x86/lib/insn.c: insn_get_prefixes() then insn_get_opcode(), on raw bytes."""
+    i = 0
+    while i < len(insn) and insn[i] in LEGACY_PREFIXES:
+        i += 1
+    prefixes = insn[:i]
+    if is64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
+        i += 1  # REX
+    # in 32-bit mode c4/c5/62 start a VEX/EVEX prefix only when the next byte's top bits are
+    # 11 (else they are les/lds/bound with a memory operand)
+    vex = 0
+    if i + 1 < len(insn) and insn[i] in (VEX2, VEX3, EVEX) and (is64 or insn[i + 1] >= 0xC0):
+        vex = {VEX2: 2, VEX3: 3, EVEX: 4}[insn[i]]
+    vex_map = 0
+    if vex:
+        vex_map = 1 if vex == 2 else insn[i + 1] & 0x1F  # VEX3/EVEX: the m-mmmm bits
+        i += vex
+        opcode = insn[i : i + 1]
+    elif insn[i : i + 1] == b"\x0f":
+        three = insn[i + 1 : i + 2] in (b"\x38", b"\x3a")
+        opcode = insn[i : i + (3 if three else 2)]
+    else:
+        opcode = insn[i : i + 1]
+    i += len(opcode)
+    return InsnOpcode(prefixes, bool(vex), opcode, insn[i] if i < len(insn) else None, vex_map)
+
+
+def uprobe_undecoded(insn: bytes, is64: bool) -> bool:
+    """Whether the kernel's instruction decoder fails on ``insn`` where capstone does not
+    (arch_uprobe_analyze_insn(): insn_decode() < 0, -ENOEXEC)."""
+    op = insn_opcode(insn, is64)
+    if op.vex:
+        return op.vex_map == 3 and op.opcode[0] in UNDECODED_VEX_0F3A
+    if op.opcode[:2] != b"\x0f\x38" or len(op.opcode) < 3 or not op.prefixes:
+        return False
+    # the attribute is looked up for the last 66/f2/f3 prefix (insn_last_prefix_id())
+    last = next((p for p in reversed(op.prefixes) if p in (0x66, 0xF2, 0xF3)), None)
+    return last is not None and op.opcode[2] in UNDECODED_0F38.get(last, frozenset())
+
+
+def uprobe_refuses(insn: bytes, is64: bool) -> str | None:
+    """Why arch/x86/kernel/uprobes.c (v6.18) refuses a uprobe on ``insn`` (-ENOTSUPP), or None.
+
+    uprobe_init_insn(): a bad prefix (is_prefix_bad()); an instruction that masks exceptions
+    for the next one (insn_masking_exception(): pop ss, mov to ss); an opcode not in
+    good_insns_64/32, or a two-byte one not in good_2byte_insns. Then branch_setup_xol_ops():
+    a branch it emulates with a 0x66 prefix.
+    """
+    op = insn_opcode(insn, is64)
+    if any(p in BAD_PREFIXES for p in op.prefixes):
+        return "a lock or es/cs/ss/ds prefix"
+    op1 = op.opcode[0]
+    modrm_reg = (op.modrm >> 3) & 7 if op.modrm is not None else None
+    if op1 == POP_SS_OPCODE or (op1 == MOV_SREG_OPCODE and modrm_reg == 2):
+        return "it masks exceptions for the next instruction (pop ss, mov to ss)"
+    good = op1 in (GOOD_INSNS_64 if is64 else GOOD_INSNS_32)
+    if not good and len(op.opcode) == 2:
+        good = op.opcode[1] in GOOD_2BYTE_INSNS
+    if not good:
+        return "its opcode is not in the kernel's good_insns table"
+    branch = op1 in BRANCH_OPCODES
+    if op1 == 0x0F and len(op.opcode) == 2 and 0x80 <= op.opcode[1] <= 0x8F:
+        branch = True
+    if branch and 0x66 in op.prefixes:
+        return "a branch with a 0x66 (16-bit) prefix"
+    return None
 
 
 def skip_prefixes(insn: bytes, is64: bool) -> int:
@@ -250,17 +369,19 @@ class X86(Arch):
     def arch_uprobe_analyze_insn(self, insn: bytes, vaddr: int) -> ArchSpecificInsn:
         dec = self.decode(insn, vaddr)
         raw = bytes(dec.bytes)
-        i = skip_prefixes(raw, self.is64)
-        op = raw[i]
-        refused = op in REFUSED_ONEBYTE and op != 0x0F
-        refused |= self.is64 and op in REFUSED_ONEBYTE_64
-        refused |= op == 0x0F and i + 1 < len(raw) and raw[i + 1] in REFUSED_TWOBYTE
-        if refused:
+        if uprobe_undecoded(raw, self.is64):
+            raise ProbeError(
+                errno.ENOEXEC,
+                f"{self.name}: the kernel's decoder does not know {dec.mnemonic} at {vaddr:#x}",
+                hint="probe another instruction of the function",
+            )
+        why = uprobe_refuses(raw, self.is64)
+        if why is not None:
             # the kernel returns -ENOTSUPP (524, kernel-internal); EOPNOTSUPP is its user face
             raise ProbeError(
                 errno.EOPNOTSUPP,
-                f"{self.name}: uprobes cannot single-step {dec.mnemonic} {dec.op_str}".strip()
-                + f" at {vaddr:#x}",
+                f"{self.name}: uprobes refuse {dec.mnemonic} {dec.op_str}".strip()
+                + f" at {vaddr:#x}: {why}",
                 hint="probe another instruction of the function",
             )
         auprobe = ArchSpecificInsn(
