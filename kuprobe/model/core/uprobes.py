@@ -175,7 +175,10 @@ class UprobeRegistry:
                     probe=up,
                 )
             entry.ref_ctr_offset = up.ref_ctr_offset
-        entry.consumers.append(up)
+        # kernel/events/uprobes.c: consumer_add() puts the new consumer at the head of the
+        # list (list_add_rcu; before 6.12 `uc->next = uprobe->consumers`): the newest is
+        # called first.
+        entry.consumers.insert(0, up)
         up._inode, up._file_offset, up._owner = image.inode, offset, self
         for mm in list(self.mms):  # register_for_each_vma()
             if mm.inode == entry.inode:
