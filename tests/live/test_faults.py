@@ -263,19 +263,19 @@ SCRIPT_SIGINT_LOOP = textwrap.dedent(
             if time.monotonic() > end:
                 break
             register_uprobe(up)
-            unregister_uprobe(up)
+            unregister_uprobe(up, timeout=2.0)  # a full ring of 1 ms handlers is 47 s
         except KeyboardInterrupt:
             interrupted += 1
             try:
                 if up.registered:  # whatever was interrupted, it can be unregistered
-                    unregister_uprobe(up)
+                    unregister_uprobe(up, timeout=2.0)
             except KeyboardInterrupt:
                 interrupted += 1
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     time.sleep(0.5)  # the parent has stopped sending
     if up.registered:
-        unregister_uprobe(up)
+        unregister_uprobe(up, timeout=2.0)
     work.kill()
     print(interrupted, fds(), up.registered, flush=True)
     """
