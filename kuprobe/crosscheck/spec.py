@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kuprobe.arch import host_arch
 from kuprobe.errors import KuprobeError
 
 PROBE_KEYS = frozenset({
@@ -37,7 +38,9 @@ TOP_KEYS = frozenset({"description", "program", "arches", "compare", "probe", "c
 # own calls in order (for consumers sharing an offset, whose relative order is not compared)
 FACTS = ("results", "hits", "events", "events-by-probe")
 DEFAULT_FACTS = ("results", "hits", "events")
-ARCHES = ("x86_64", "i386")
+# The arches this host's live uprobes run (x86_64: its own and i386's, through IA32 emulation).
+_HOST = host_arch()
+ARCHES: tuple[str, ...] = _HOST.runs if _HOST is not None else ()
 
 
 class ScenarioError(KuprobeError, ValueError):
