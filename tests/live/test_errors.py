@@ -215,14 +215,18 @@ def test_nothing_left_behind(live: Path, how: str) -> None:
             "SIGKILL": "time.sleep(60)",
         }[how]
         if how == "unregister":
+            # Unregister only once the test has seen the breakpoint (no race with the check).
             tail = (
                 "from kuprobe.live.api import backend\n"
-                "backend().shutdown()\nprint('done')\ntime.sleep(60)"
+                "input()\nbackend().shutdown()\nprint('done', flush=True)\ntime.sleep(60)"
             )
         proc = _armed_child(exe, tail if how != "exit" else "input()")
         assert _int3_at_add(t)
         if how == "unregister":
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"
             assert not _int3_at_add(t)
             proc.kill()
         elif how == "exit":
