@@ -278,7 +278,10 @@ def test_python_import_probe_by_program_name(live: Path) -> None:
     the semaphore and the module name (a string in a register) of each import."""
     from kuprobe import Capture, strncpy_from_user
 
-    code = "import sys\nsys.stdin.readline()\nimport json, decimal\nprint('done')"
+    code = (
+        "import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+        "import json, decimal\nprint('done')"
+    )
     py = subprocess.Popen(
         ["/usr/bin/python3.11", "-c", code],
         stdin=subprocess.PIPE,
@@ -292,6 +295,8 @@ def test_python_import_probe_by_program_name(live: Path) -> None:
         return 0
 
     try:
+        # once it runs its own code: before exec, /proc/PID/maps is still the forking parent's
+        assert py.stdout is not None and py.stdout.readline().strip() == "ready"
         u = Usdt(
             "python3.11",
             "python",
