@@ -49,7 +49,7 @@ GOOD = {
     [
         ({"descripton": "x"}, "unknown key 'descripton'"),
         ({"description": None}, "'description' is required"),
-        ({"arches": ["arm64"]}, "arches are some of ['x86_64', 'i386']"),
+        ({"arches": ["mips"]}, "arches are some of ['x86_64', 'i386', 'arm64']"),
         ({"compare": ["hitz"]}, "compare is some of"),
         ({"probe": []}, "needs at least one [[probe]] and one [[call]]"),
         ({"probe": [{"symbol": "add", "offset": 1, "at": "x"}]}, "give one of offset, at"),

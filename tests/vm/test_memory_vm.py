@@ -26,6 +26,8 @@ from kuprobe import (
 )
 from kuprobe.stacks import stack_trace_save, symbolize_kernel
 
+from .conftest import syscall_symbol
+
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("no_leftovers")]
 OPEN = "do_sys_openat2"  # fs/open.c: (int dfd, const char __user *filename, struct open_how *)
 libc = ctypes.CDLL(None, use_errno=True)
@@ -82,7 +84,13 @@ def test_trace_spec_reads_the_file_name() -> None:
     assert names.count(path) == 3
 
 
-def test_kernel_stack_symbolized() -> None:
+# A kernel function below the syscall wrapper on each guest: arch/x86/entry/common.c:
+# do_syscall_64(); arch/arm64/kernel/entry-common.c: el0_svc() (invoke_syscall() and
+# el0_svc_common() are inlined or renamed by the compiler).
+SYSCALL_CALLER = {"x86_64": "do_syscall_64", "arm64": "el0_svc"}
+
+
+def test_kernel_stack_symbolized(guest_arch: str) -> None:
     """A kprobe with stack=True: the kernel stack at the hit, named by kallsyms."""
     me = os.getpid()
     stacks: list[list[str | None]] = []
@@ -92,7 +100,8 @@ def test_kernel_stack_symbolized() -> None:
             stacks.append([f.symbol for f in symbolize_kernel(stack_trace_save())])
         return 0
 
-    kp = Kprobe(symbol_name="__x64_sys_getpgid", pre_handler=pre, stack=True)
+    wrapper = syscall_symbol("getpgid")
+    kp = Kprobe(symbol_name=wrapper, pre_handler=pre, stack=True)
     register_kprobe(kp)
     try:
         for _ in range(3):
@@ -101,5 +110,5 @@ def test_kernel_stack_symbolized() -> None:
         unregister_kprobe(kp)
     assert len(stacks) == 3
     for names in stacks:
-        assert names[0] == "__x64_sys_getpgid"
-        assert "do_syscall_64" in names
+        assert names[0] == wrapper
+        assert SYSCALL_CALLER[guest_arch] in names
