@@ -47,7 +47,7 @@ class PtRegs:
 
     if TYPE_CHECKING:
         # Fields are properties made per arch (_make); to a type checker every field name
-        # (regs.di, regs.x0 …) is an int. arm64 also has regs.regs[n].
+        # (regs.di, regs.x0 …) is Any: an int, or on arm64 also the regs.regs[n] view.
         def __getattr__(self, name: str) -> Any: ...
         def __setattr__(self, name: str, value: Any) -> None: ...
 
