@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from kuprobe.elf import ElfImage
@@ -84,3 +85,21 @@ def counting(calls: list[int]) -> UprobeHandler:
         return 0
 
     return handler
+
+
+KUPROBE = Path(sys.executable).with_name("kuprobe")  # the command of this venv
+
+
+def start_trace(*args: str, probes: int) -> subprocess.Popen[str]:
+    """``kuprobe trace ARGS`` in the background, returned once it says its ``probes`` probes
+    are registered (so that nothing the caller does next is missed)."""
+    trace = subprocess.Popen(
+        [str(KUPROBE), "trace", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert trace.stderr is not None
+    line = trace.stderr.readline()
+    assert line.startswith(f"Tracing {probes} probe(s)"), line + trace.stderr.read()
+    return trace

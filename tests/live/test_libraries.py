@@ -16,8 +16,10 @@ from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
 from kuprobe.errors import ProbeError
 from kuprobe.resolve import find_library, ld_so_cache, resolve_uprobe
 
+from .helpers import KUPROBE, start_trace
+
 pytestmark = pytest.mark.live
-KUPROBE = Path(sys.executable).with_name("kuprobe")
+
 
 # A process that calls getpid() N times (os.getpid() is libc's getpid) once told to.
 GETPIDS = (
@@ -158,14 +160,9 @@ def test_a_chroot_library_is_the_chroots_file(live: Path, tmp_path: Path) -> Non
 def test_trace_a_library_function_by_name(live: Path) -> None:
     proc = getpid_process()
     try:
-        trace = subprocess.Popen(
-            [str(KUPROBE), "trace", "u:libc:getpid", "--pid", str(proc.pid)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        trace = start_trace("u:libc:getpid", "--pid", str(proc.pid), probes=1)
         assert trace.stdout is not None
-        assert trace.stdout.readline().split()[-1] == "PROBE"  # armed
+        assert trace.stdout.readline().split()[-1] == "PROBE"  # the header
         out, _ = proc.communicate("50\n", timeout=30)
         assert out.strip() == "done"
         trace.send_signal(2)

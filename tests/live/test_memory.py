@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,10 @@ from kuprobe.probes import Capture
 from kuprobe.regs import PtRegs, regs_return_value, user_argument
 from kuprobe.uaccess import copy_from_user, strncpy_from_user
 
+from .helpers import KUPROBE, start_trace
+
 pytestmark = pytest.mark.live
 ARCHES = ["x86_64", "i386"]
-KUPROBE = Path(sys.executable).with_name("kuprobe")
 NAMES = ["alpha", "beta", "gamma"]
 
 
@@ -179,22 +179,14 @@ def test_trace_prints_strings_buffers_and_faults(live: Path) -> None:
     exe = (live / "x86_64" / "strings").resolve()
     t = Waiting(exe, 5)
     try:
-        trace = subprocess.Popen(
-            [
-                str(KUPROBE),
-                "trace",
-                "--json",
-                f"u:{exe}:take arg0 arg1:str arg1+2:buf4",
-                f"ur:{exe}:name_of retval:str",
-                "--pid",
-                str(t.pid),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        trace = start_trace(
+            "--json",
+            f"u:{exe}:take arg0 arg1:str arg1+2:buf4",
+            f"ur:{exe}:name_of retval:str",
+            "--pid",
+            str(t.pid),
+            probes=2,
         )
-        assert trace.stderr is not None
-        assert trace.stderr.readline().startswith("Tracing 2 probe(s)")
         assert t.go() == "strings 5"
         trace.send_signal(2)
         out, err = trace.communicate(timeout=30)

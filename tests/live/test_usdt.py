@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,10 @@ from kuprobe.regs import PtRegs
 from kuprobe.task import current
 from kuprobe.usdt import parse_arg, split_args
 
+from .helpers import KUPROBE, start_trace
+
 pytestmark = pytest.mark.live
 ARCHES = ["x86_64", "i386"]
-KUPROBE = Path(sys.executable).with_name("kuprobe")
 
 
 def expected(i: int) -> list[int]:
@@ -165,22 +165,14 @@ def test_trace_usdt_spec_json(live: Path) -> None:
     exe = (live / "x86_64" / "usdt").resolve()
     t = Waiting(exe, 30)
     try:
-        trace = subprocess.Popen(
-            [
-                str(KUPROBE),
-                "trace",
-                "--json",
-                f"usdt:{exe}:kuprobe:round arg0 arg1 arg4",
-                f"usdt:{exe}:kuprobe:guarded",
-                "--pid",
-                str(t.pid),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        trace = start_trace(
+            "--json",
+            f"usdt:{exe}:kuprobe:round arg0 arg1 arg4",
+            f"usdt:{exe}:kuprobe:guarded",
+            "--pid",
+            str(t.pid),
+            probes=2,
         )
-        assert trace.stderr is not None
-        assert trace.stderr.readline().startswith("Tracing 2 probe(s)")
         assert t.go() == (30, 30)
         trace.send_signal(2)
         out, err = trace.communicate(timeout=30)
@@ -249,20 +241,12 @@ def test_trace_usdt_string(live: Path) -> None:
     exe = (live / "x86_64" / "usdt").resolve()
     t = Waiting(exe, 10)
     try:
-        trace = subprocess.Popen(
-            [
-                str(KUPROBE),
-                "trace",
-                f"usdt:{exe}:kuprobe:named arg0 arg1:str",
-                "--pid",
-                str(t.pid),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        trace = start_trace(
+            f"usdt:{exe}:kuprobe:named arg0 arg1:str",
+            "--pid",
+            str(t.pid),
+            probes=1,
         )
-        assert trace.stderr is not None
-        assert trace.stderr.readline().startswith("Tracing 1 probe(s)")
         t.go()
         trace.send_signal(2)
         out, err = trace.communicate(timeout=30)
