@@ -23,7 +23,7 @@ from kuprobe.errors import ProbeError
 from kuprobe.model._register import ProbeRegistration
 from kuprobe.model._signals import SignalDelivery, SignalHandler
 from kuprobe.model.arch import get_arch
-from kuprobe.model.arch.base import SEMANTICS, TRAP_BREAKPOINT, TRAP_SINGLESTEP
+from kuprobe.model.arch.base import TRAP_BREAKPOINT, TRAP_SINGLESTEP
 from kuprobe.model.core.common import (
     HandlerAbandoned,
     ModelError,
@@ -34,6 +34,7 @@ from kuprobe.model.core.kprobes import KprobeTable
 from kuprobe.model.core.kretprobes import KretprobeCore
 from kuprobe.model.core.uprobes import REGISTRY, UprobeMm
 from kuprobe.model.emu import PAGE_SIZE, PROT_ALL, Emu, EmuError, page_ceil, page_floor
+from kuprobe.model.semantics import Semantics, resolve
 from kuprobe.regs import STACK_WORDS, PtRegs, regs_class
 from kuprobe.task import Task
 
@@ -62,16 +63,16 @@ class Machine(ProbeRegistration, SignalDelivery):
     def __init__(
         self, image: ElfImage, *, space: str = "user", trace: bool = True,
         max_insns: int = DEFAULT_MAX_INSNS, comm: str | None = None, strict: bool = False,
-        semantics: str = "today", kretprobe_trampoline: str = "direct",
+        semantics: str | Semantics = "today", kretprobe_trampoline: str = "direct",
     ) -> None:  # fmt: skip
         if space not in ("user", "kernel"):
             raise ValueError(f"space must be 'user' or 'kernel', not {space!r}")
-        if semantics not in SEMANTICS:
-            raise ValueError(f"semantics must be one of {', '.join(SEMANTICS)}, not {semantics!r}")
         self.image = image
         self.space = space
         self.hooks = get_arch(image.arch)
-        self.hooks.semantics = self.semantics = semantics
+        # kuprobe.model.semantics: "today", "seed", a kernel release or a Semantics
+        self.semantics: Semantics = resolve(semantics).for_arch(self.hooks.name)
+        self.hooks.semantics = self.semantics
         self.arch: str = self.hooks.name
         self.trace_enabled = trace
         self.strict = strict
@@ -112,16 +113,18 @@ class Machine(ProbeRegistration, SignalDelivery):
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], *, space: str = "user", trace: bool = True,
-        max_insns: int = DEFAULT_MAX_INSNS, strict: bool = False, semantics: str = "today",
-        kretprobe_trampoline: str = "direct",
+        max_insns: int = DEFAULT_MAX_INSNS, strict: bool = False,
+        semantics: str | Semantics = "today", kretprobe_trampoline: str = "direct",
     ) -> Machine:  # fmt: skip
         """Load an ELF (static or self-contained code); its arch comes from the file.
 
         ``space``: "user" (a process: uprobes) or "kernel" (its text is kernel text:
         kprobes, kretprobes). ``trace``: record ``m.trace``. ``max_insns``: the bound of one
         call. ``strict``: a handler that raises fails the call (default: counted, logged).
-        ``semantics``: "today" (today's kernels, what the cross-check runs against) or "seed"
-        (the designs of the patches the model grew from), where the two differ.
+        ``semantics``: "today" (today's kernels, what the cross-check runs against), "seed"
+        (the designs of the patches the model grew from), a kernel release ("6.1.0-56-amd64":
+        that release's rules) or a ``kuprobe.model.semantics.Semantics``, where they differ
+        (docs/semantics.md lists every difference).
         ``kretprobe_trampoline``: "direct" (the trampoline calls the handlers itself) or
         "kprobe" (the earlier design: a kprobe on the trampoline runs them).
         """
@@ -222,9 +225,14 @@ class Machine(ProbeRegistration, SignalDelivery):
 
     def _kprobe_handler_fault(self, addr: int, valid: bool) -> None:
         """The rule of the patch "Kprobes- robust fault handling for i386":
-        fault_handler first (nonzero: retry), else nmissed++ and abandon."""
+        fault_handler first (nonzero: retry), else nmissed++ and abandon; since v5.14 only
+        nmissed++ (the row kprobe_fault_handler of kuprobe.model.semantics)."""
         k = self.kprobes
         assert k is not None
+        if self.semantics.kprobe_fault_handler == "no":
+            # v5.14 on (kuprobe.model.semantics): nmissed++, then the ordinary fault path
+            k.handler_fault(self.hooks.PAGE_FAULT_TRAPNR)
+            return
         for _ in range(MAX_FAULT_RETRIES):
             if k.handler_fault(self.hooks.PAGE_FAULT_TRAPNR):
                 if self.present(addr):

@@ -35,6 +35,12 @@ def kernel(funcs: str) -> Machine:
 
 
 @pytest.fixture
+def seed_kernel(funcs: str) -> Machine:
+    """funcs as kernel text, with the seed patches' rules (kuprobe.model.semantics.SEED)."""
+    return Machine.load(funcs, space="kernel", semantics="seed")
+
+
+@pytest.fixture
 def mkernel(mfuncs: str) -> Machine:
     return Machine.load(mfuncs, space="kernel")
 

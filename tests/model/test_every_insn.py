@@ -66,6 +66,7 @@ def test_probe_on_every_instruction(
     path = str(targets / arch / f"{stem}-static")
     expected, executed = count_insns(path, arch, func, arg)
     k = Machine.load(path, space="kernel", trace=False)
+    k_seed = Machine.load(path, space="kernel", trace=False, semantics="seed")
     u = Machine.load(path, trace=False)
     sym = u.image.symbol(func)
     insns = list(boundaries(arch, u.image.read_vaddr(sym.value, sym.size), sym.value))
@@ -74,11 +75,19 @@ def test_probe_on_every_instruction(
         addr = sym.value + off
         calls, pre, post, handler = counters()
         kp = Kprobe(addr=addr, pre_handler=pre, post_handler=post)
-        k.register_kprobe(kp)
+        km = k
         try:
-            assert k.call(func, arg) == expected, f"kprobe at {func}+{off:#x}"
+            k.register_kprobe(kp)
+        except ProbeError as e:
+            # prepare_emulation() (v5.15 on) refuses an indirect jmp through memory: the
+            # seed's trap-flag step takes it
+            assert (e.errno, arch != "arm64") == (errno.EOPNOTSUPP, True), str(e)
+            km = k_seed
+            km.register_kprobe(kp)
+        try:
+            assert km.call(func, arg) == expected, f"kprobe at {func}+{off:#x}"
         finally:
-            k.unregister_kprobe(kp)
+            km.unregister_kprobe(kp)
         n = executed[addr]
         assert (kp.hits, calls["pre"], calls["post"], kp.nmissed) == (n, n, n, 0), (
             f"kprobe at {func}+{off:#x}"

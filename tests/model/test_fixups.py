@@ -12,9 +12,11 @@ probed address, so the same kinds come out right without a fix-up.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from kuprobe import Kprobe, Uprobe, UprobeConsumer
+from kuprobe import Kprobe, ProbeError, Uprobe, UprobeConsumer
 from kuprobe.insn import disassembler
 from kuprobe.model import ARCHES, Machine
 from kuprobe.regs import PtRegs, instruction_pointer
@@ -70,24 +72,33 @@ def test_fixup(targets: object, arch: str, kind: str, stem: str, func: str, arg:
                pred: object) -> None:  # fmt: skip
     path = f"{targets}/{arch}/{stem}-static"
     expected, executed = count_insns(path, arch, func, arg)
-    k = Machine.load(path, space="kernel")
-    addr, size, text = find(k, func, pred)
-    after: list[tuple[int, int]] = []
+    # 5.10: the trap flag's step and resume_execution()'s fix-ups before the post_handler;
+    # today: the emulated branches (kuprobe.model.semantics)
+    for semantics in ("5.10.0", "today"):
+        k = Machine.load(path, space="kernel", semantics=semantics)
+        addr, size, text = find(k, func, pred)
+        after: list[tuple[int, int]] = []
 
-    def post(p: Kprobe, regs: PtRegs, flags: int) -> None:
-        after.append((instruction_pointer(regs), return_address(regs)))
+        def post(p: Kprobe, regs: PtRegs, flags: int) -> None:
+            after.append((instruction_pointer(regs), return_address(regs)))  # noqa: B023
 
-    kp = Kprobe(addr=addr, post_handler=post)
-    k.register_kprobe(kp)
-    assert k.call(func, arg) == expected, text
-    k.unregister_kprobe(kp)
-    assert kp.hits == executed[addr] > 0, text
-    slot = k.kprobes.points if k.kprobes else {}
-    assert not slot
-    for ip, tos in after:  # never inside the slot page: always the original's world
-        assert not k.hooks.INSN_PAGES <= ip < k.hooks.INSN_PAGES + 0x1000, text
-        if kind.startswith("call"):
-            assert tos == addr + size, f"{text}: return address {tos:#x}"
+        kp = Kprobe(addr=addr, post_handler=post)
+        try:
+            k.register_kprobe(kp)
+        except ProbeError as e:
+            # prepare_emulation() (v5.15 on) refuses an indirect jmp through memory
+            assert (semantics, kind, e.errno) == ("today", "jmp indirect", errno.EOPNOTSUPP)
+            assert arch != "arm64"
+            continue
+        assert k.call(func, arg) == expected, text
+        k.unregister_kprobe(kp)
+        assert kp.hits == executed[addr] > 0, text
+        slot = k.kprobes.points if k.kprobes else {}
+        assert not slot
+        for ip, tos in after:  # never inside the slot page: always the original's world
+            assert not k.hooks.INSN_PAGES <= ip < k.hooks.INSN_PAGES + 0x1000, text
+            if kind.startswith("call"):
+                assert tos == addr + size, f"{text}: return address {tos:#x}"
     u = Machine.load(path)
     up = Uprobe(path, offset=u.image.vaddr_to_offset(addr), consumer=UprobeConsumer())
     u.register_uprobe(up)

@@ -172,6 +172,10 @@ class Arm64(Arch):
 
     # --- kprobes ----------------------------------------------------------------------------
 
+    def _hardware_step(self) -> bool:
+        """The row arm64_kprobe_step (kuprobe.model.semantics): the seed's hardware step."""
+        return self.semantics.arm64_kprobe_step == "hardware_step"
+
     def can_probe(self, code: bytes, offset: int) -> bool:
         return offset % AARCH64_INSN_SIZE == 0
 
@@ -198,7 +202,7 @@ class Arm64(Arch):
             ainsn.simulate = True
             ainsn.extra["handler"] = handler
         else:  # arch_prepare_ss_slot(): the slot, and restore = addr + 4
-            step_done = MODEL_SS_BRK if self.semantics == "seed" else BRK64_OPCODE_KPROBES_SS
+            step_done = MODEL_SS_BRK if self._hardware_step() else BRK64_OPCODE_KPROBES_SS
             ainsn.slot = code[:4] + step_done
             ainsn.extra["restore"] = addr + AARCH64_INSN_SIZE
         return ainsn
@@ -217,7 +221,7 @@ class Arm64(Arch):
         r: Any = regs
         pstate = int(r.pstate)
         kcb.saved_flags = pstate & DAIF_MASK  # kprobes_save_local_irqflag()
-        if self.semantics == "seed":  # IRQs off, debug exceptions on, the step armed
+        if self._hardware_step():  # IRQs off, debug exceptions on, the step armed
             r.pstate = ((pstate | PSR_I_BIT) & ~PSR_D_BIT) | DBG_SPSR_SS
         else:  # today: everything masked; the BRK after the slot ends the step
             r.pstate = pstate | DAIF_MASK
@@ -241,14 +245,14 @@ class Arm64(Arch):
         # the seed's design is a debug exception, masked (PSTATE.D) while one is handled:
         # "The aarch64 exception handling does not allow nesting of debug exceptions" (the
         # patch "Avoid using kprobe in the arm64 kretprobe trampoline").
-        return self.semantics != "seed"
+        return not self._hardware_step()
 
     def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
         # kprobe_fault_handler(): pc back to the probe (and, with semantics="seed", the step
         # disarmed); today's kernel leaves pstate as setup_singlestep() made it
         r: Any = regs
         r.pc = addr
-        if self.semantics == "seed":
+        if self._hardware_step():
             r.pstate = int(r.pstate) & ~DBG_SPSR_SS
 
     def arch_prepare_kretprobe(self, mem: Memory, regs: PtRegs, trampoline: int) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 from kuprobe.errors import ProbeError
 from kuprobe.insn import is_boundary
+from kuprobe.model.semantics import TODAY, Semantics
 from kuprobe.regs import PtRegs
 
 # What a CPU exception means to the kernel (notify_die(): DIE_INT3, DIE_DEBUG, or other)
@@ -25,8 +26,7 @@ RP_CHECK_CALL = "call"
 RP_CHECK_CHAIN_CALL = "chain_call"
 RP_CHECK_RET = "ret"
 # Where the documented semantics (the patches) and today's kernels differ, a Machine does
-# either (``Machine(semantics=...)``); each arch says what differs in its hooks.
-SEMANTICS = ("today", "seed")
+# either (``Machine(semantics=...)``, kuprobe.model.semantics); each arch reads its rows.
 
 
 class Memory(Protocol):
@@ -72,8 +72,8 @@ class Arch:
     uc_regs: ClassVar[dict[str, str | None]]  # pt_regs field -> Unicorn register name
     reg_defaults: ClassVar[dict[str, int]] = {}  # fields the CPU has no register for
 
-    # "today" or "seed": which of the kernel's designs this Machine runs (see SEMANTICS)
-    semantics: str = "today"
+    # which of the kernel's designs this Machine runs (kuprobe.model.semantics)
+    semantics: Semantics = TODAY
 
     # CPU exception numbers as the emulator reports them
     BREAKPOINT_TRAP: ClassVar[int]

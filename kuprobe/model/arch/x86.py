@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import signal
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import capstone
@@ -27,9 +26,25 @@ from kuprobe.model.arch.base import (
     ArchUprobeTask,
     Memory,
 )
+from kuprobe.model.arch.x86_insn import (
+    EVEX,
+    INT3_INSN_OPCODE,
+    LEGACY_PREFIXES,
+    MOV_SREG_OPCODE,
+    POP_SS_OPCODE,
+    VEX2,
+    VEX3,
+    InsnOpcode,
+    insn_opcode,
+)
+from kuprobe.model.arch.x86_kprobe import kprobe_refuses, prepare_emulation
 from kuprobe.regs import PtRegs, regs_class
 
-INT3_INSN_OPCODE = 0xCC
+__all__ = [
+    "EVEX", "INT3_INSN_OPCODE", "LEGACY_PREFIXES", "MOV_SREG_OPCODE", "POP_SS_OPCODE", "VEX2",
+    "VEX3", "X86", "InsnOpcode", "insn_opcode", "uprobe_refuses", "uprobe_undecoded",
+]  # fmt: skip
+
 # arch/x86/include/asm/processor-flags.h
 X86_EFLAGS_TF = 0x100
 X86_EFLAGS_IF = 0x200
@@ -43,9 +58,6 @@ UPROBE_FIX_RIP_SI = 0x08
 UPROBE_FIX_RIP_DI = 0x10
 UPROBE_FIX_RIP_BX = 0x20
 UPROBE_FIX_RIP_MASK = UPROBE_FIX_RIP_SI | UPROBE_FIX_RIP_DI | UPROBE_FIX_RIP_BX
-
-# arch/x86/lib/insn.c / inat tables: legacy prefixes skip_prefixes() walks over
-LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67})
 
 
 def _table(rows: str) -> frozenset[int]:
@@ -81,8 +93,6 @@ GOOD_2BYTE_INSNS = _table("""
 """)
 # is_prefix_bad(): es, cs, ss, ds segment overrides and lock refuse the instruction
 BAD_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0xF0})
-VEX2, VEX3, EVEX = 0xC5, 0xC4, 0x62
-POP_SS_OPCODE, MOV_SREG_OPCODE = 0x17, 0x8E  # arch/x86/include/asm/insn.h
 # branch_setup_xol_ops(): the branches it emulates (jmp rel8/rel32, call rel32, jcc)
 BRANCH_OPCODES = frozenset({0xEB, 0xE9, 0xE8, *range(0x70, 0x80)})
 
@@ -101,46 +111,6 @@ UNDECODED_0F38 = {
     0x66: frozenset({0xC8, 0xCA, 0xCB, 0xCC, 0xCD}),
     0xF2: frozenset({0xCB, 0xCC, 0xCD}),
 }
-
-
-@dataclass(frozen=True)
-class InsnOpcode:
-    """What arch/x86/lib/insn.c's decoder finds before the operands: the legacy prefixes,
-    whether a VEX/EVEX prefix was there, the opcode bytes (a VEX-encoded instruction has one:
-    the byte after the prefix, its map implied) and the modrm byte that follows."""
-
-    prefixes: bytes
-    vex: bool
-    opcode: bytes
-    modrm: int | None
-    vex_map: int = 0  # a VEX/EVEX prefix's opcode map: 1 (0f), 2 (0f 38), 3 (0f 3a)
-
-
-def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
-    """arch/x86/lib/insn.c: insn_get_prefixes() then insn_get_opcode(), on raw bytes."""
-    i = 0
-    while i < len(insn) and insn[i] in LEGACY_PREFIXES:
-        i += 1
-    prefixes = insn[:i]
-    if is64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
-        i += 1  # REX
-    # in 32-bit mode c4/c5/62 start a VEX/EVEX prefix only when the next byte's top bits are
-    # 11 (else they are les/lds/bound with a memory operand)
-    vex = 0
-    if i + 1 < len(insn) and insn[i] in (VEX2, VEX3, EVEX) and (is64 or insn[i + 1] >= 0xC0):
-        vex = {VEX2: 2, VEX3: 3, EVEX: 4}[insn[i]]
-    vex_map = 0
-    if vex:
-        vex_map = 1 if vex == 2 else insn[i + 1] & 0x1F  # VEX3/EVEX: the m-mmmm bits
-        i += vex
-        opcode = insn[i : i + 1]
-    elif insn[i : i + 1] == b"\x0f":
-        three = insn[i + 1 : i + 2] in (b"\x38", b"\x3a")
-        opcode = insn[i : i + (3 if three else 2)]
-    else:
-        opcode = insn[i : i + 1]
-    i += len(opcode)
-    return InsnOpcode(prefixes, bool(vex), opcode, insn[i] if i < len(insn) else None, vex_map)
 
 
 def uprobe_undecoded(insn: bytes, is64: bool) -> bool:
@@ -297,16 +267,29 @@ class X86(Arch):
         # kprobe_int3_handler(): addr = regs->ip - sizeof(kprobe_opcode_t)
         return (int(regs.ip) - 1) & self.mask
 
+    def int3_step(self) -> bool:
+        """The row x86_kprobe_step (kuprobe.model.semantics): an int3 after the slot ends the
+        step (v5.15 on), else the trap flag (the seed's)."""
+        return self.semantics.x86_kprobe_step == "int3_after_slot"
+
     def arch_prepare_kprobe(
         self, addr: int, code: bytes, slot: int, before: bytes = b""
     ) -> ArchSpecificInsn:
+        # arch_copy_kprobe(): __copy_instruction() (-EINVAL), prepare_emulation() (-EOPNOTSUPP),
+        # prepare_singlestep(): the slot gets the instruction and (v5.15 on) an int3
         insn = self.decode(code, addr)
         raw = bytes(insn.bytes)
-        if raw[0] == INT3_INSN_OPCODE:  # __copy_instruction(): another breakpoint: refuse
-            raise ProbeError(errno.EINVAL, f"{addr:#x} already holds an int3 not ours")
+        refusal = kprobe_refuses(code, self.is64, int3_step=self.int3_step())
+        if refusal is not None:
+            raise ProbeError(
+                refusal.errno,
+                f"{self.name}: kprobes refuse {insn.mnemonic} {insn.op_str}".strip()
+                + f" at {addr:#x}: {refusal.why} ({refusal.function}())",
+                hint="probe another instruction of the function",
+            )
         slot_bytes = self._relocate(raw, self._rip_disp(insn), addr, slot)
         i = skip_prefixes(raw, self.is64)
-        return ArchSpecificInsn(
+        ainsn = ArchSpecificInsn(
             insn=raw,
             length=len(raw),
             slot=slot_bytes,
@@ -314,6 +297,23 @@ class X86(Arch):
             # is_IF_modifier(): cli, sti, iret, popf
             extra={"if_modifier": raw[i] in (0xFA, 0xFB, 0xCF, 0x9D), "pushf": raw[i] == 0x9C},
         )
+        if self.int3_step():
+            emulate = prepare_emulation(insn, self.is64)
+            if emulate is not None:  # kprobe_emulate_*(): no slot runs
+                ainsn.simulate = True
+                ainsn.slot = b""
+                ainsn.extra["emulate"] = emulate
+            else:
+                ainsn.slot = slot_bytes + bytes([INT3_INSN_OPCODE])
+                ainsn.extra["int3_step"] = True
+        return ainsn
+
+    def arch_simulate_insn(
+        self, mem: Memory | None, regs: PtRegs, addr: int, ainsn: ArchSpecificInsn
+    ) -> None:
+        # setup_singlestep(): p->ainsn.emulate_op(p, regs), from the instruction after it
+        _name, op = ainsn.extra["emulate"]
+        op(mem, regs, (addr + ainsn.length) & self.mask, self.word)
 
     def set_current_kprobe_flags(self, kcb: Any, regs: PtRegs, ainsn: ArchSpecificInsn) -> None:
         flags = int(regs.flags)
@@ -324,15 +324,23 @@ class X86(Arch):
     def prepare_singlestep(
         self, kcb: Any, regs: PtRegs, addr: int, slot: int, ainsn: ArchSpecificInsn
     ) -> None:
-        # setup_singlestep(): TF on, IF off, ip to the copy
         r: Any = regs
-        r.flags = (int(r.flags) | X86_EFLAGS_TF) & ~X86_EFLAGS_IF
+        if ainsn.extra.get("int3_step"):  # setup_singlestep() (v5.15): IF off, ip to the copy
+            r.flags = int(r.flags) & ~X86_EFLAGS_IF
+        else:  # setup_singlestep(): TF on, IF off, ip to the copy
+            r.flags = (int(r.flags) | X86_EFLAGS_TF) & ~X86_EFLAGS_IF
         r.ip = slot
 
     def resume_execution(
         self, kcb: Any, regs: PtRegs, mem: Memory, addr: int, slot: int, ainsn: ArchSpecificInsn
     ) -> None:
         r: Any = regs
+        if ainsn.extra.get("int3_step"):
+            # resume_singlestep(): "regs->ip is executed int3 so must be a step back"; only
+            # instructions that fall through reach the int3 (the rest are emulated)
+            r.flags = int(r.flags) | kcb.saved_flags
+            r.ip = (int(r.ip) + addr - slot - 1) & self.mask
+            return
         r.flags = int(r.flags) & ~X86_EFLAGS_TF
         sp = int(r.sp)
         if ainsn.extra.get("pushf"):  # pushfl: TF/IF in the pushed flags as before the hit

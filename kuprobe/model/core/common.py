@@ -17,6 +17,7 @@ log = logging.getLogger("kuprobe.model")
 if TYPE_CHECKING:
     from kuprobe.elf import ElfImage
     from kuprobe.model.arch.base import Arch
+    from kuprobe.model.semantics import Semantics
 
 
 class ModelError(KuprobeError, RuntimeError):
@@ -116,6 +117,7 @@ class MachineLike(Protocol):
 
     hooks: Arch
     arch: str
+    semantics: Semantics  # which kernel's rules (kuprobe.model.semantics)
     trace_enabled: bool
     strict: bool
     load_bias: int  # where an ET_DYN file was put (0 for ET_EXEC)

@@ -128,7 +128,9 @@ class KprobeTable:
         if func is None:
             raise ProbeError(errno.EILSEQ, f"{addr:#x} is in no known function", probe=p)
         start = m.load_bias + func.value
-        code = m.read(start, max(func.size, addr - start + 1))
+        # can_probe() decodes from the symbol's start through recover_probed_instruction():
+        # the bytes as they were before any kprobe put its breakpoint there
+        code = self.recover_probed_text(start, max(func.size, addr - start + 1))
         if not m.hooks.can_probe(code, addr - start):
             raise ProbeError(
                 m.hooks.BOUNDARY_ERRNO,
@@ -137,6 +139,25 @@ class KprobeTable:
                 hint="use an offset where an instruction starts (objdump -d)",
             )
         return addr, start
+
+    def recover_probed_text(self, start: int, size: int) -> bytes:
+        """``size`` bytes of text at ``start`` as they were before any kprobe was armed.
+
+        arch/x86/kernel/kprobes/core.c: recover_probed_instruction() -> __recover_probed_insn()
+        puts back ``kp->opcode`` (the byte the int3 replaced) wherever get_kprobe() finds a
+        kprobe; can_probe() and __copy_instruction() decode only recovered bytes, so the
+        kprobes already registered in a function never change what the next one may do.
+        """
+        data = bytearray(self.m.read(start, size))
+        n = len(self.m.hooks.BREAKPOINT_INSN)
+        end = start + size
+        for addr, point in self.points.items():
+            if not point.armed or addr + n <= start or addr >= end:
+                continue
+            orig = point.ainsn.insn[:n]
+            lo, hi = max(addr, start), min(addr + n, end)
+            data[lo - start : hi - start] = orig[lo - addr : hi - addr]
+        return bytes(data)
 
     def is_kernel_text(self, addr: int) -> bool:
         addr -= self.m.load_bias
@@ -149,15 +170,25 @@ class KprobeTable:
         trampoline), placed there without the checks a user's kprobe gets."""
         if p._owner is not None:
             raise ProbeError(errno.EINVAL, "this kprobe is already registered", probe=p)
+        if p.fault_handler is not None and self.m.semantics.kprobe_fault_handler == "no":
+            raise ProbeError(
+                errno.EOPNOTSUPP,
+                'struct kprobe has no fault_handler since v5.14 ("kprobes: Remove '
+                'kprobe::fault_handler")',
+                probe=p,
+                hint="Machine(semantics='seed') or a kernel release before 5.14 runs it",
+            )
         addr, start = self.resolve(p) if at is None else (at, at)
         point = self.points.get(addr)
         if point is not None:  # register_aggr_kprobe(): a kretprobe's entry probe too
             point.probes.append(p)
         else:
             slot = self._get_insn_slot()
-            code = self.m.read(addr, self.m.hooks.MAX_INSN_SIZE)
+            # __copy_instruction(): the original instruction, recovered from under the other
+            # kprobes' breakpoints
+            code = self.recover_probed_text(addr, self.m.hooks.MAX_INSN_SIZE)
             try:
-                before = self.m.read(start, addr - start) if addr > start else b""
+                before = self.recover_probed_text(start, addr - start) if addr > start else b""
                 ainsn = self.m.hooks.arch_prepare_kprobe(addr, code, slot, before)
             except ProbeError:
                 self._free_slots.append(slot)
@@ -286,6 +317,19 @@ class KprobeTable:
         """kprobe_int3_handler() (arm64: kprobe_breakpoint_handler()): ours or not."""
         addr = self.m.hooks.kprobe_trap_addr(regs)
         point = self.points.get(addr)
+        cur = self.kcb.current
+        # kprobe_int3_handler(): kprobe_is_ss() and the int3 inside the current kprobe's slot:
+        # "Most provably this is the second int3 for singlestep" (x86, v5.15 on)
+        if (
+            point is None
+            and cur is not None
+            and self.stepping()
+            and cur.ainsn.extra.get("int3_step")
+            and cur.slot < addr < cur.slot + INSN_SLOT_SIZE
+        ):
+            if self.m.trace_enabled:
+                self.m.record("ss_int3", addr, self.status_name(), detail="step done")
+            return self.debug_handler(regs)
         if point is None:
             return False
         if not point.armed:  # removed after we hit it: run the original instruction
@@ -371,6 +415,14 @@ class KprobeTable:
         cur = kcb.current
         if cur is None or cur is self.busy:
             return False
+        if self.m.semantics.kprobe_post_handler == "before_resume":
+            # the i386 fault-handling patch's post_kprobe_handler(): HIT_SSDONE and the
+            # post_handler with the registers the step left, then resume_execution()
+            self._post_handlers(cur, regs)
+            self.m.hooks.resume_execution(kcb, regs, self.m, cur.addr, cur.slot, cur.ainsn)
+            self.m.record("ssdone", cur.addr, self.status_name())
+            self._finish(kcb)
+            return True
         self.m.hooks.resume_execution(kcb, regs, self.m, cur.addr, cur.slot, cur.ainsn)
         self.m.record("ssdone", cur.addr, self.status_name())
         self.post_kprobe_handler(cur, regs)
@@ -378,7 +430,17 @@ class KprobeTable:
 
     def post_kprobe_handler(self, cur: ProbePoint, regs: PtRegs) -> None:
         """The post_handlers after the step (or the simulation), then the previous kprobe or
-        none current (kprobe_debug_handler(), arm64 post_kprobe_handler())."""
+        none current (kprobe_post_process(), arm64 post_kprobe_handler())."""
+        self._post_handlers(cur, regs)
+        self._finish(self.kcb)
+
+    def _finish(self, kcb: KprobeCtlblk) -> None:
+        if kcb.status == KPROBE_REENTER:
+            self._restore_previous()
+        else:
+            self._reset_current()
+
+    def _post_handlers(self, cur: ProbePoint, regs: PtRegs) -> None:
         kcb = self.kcb
         if kcb.status not in (KPROBE_REENTER, KPROBE_HIT_FAULT):
             posts = [p for p in cur.enabled() if p.post_handler is not None]
@@ -394,10 +456,6 @@ class KprobeTable:
                     return 0
 
                 self._run_guarded(cur, regs, run)
-        if kcb.status == KPROBE_REENTER:
-            self._restore_previous()
-        else:
-            self._reset_current()
 
     def stepping(self) -> bool:
         return self.kcb.current is not None and self.kcb.status in (
@@ -447,6 +505,13 @@ class KprobeTable:
         regs = kcb.handler_regs
         inst = kcb.instance
         owner = inst if inst is not None else (cur.probes[0] if cur.probes else None)
+        if self.m.semantics.kprobe_fault_handler == "no":
+            # kprobe_fault_handler() (v5.14 on): nmissed++ "for accounting"; the fault is fixed
+            # up as any kernel fault and the handler goes on
+            self.kprobes_inc_nmissed_count(cur)
+            self.m.record("fault", cur.addr, self.status_name(), probe=owner,
+                          detail=f"trap {trapnr} in handler: nmissed++, fixed up")  # fmt: skip
+            return False
         if owner is not None and owner.fault_handler is not None and regs is not None:
             ret = call_handler(self.m, owner, owner.fault_handler, owner, regs, trapnr)
             self.m.record("fault", cur.addr, self.status_name(), probe=owner,

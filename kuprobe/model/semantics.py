@@ -1,0 +1,341 @@
+"""Where the documented designs and the kernels differ: one table, one record per kernel.
+
+The model grew from old patches (cited by subject: "Kprobes- robust fault handling for
+i386", "uprobes/core: handle breakpoint and signal step exception", "arm64: Kprobes with
+single stepping support"); the kernels we run (the guests' 6.1, this host's 6.18) do some
+things differently. Each difference is a :class:`Row`: what it is, the seed's behaviour, and
+each change since with the kernel version and the commit subject or kernel function it comes
+from. A :class:`Semantics` record has one field per row; ``SEED`` has the seed's values,
+``TODAY`` the newest, ``for_kernel("6.1.0-56-amd64")`` those of that release.
+``docs/semantics.md`` is generated from ``ROWS`` (``python -m kuprobe.model.semantics``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Change:
+    """The behaviour from kernel ``version`` on: ``value`` (the field's), said in words."""
+
+    version: str
+    value: str
+    behaviour: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One difference: the :class:`Semantics` field, its seed value, its changes in order."""
+
+    field: str
+    what: str
+    arches: tuple[str, ...]
+    seed: str
+    seed_behaviour: str
+    seed_source: str
+    changes: tuple[Change, ...]
+
+
+ALL = ("x86_64", "i386", "arm64")
+X86 = ("x86_64", "i386")
+
+ROWS: tuple[Row, ...] = (
+    Row(
+        "uprobe_skip_sstep",
+        "uprobe instructions run without a single-step (arch_uprobe_skip_sstep())",
+        X86,
+        "nop_pattern",
+        "the NOP pattern `0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0}` is skipped "
+        "(ip += its length); everything else is stepped",
+        'the patch "uprobes/core: handle breakpoint and signal step exception"',
+        (
+            Change(
+                "3.15",
+                "emulate_branches",
+                "`0x66* 0x90` is emulated as a jmp with offset 0; jmp rel8/rel32, call rel32 "
+                "and jcc are emulated; other nops (`0f 1f`, `87 c0`) are stepped",
+                'arch/x86/kernel/uprobes.c branch_setup_xol_ops() ("uprobes/x86: Emulate '
+                'nop\'s using ops->emulate()", "uprobes/x86: Emulate unconditional '
+                "relative jmp's\")",
+            ),
+            Change(
+                "4.15",
+                "emulate_push",
+                "as before, and `push reg` is emulated",
+                'arch/x86/kernel/uprobes.c push_setup_xol_ops() ("uprobes/x86: Emulate '
+                'push insns for uprobe on x86")',
+            ),
+            Change(
+                "6.16",
+                "emulate_nops",
+                "as before, and every nop of the kernel's x86_nops[] table (1 to 8 bytes, "
+                "`0f 1f …` included) is emulated",
+                'arch/x86/kernel/uprobes.c branch_setup_xol_ops() ("uprobes/x86: Add '
+                'support to emulate NOP instructions")',
+            ),
+        ),
+    ),
+    Row(
+        "uprobe_filter",
+        "uprobe consumer filters and UPROBE_HANDLER_REMOVE (handler_chain(), filter_chain())",
+        ALL,
+        "at_hit",
+        "each hit calls a consumer's handler only if its filter accepts the task; the "
+        "breakpoint is in every process; a handler's return value means nothing",
+        'the patch "uprobes/core: handle breakpoint and signal step exception" (handler_chain())',
+        (
+            Change(
+                "3.9",
+                "per_mm",
+                "the filter decides which processes get the breakpoint (filter_chain() at "
+                "register and mmap); every hit calls every consumer's handler; when all "
+                "handlers return UPROBE_HANDLER_REMOVE the breakpoint leaves this process",
+                "kernel/events/uprobes.c handler_chain(), filter_chain() (the consumer "
+                "filtering rework: uprobe_consumer->filter(uc, ctx, mm), "
+                "UPROBE_HANDLER_REMOVE)",
+            ),
+            Change(
+                "6.12",
+                "per_mm_recheck",
+                "as before, but UPROBE_HANDLER_REMOVE removes the breakpoint only if "
+                "filter_chain() finds no consumer that still wants this process (a consumer "
+                "with no filter always does)",
+                'kernel/events/uprobes.c handler_chain(): "re-check that removal is still '
+                'required, this time under lock" ("uprobes: travers uprobe\'s consumer '
+                'list locklessly under SRCU protection")',
+            ),
+        ),
+    ),
+    Row(
+        "utask_bp_hit",
+        "the UTASK_BP_HIT state of struct uprobe_task",
+        ALL,
+        "yes",
+        "the breakpoint sets utask->state = UTASK_BP_HIT while the handlers run",
+        'the patch "uprobes/core: handle breakpoint and signal step exception"',
+        (
+            Change(
+                "3.6",
+                "no",
+                "no such state: the task is UTASK_RUNNING until the step (UTASK_SSTEP)",
+                'include/linux/uprobes.h enum uprobe_task_state ("uprobes: Kill '
+                'UTASK_BP_HIT state")',
+            ),
+        ),
+    ),
+    Row(
+        "kprobe_fault_handler",
+        "kprobe fault_handler, and a fault in a pre/post handler",
+        ALL,
+        "yes",
+        "the fault_handler runs first (nonzero: handled, retried); else nmissed++, "
+        "status HIT_FAULT and the handler is abandoned",
+        'the patch "Kprobes- robust fault handling for i386" (kprobe_fault_handler())',
+        (
+            Change(
+                "5.14",
+                "no",
+                "struct kprobe has no fault_handler (register_kprobe() refuses one: "
+                "EOPNOTSUPP, as kuprobe's live side); a fault in a handler counts nmissed "
+                "and is fixed up like any kernel fault, the handler goes on",
+                '"kprobes: Remove kprobe::fault_handler"; arch/x86/kernel/kprobes/core.c '
+                "kprobe_fault_handler()",
+            ),
+        ),
+    ),
+    Row(
+        "kretprobe_handler_ip",
+        "the instruction pointer a kretprobe handler sees",
+        ALL,
+        "trampoline",
+        "regs->ip (arm64: pc) is the kretprobe trampoline's address",
+        "arch/x86/kernel/kprobes/core.c trampoline_handler(): regs->ip = trampoline",
+        (
+            Change(
+                "5.15",
+                "return_address",
+                "the real return address (instruction_pointer_set() before the handlers)",
+                'kernel/kprobes.c __kretprobe_trampoline_handler() ("kprobes: Setup '
+                'instruction pointer in __kretprobe_trampoline_handler", with "x86/kprobes: '
+                'Fixup return address in generic trampoline handler")',
+            ),
+        ),
+    ),
+    Row(
+        "x86_kprobe_step",
+        "how x86 kprobes step the probed instruction",
+        X86,
+        "trap_flag",
+        "the copy in the slot runs with TF set; the debug trap (#DB) ends the step, "
+        "resume_execution() fixes ip and call return addresses; branches are stepped too",
+        'the patch "Kprobes- robust fault handling for i386" (prepare_singlestep())',
+        (
+            Change(
+                "5.15",
+                "int3_after_slot",
+                "the slot is the instruction and an int3; that int3 ends the step "
+                "(resume_singlestep()); IF modifiers, ret, call, jmp, jcc, loop and "
+                "indirect call/jmp through a register are emulated, never stepped; far "
+                "branches, iret, VMX and indirect branches through memory are refused "
+                "(EOPNOTSUPP)",
+                "arch/x86/kernel/kprobes/core.c prepare_emulation(), prepare_singlestep() "
+                '("x86/kprobes: Use int3 instead of debug trap for single-step")',
+            ),
+        ),
+    ),
+    Row(
+        "kprobe_post_handler",
+        "when the post_handler runs (KPROBE_HIT_SSDONE)",
+        X86,
+        "before_resume",
+        "status HIT_SSDONE, post_handler with the registers as the step left them (ip in "
+        "the slot), then resume_execution()",
+        'the patch "Kprobes- robust fault handling for i386" (post_kprobe_handler())',
+        (
+            Change(
+                "2.6.25",
+                "after_resume",
+                "resume_execution() first: the post_handler sees ip at the next "
+                "instruction of the probed function",
+                "arch/x86/kernel/kprobes.c post_kprobe_handler() as unified for i386 and "
+                "x86_64 (today kprobe_post_process()); the first release with that order, "
+                "not the commit, is pinned",
+            ),
+        ),
+    ),
+    Row(
+        "arm64_kprobe_step",
+        "how arm64 kprobes step the probed instruction",
+        ("arm64",),
+        "hardware_step",
+        "the slot is the instruction; the CPU's software step (MDSCR_EL1.SS) ends it, a "
+        "debug exception that cannot nest",
+        '"arm64: Kprobes with single stepping support" (v4.10)',
+        (
+            Change(
+                "5.11",
+                "brk_after_slot",
+                "the slot ends with BRK #KPROBES_BRK_SS_IMM, run with DAIF masked",
+                "arch/arm64/kernel/probes/kprobes.c arch_prepare_ss_slot(), "
+                "kprobe_breakpoint_ss_handler() (the release is the model's earlier note, "
+                '"around v5.11"; the commit is not pinned)',
+            ),
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """One behaviour per row of ``ROWS`` (the field names are the rows')."""
+
+    uprobe_skip_sstep: str
+    uprobe_filter: str
+    utask_bp_hit: str
+    kprobe_fault_handler: str
+    kretprobe_handler_ip: str
+    x86_kprobe_step: str
+    kprobe_post_handler: str
+    arm64_kprobe_step: str
+    name: str = ""  # "seed", "today" or the kernel release it was made for
+
+    def __str__(self) -> str:
+        return self.name or repr(self)
+
+    def for_arch(self, arch: str) -> Semantics:
+        """These rules on ``arch``: a row that does not apply there has today's value (so
+        generic code may read every row without naming an arch)."""
+        other = {r.field: getattr(TODAY, r.field) for r in ROWS if arch not in r.arches}
+        return replace(self, **other) if other else self
+
+
+def _version(text: str) -> tuple[int, ...]:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if m is None:
+        raise ValueError(f"not a kernel release: {text!r} (e.g. 6.1.0-56-amd64)")
+    return tuple(int(g or 0) for g in m.groups())
+
+
+SEED = Semantics(**{r.field: r.seed for r in ROWS}, name="seed")
+TODAY = Semantics(**{r.field: r.changes[-1].value for r in ROWS}, name="today")
+
+
+def for_kernel(release: str) -> Semantics:
+    """The rules of kernel ``release`` (``uname -r``: "6.1.0-56-amd64", "6.18.0"): each row's
+    newest change at or before it, or the seed's behaviour before the first change."""
+    v = _version(release)
+    values = {}
+    for r in ROWS:
+        values[r.field] = r.seed
+        for c in r.changes:
+            if _version(c.version) <= v:
+                values[r.field] = c.value
+    return Semantics(**values, name=release)
+
+
+def resolve(semantics: str | Semantics) -> Semantics:
+    """``"today"``, ``"seed"``, a kernel release or a Semantics -> a Semantics."""
+    if isinstance(semantics, Semantics):
+        return semantics
+    if semantics == "today":
+        return TODAY
+    if semantics == "seed":
+        return SEED
+    if isinstance(semantics, str) and re.match(r"\d+\.\d+", semantics):
+        return for_kernel(semantics)
+    raise ValueError(
+        f"semantics must be 'today', 'seed', a kernel release or a Semantics, not {semantics!r}"
+    )
+
+
+def with_(base: Semantics, **changes: str) -> Semantics:
+    """``base`` with some rows changed (a Semantics for a test of one row)."""
+    return replace(base, **changes, name=f"{base.name}+{','.join(changes)}")
+
+
+def markdown() -> str:
+    """docs/semantics.md: the table of ROWS."""
+    assert [f.name for f in fields(Semantics)][:-1] == [r.field for r in ROWS]
+    out = [
+        "<!-- generated by `python -m kuprobe.model.semantics` from kuprobe/model/semantics.py;"
+        " tests/model/test_semantics.py fails if it is stale -->",
+        "# Seed semantics and today's kernels",
+        "",
+        "The model ([kuprobe/model](../kuprobe/model/__init__.py)) follows either the designs "
+        'of the patches it grew from (`Machine(semantics="seed")`), today\'s kernels '
+        '(`"today"`, the default), or the rules of one release '
+        '(`semantics=for_kernel("6.1.0-56-amd64")`, or the release string itself). One row '
+        "per difference; `field = value` is the `Semantics` record's.",
+        "",
+        "| what | arches | seed | changed in | then | source |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in ROWS:
+        seed = f"`{r.field} = {r.seed}`: {r.seed_behaviour} ({r.seed_source})"
+        first = True
+        for c in r.changes:
+            out.append(
+                f"| {r.what if first else '〃'} | {', '.join(r.arches) if first else ''} | "
+                f"{seed if first else ''} | {c.version} | `{c.value}`: {c.behaviour} | "
+                f"{c.source} |"
+            )
+            first = False
+    out += [
+        "",
+        'The guests run 6.1 (`for_kernel("6.1.0-56-amd64")`): '
+        + ", ".join(
+            f"`{f.name} = {getattr(for_kernel('6.1.0'), f.name)}`"
+            for f in fields(Semantics)
+            if f.name != "name"
+        )
+        + ".",
+        "",
+    ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
