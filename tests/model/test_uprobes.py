@@ -118,8 +118,18 @@ def test_global_to_the_file_now_and_later(funcs: str) -> None:
 # --- consumers: handler_chain(), filter_chain() ---------------------------------------------
 
 
-def test_consumers_filters_and_remove(funcs: str) -> None:
-    m1, m2 = Machine.load(funcs), Machine.load(funcs)
+@pytest.mark.parametrize(
+    ("semantics", "calls", "m1_keeps_breakpoint"),
+    [("seed", (2, 1), True), ("6.1.0", (2, 2), False), ("today", (2, 2), False)],
+)
+def test_consumers_filters_and_remove(
+    funcs: str, semantics: str, calls: tuple[int, int], m1_keeps_breakpoint: bool
+) -> None:
+    """The row uprobe_filter (kuprobe.model.semantics): the seed runs a consumer's filter at
+    each hit; since v3.9 it chooses the processes that get the breakpoint (filter_chain()) and
+    every hit calls every handler."""
+    m1 = Machine.load(funcs, semantics=semantics)
+    m2 = Machine.load(funcs, semantics=semantics)
     l1: list[object] = []
     l2: list[object] = []
     filtered: list[Task] = []
@@ -138,19 +148,27 @@ def test_consumers_filters_and_remove(funcs: str) -> None:
     m1.register_uprobe(b)
     m1.call("add", 1, 1)
     m2.call("add", 1, 1)
-    assert (len(l1), len(l2)) == (2, 1)
+    assert (len(l1), len(l2)) == calls
     assert m1.task in filtered and m2.task in filtered
     m1.unregister_uprobe(a)
-    # only b is left and it does not want m1: m1's breakpoint is gone (filter_chain)
+    # only b is left and it does not want m1: since v3.9 m1's breakpoint is gone
+    # (filter_chain()); the seed's stays, its filter runs at the hit
     n = len(m1.hooks.UPROBE_SWBP_INSN)
-    assert m1.read(m1.symbol_address("add"), n) != m1.hooks.UPROBE_SWBP_INSN
+    bp = m1.read(m1.symbol_address("add"), n) == m1.hooks.UPROBE_SWBP_INSN
+    assert bp == m1_keeps_breakpoint
     assert m2.read(m2.symbol_address("add"), n) == m2.hooks.UPROBE_SWBP_INSN
     m1.unregister_uprobe(b)
 
 
-def test_handler_remove_stops_calls_from_that_process(funcs: str) -> None:
-    """UPROBE_HANDLER_REMOVE: no more calls from that process; others keep the probe."""
-    m1, m2 = Machine.load(funcs), Machine.load(funcs)
+@pytest.mark.parametrize(("semantics", "hits"), [("seed", 4), ("6.1.0", 2), ("today", 4)])
+def test_handler_remove_stops_calls_from_that_process(
+    funcs: str, semantics: str, hits: int
+) -> None:
+    """UPROBE_HANDLER_REMOVE (the row uprobe_filter): the seed ignores it; from v3.9 no more
+    calls from that process, others keep the probe; since v6.12 only if filter_chain() finds
+    no consumer still wanting the process, and one without a filter always does."""
+    m1 = Machine.load(funcs, semantics=semantics)
+    m2 = Machine.load(funcs, semantics=semantics)
     log: list[object] = []
     up = Uprobe(funcs, symbol_name="add", consumer=counting(log, UPROBE_HANDLER_REMOVE))
     m1.register_uprobe(up)
@@ -158,26 +176,51 @@ def test_handler_remove_stops_calls_from_that_process(funcs: str) -> None:
         assert m1.call("add", 2, 2) == 4
     m2.call("add", 2, 2)
     m1.unregister_uprobe(up)
-    assert up.hits == 2  # once in m1, once in m2
+    assert up.hits == hits  # once in m1 (where it is removed), once in m2
 
+
+def test_handler_remove_with_a_filter_that_lets_go_today(funcs: str) -> None:
+    """v6.12 on: UPROBE_HANDLER_REMOVE removes the breakpoint once the consumer's filter no
+    longer wants the process (the filter is asked again under the lock)."""
+    m1 = Machine.load(funcs)
+    wanted = [True]
+    up = Uprobe(funcs, symbol_name="add", consumer=UprobeConsumer(
+        handler=lambda uc, r: UPROBE_HANDLER_REMOVE, filter=lambda uc, t: wanted[0]))  # fmt: skip
+    m1.register_uprobe(up)
+    m1.call("add", 2, 2)
+    wanted[0] = False
+    m1.call("add", 2, 2)  # removed after this hit
+    m1.call("add", 2, 2)
+    m1.unregister_uprobe(up)
+    assert up.hits == 2
+    assert any("filter_chain() keeps it" in e.detail for e in m1.trace)
+
+
+# the first instruction of add() and loop_sum() that is stepped, not emulated: i386's
+# push %ebp is emulated since v4.15 ("uprobes/x86: Emulate push insns for uprobe on x86")
+STEPPED_OFFSET = {"i386": 1}
 
 # --- the step: utask states, XOL area, skip-sstep -----------------------------------------
 
 
-def test_utask_states(user: Machine, funcs: str) -> None:
-    """uprobes/core patch: RUNNING -> BP_HIT (handlers) -> SSTEP -> SSTEP_ACK -> RUNNING."""
+@pytest.mark.parametrize(("semantics", "bp_hit"), [("seed", ["BP_HIT"]), ("today", [])])
+def test_utask_states(funcs: str, semantics: str, bp_hit: list[str]) -> None:
+    """uprobes/core patch: RUNNING -> BP_HIT (handlers) -> SSTEP -> SSTEP_ACK -> RUNNING;
+    since v3.6 ("uprobes: Kill UTASK_BP_HIT state") the handlers run in RUNNING."""
+    user = Machine.load(funcs, semantics=semantics)
     seen = []
     up = Uprobe(
         funcs,
         symbol_name="loop_sum",
+        offset=STEPPED_OFFSET.get(user.arch, 0),
         consumer=UprobeConsumer(handler=lambda uc, r: seen.append(user.utask_state) or 0),
     )
     user.register_uprobe(up)
     user.call("loop_sum", 4)
     user.unregister_uprobe(up)
-    assert seen == ["BP_HIT"]
+    assert seen == (bp_hit or ["RUNNING"])
     states = [e.status for e in user.trace if e.kind == "utask"]
-    assert states == ["BP_HIT", "SSTEP", "SSTEP_ACK", "RUNNING"]
+    assert states == [*bp_hit, "SSTEP", "SSTEP_ACK", "RUNNING"]
     xol = user.uprobes.xol if user.uprobes else None
     assert xol is not None and xol.vaddr == user.hooks.XOL_AREA
     assert user.present(xol.vaddr)
@@ -234,6 +277,7 @@ def test_signal_during_the_step_is_deferred(user: Machine, funcs: str) -> None:
     up = Uprobe(
         funcs,
         symbol_name="add",
+        offset=STEPPED_OFFSET.get(user.arch, 0),
         consumer=UprobeConsumer(handler=lambda uc, r: user.kill(signal.SIGUSR1) or 0),
     )
     user.register_uprobe(up)
@@ -251,6 +295,7 @@ def test_fatal_signal_during_the_step_aborts_xol(user: Machine, funcs: str) -> N
     up = Uprobe(
         funcs,
         symbol_name="add",
+        offset=STEPPED_OFFSET.get(user.arch, 0),
         consumer=UprobeConsumer(handler=lambda uc, r: user.kill(signal.SIGKILL) or 0),
     )
     user.register_uprobe(up)
@@ -261,7 +306,7 @@ def test_fatal_signal_during_the_step_aborts_xol(user: Machine, funcs: str) -> N
     states = [e.status for e in user.trace if e.kind == "utask"]
     assert states[-3:] == ["SSTEP", "SSTEP_TRAPPED", "RUNNING"]
     abort = [e for e in user.trace if e.kind == "abort_xol"]
-    assert abort and abort[0].addr == user.symbol_address("add")
+    assert abort and abort[0].addr == user.symbol_address("add") + STEPPED_OFFSET.get(user.arch, 0)
     assert user.call("add", 3, 4) == 7  # a new process image: it runs again
 
 

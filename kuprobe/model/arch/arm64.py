@@ -296,7 +296,9 @@ class Arm64(Arch):
     def arch_uprobe_copy_ixol(self, auprobe: ArchSpecificInsn, vaddr: int, xol_vaddr: int) -> bytes:
         return auprobe.insn + MODEL_SS_BRK  # the insn, and the step exception's stand-in
 
-    def arch_uprobe_skip_sstep(self, auprobe: ArchSpecificInsn, regs: PtRegs) -> bool:
+    def arch_uprobe_skip_sstep(
+        self, auprobe: ArchSpecificInsn, regs: PtRegs, mem: Memory | None = None
+    ) -> bool:
         if not auprobe.simulate:
             return False
         # uprobes simulate no literal load: no memory access

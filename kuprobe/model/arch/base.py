@@ -272,8 +272,11 @@ class Arch:
     ) -> None:
         raise NotImplementedError
 
-    def arch_uprobe_skip_sstep(self, auprobe: ArchSpecificInsn, regs: PtRegs) -> bool:
-        """Emulate instead of stepping; the weak default emulates nothing."""
+    def arch_uprobe_skip_sstep(
+        self, auprobe: ArchSpecificInsn, regs: PtRegs, mem: Memory | None = None
+    ) -> bool:
+        """Emulate instead of stepping (``mem``: the task's memory, for a push); the weak
+        default emulates nothing."""
         return False
 
     def arch_uretprobe_hijack_return_addr(self, mem: Memory, regs: PtRegs, trampoline: int) -> int:

@@ -38,6 +38,7 @@ from kuprobe.model.arch.x86_insn import (
     insn_opcode,
 )
 from kuprobe.model.arch.x86_kprobe import kprobe_refuses, prepare_emulation
+from kuprobe.model.arch.x86_uprobe_emulate import is_nop_pattern, uprobe_emulation
 from kuprobe.regs import PtRegs, regs_class
 
 __all__ = [
@@ -162,16 +163,6 @@ def skip_prefixes(insn: bytes, is64: bool) -> int:
     if is64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
         i += 1
     return i
-
-
-def is_nop_pattern(insn: bytes) -> bool:
-    """arch_uprobe_skip_sstep() of the patch "uprobes/core: handle breakpoint and signal step
-    exception": ``0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0}``."""
-    i = 0
-    while i < len(insn) and insn[i] == 0x66:
-        i += 1
-    rest = insn[i : i + 2]
-    return rest[:1] == b"\x90" or rest in (b"\x0f\x1f", b"\x0f\x19", b"\x87\xc0")
 
 
 class X86(Arch):
@@ -417,11 +408,20 @@ class X86(Arch):
     ) -> None:
         """Restore the scratch register (after the step, and on abort)."""
 
-    def arch_uprobe_skip_sstep(self, auprobe: ArchSpecificInsn, regs: PtRegs) -> bool:
-        if not auprobe.skip_sstep:
+    def arch_uprobe_skip_sstep(
+        self, auprobe: ArchSpecificInsn, regs: PtRegs, mem: Memory | None = None
+    ) -> bool:
+        # kuprobe.model.arch.x86_uprobe_emulate: what this kernel emulates (handlers saw
+        # ip == vaddr); the decision is per Machine, the auprobe is shared
+        rule = self.semantics.uprobe_skip_sstep
+        key = f"emulate:{rule}"
+        if key not in auprobe.extra:
+            auprobe.extra[key] = uprobe_emulation(auprobe.insn, auprobe.length, self.is64, rule)
+        emulate = auprobe.extra[key]
+        if emulate is None:
             return False
-        r: Any = regs
-        r.ip = (int(r.ip) + auprobe.length) & self.mask  # handlers saw ip == vaddr
+        _name, op = emulate
+        op(mem, regs, int(regs.ip), self.word)
         return True
 
     def arch_uprobe_pre_xol(

@@ -125,7 +125,7 @@ def kprobe_refuses(insn: bytes, is64: bool, *, int3_step: bool = True) -> Kprobe
 # --- the emulate ops (kprobe_emulate_*, int3_emulate_* of arch/x86/include/asm/text-patching.h)
 
 
-def _cond(flags: int, cc: int) -> bool:
+def emulate_cc(flags: int, cc: int) -> bool:
     """__emulate_cc(): condition ``cc`` (the low nibble of a jcc opcode) on ``flags``."""
     cf, zf = bool(flags & X86_EFLAGS_CF), bool(flags & X86_EFLAGS_ZF)
     sf, of = bool(flags & X86_EFLAGS_SF), bool(flags & X86_EFLAGS_OF)
@@ -206,7 +206,7 @@ def prepare_emulation(insn: Any, is64: bool) -> tuple[str, Emulate] | None:
         c = cc
 
         def jcc(mem: Any, regs: Any, nxt: int, word: int) -> None:
-            regs.ip = target if _cond(int(regs.flags), c) else nxt
+            regs.ip = target if emulate_cc(int(regs.flags), c) else nxt
 
         return "jcc", jcc
     if 0xE0 <= op1 <= 0xE3:  # kprobe_emulate_loop(): the count register at the address size

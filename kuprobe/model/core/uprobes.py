@@ -221,9 +221,15 @@ def regs_changed(before: list[int], regs: PtRegs) -> str:
     return " ".join(f"{names[i]} {before[i]:#x}->{after[i]:#x}" for i in changed)
 
 
+def pid_wants(up: Uprobe, task: Task) -> bool:
+    """The probe's pid (perf's per-process filter, which its own handler applies) accepts
+    ``task``."""
+    return up.pid is None or up.pid == task.tgid
+
+
 def consumer_wants(up: Uprobe, task: Task) -> bool:
     """consumer_filter(): the consumer's filter (and the probe's pid) accept ``task``."""
-    if up.pid is not None and up.pid != task.tgid:
+    if not pid_wants(up, task):
         return False
     uc = up.consumer
     if uc is None or uc.filter is None:
@@ -249,6 +255,10 @@ class UprobeMm:
         return self.m.load_bias + int(self.m.image.offset_to_vaddr(entry.offset))
 
     def filter_chain(self, entry: UprobeEntry) -> bool:
+        """filter_chain(): a consumer wants this process (the seed's design puts the
+        breakpoint in every process: its filters run at each hit)."""
+        if self.m.semantics.uprobe_filter == "at_hit":
+            return any(pid_wants(up, self.m.task) for up in entry.consumers)
         return any(consumer_wants(up, self.m.task) for up in entry.consumers)
 
     def sync(self, entry: UprobeEntry) -> None:
@@ -309,11 +319,12 @@ class UprobeMm:
             setattr(regs, arch.ip_field(), bp_vaddr)  # removed meanwhile: restart
             return True
         utask = self.utask
-        self.set_state(UTASK_BP_HIT, bp_vaddr)
+        if m.semantics.utask_bp_hit == "yes":  # the seed's state, gone since v3.6
+            self.set_state(UTASK_BP_HIT, bp_vaddr)
         # "change it in advance for ->handler() and restart"
         setattr(regs, arch.ip_field(), bp_vaddr)
         self.handler_chain(entry, regs, bp_vaddr)
-        if arch.arch_uprobe_skip_sstep(entry.arch, regs):
+        if arch.arch_uprobe_skip_sstep(entry.arch, regs, m):
             m.record("skip_sstep", bp_vaddr, detail="emulated, no single-step")
             self.set_state(UTASK_RUNNING, bp_vaddr)
             return True
@@ -335,13 +346,20 @@ class UprobeMm:
         return True
 
     def handler_chain(self, entry: UprobeEntry, regs: PtRegs, bp_vaddr: int) -> None:
+        """handler_chain(), by the row uprobe_filter (kuprobe.model.semantics): "at_hit" (the
+        seed's: a consumer's filter runs at each hit, return values mean nothing); "per_mm"
+        (v3.9: every consumer's handler runs, all returning UPROBE_HANDLER_REMOVE unapply the
+        breakpoint in this process); "per_mm_recheck" (v6.12: only if filter_chain() then
+        finds no consumer still wanting it)."""
         m = self.m
         task = m.task
-        remove = True
+        rule = m.semantics.uprobe_filter
+        remove = rule != "at_hit"
         called = False
         need_prep = False
         for up in list(entry.consumers):
-            if not consumer_wants(up, task):
+            wanted = consumer_wants(up, task) if rule == "at_hit" else pid_wants(up, task)
+            if not wanted:
                 continue
             up._hits += 1
             uc = up.consumer
@@ -356,6 +374,10 @@ class UprobeMm:
                 need_prep = True
         if need_prep and not (called and remove):
             self.prepare_uretprobe(entry, regs, bp_vaddr)
+        if rule == "per_mm_recheck" and remove and self.filter_chain(entry):
+            # "re-check that removal is still required": a consumer still wants this process
+            m.record("uprobe", bp_vaddr, detail="UPROBE_HANDLER_REMOVE: filter_chain() keeps it")
+            remove = False
         if called and remove and entry.consumers and bp_vaddr in self.installed:
             # every handler asked: no more calls from this process (unapply_uprobe)
             self.remove_breakpoint(bp_vaddr, entry)
