@@ -6,17 +6,19 @@ runs a function through breakpoints, single-steps out of line, handlers and tram
 recording each trap in ``m.trace``. Arches: x86_64, i386 and arm64 (``ARCHES``).
 
 Where the documented designs (the patches the model grew from) and today's kernels differ, a
-Machine does either, ``semantics="today"`` (the default, what the cross-check runs against)
-or ``"seed"``:
+Machine does either: ``semantics="today"`` (the default: the newest kernels, what the
+cross-check runs against), ``"seed"`` (the patches' designs), a kernel release
+(``semantics="6.1.0-56-amd64"``: the rules of that kernel, as the guests run it) or a
+``kuprobe.model.semantics.Semantics`` record. ``kuprobe.model.semantics.ROWS`` is the table of
+differences (NOP skip-sstep and the emulated branches and pushes, consumer filters and
+UPROBE_HANDLER_REMOVE, UTASK_BP_HIT, kprobe fault_handler, the kretprobe handler's ip, the x86
+kprobe step by TF or by an int3 after the slot, HIT_SSDONE, the arm64 step), each with the
+kernel version that changed it; docs/semantics.md is generated from it.
 
-- arm64 kprobes step the slot with the CPU's hardware single-step ("arm64: Kprobes with
-  single stepping support", v4.10) under ``"seed"``; today's slot ends on
-  ``BRK #KPROBES_BRK_SS_IMM`` with DAIF masked (arm64 moved from the hardware step to a BRK
-  after the slot around v5.11; arch/arm64/kernel/probes/kprobes.c).
-
-and ``kretprobe_trampoline="direct"`` (the trampoline saves registers and calls the handler:
-"Avoid using kprobe in the arm64 kretprobe trampoline", merged with arm64 kprobes in v4.10)
-or ``"kprobe"`` (the earlier design: a kprobe on the trampoline runs the handlers).
+The kretprobe trampoline is chosen apart: ``kretprobe_trampoline="direct"`` (the trampoline
+saves registers and calls the handler: "Avoid using kprobe in the arm64 kretprobe
+trampoline", merged with arm64 kprobes in v4.10) or ``"kprobe"`` (the earlier design: a
+kprobe on the trampoline runs the handlers).
 """
 
 from kuprobe.model.arch import ARCHES
