@@ -314,14 +314,18 @@ def markdown() -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in ROWS:
-        seed = f"`{r.field} = {r.seed}`: {r.seed_behaviour} ({r.seed_source})"
+        seed = f"`{r.field} = {r.seed}`: {r.seed_behaviour}. Source: {r.seed_source}"
         first = True
         for c in r.changes:
-            out.append(
-                f"| {r.what if first else '〃'} | {', '.join(r.arches) if first else ''} | "
-                f"{seed if first else ''} | {c.version} | `{c.value}`: {c.behaviour} | "
-                f"{c.source} |"
+            cells = (
+                r.what if first else "〃",
+                ", ".join(r.arches) if first else "",
+                seed if first else "",
+                c.version,
+                f"`{c.value}`: {c.behaviour}",
+                c.source,
             )
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
             first = False
     out += [
         "",

@@ -1,0 +1,87 @@
+"""Which x86 instructions a kprobe may take: the model's verdict, as data (issue 12, item 5's
+kprobe half). arch/x86/kernel/kprobes/core.c (v6.1): __copy_instruction() refuses (-EINVAL)
+an int3, a forced-emulation prefix and an instruction that masks exceptions; since v5.15
+prepare_emulation() refuses (-EOPNOTSUPP) what it cannot emulate: far branches, iret, VMX,
+far and memory-indirect call/jmp, indirect ones with an address-size prefix. The guest
+side (a test module that places these bytes in the kernel) is another helper's.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from kuprobe.model.arch.x86_kprobe import emulate_cc, kprobe_refuses
+
+EINVAL, EOPNOTSUPP = errno.EINVAL, errno.EOPNOTSUPP
+# (hex bytes, 64-bit?, errno today, errno before v5.15 (the trap flag's kernels))
+CASES = [
+    ("cc", True, EINVAL, EINVAL),  # int3: another subsystem's, or padding
+    ("0f0b78656e", True, EINVAL, EINVAL),  # ud2; .ascii "xen": insn_has_emulate_prefix()
+    ("0f0b6b766d", True, EINVAL, EINVAL),  # ud2; .ascii "kvm"
+    ("0f0b", True, 0, 0),  # a plain ud2 (BUG()) is taken
+    ("8ed0", True, EINVAL, EINVAL),  # mov %eax,%ss: insn_masking_exception()
+    ("8ed8", True, 0, 0),  # mov %eax,%ds: not ss
+    ("1f", False, EINVAL, EINVAL),  # pop %ds: the kernel's POP_SS_OPCODE is 0x1f
+    ("17", False, 0, 0),  # pop %ss itself (0x17) passes that check
+    ("9a000000001000", False, EOPNOTSUPP, 0),  # lcall $0x10,$0: far call absolute
+    ("ea000000001000", False, EOPNOTSUPP, 0),  # ljmp: far jmp absolute
+    ("cf", True, EOPNOTSUPP, 0),  # iret
+    ("0f01c1", True, EOPNOTSUPP, 0),  # vmcall: 0f 01 /0, mod 3
+    ("0f01c8", True, 0, 0),  # monitor: 0f 01 /1
+    ("0f01d0", True, 0, 0),  # xgetbv: 0f 01 /2
+    ("ff18", True, EOPNOTSUPP, 0),  # lcall *(%rax): ff /3
+    ("ff28", True, EOPNOTSUPP, 0),  # ljmp *(%rax): ff /5
+    ("ff10", True, EOPNOTSUPP, 0),  # call *(%rax): through memory
+    ("ff24c500000000", True, EOPNOTSUPP, 0),  # jmp *0x0(,%rax,8): a jump table
+    ("ff2500000000", True, EOPNOTSUPP, 0),  # jmp *0x0(%rip)
+    ("67ffd0", True, EOPNOTSUPP, 0),  # call *%eax with an address-size prefix
+    ("ffd0", True, 0, 0),  # call *%rax: emulated
+    ("41ffe3", True, 0, 0),  # jmp *%r11: emulated
+    ("ffd0", False, 0, 0),  # call *%eax (32-bit)
+    ("e800000000", True, 0, 0),  # call rel32: emulated
+    ("c3", True, 0, 0),  # ret: emulated
+    ("c20800", True, 0, 0),  # ret $8: emulated
+    ("fa", True, 0, 0),  # cli: emulated (IF modifier)
+    ("9c", True, 0, 0),  # pushf: emulated
+    ("e2fe", True, 0, 0),  # loop: emulated
+    ("f00107", True, 0, 0),  # lock add %eax,(%rdi): kprobes take lock prefixes
+    ("55", True, 0, 0),  # push %rbp
+    ("0f1f440000", True, 0, 0),  # nopl
+    ("c5f877", True, 0, 0),  # vzeroupper (VEX)
+]
+
+
+@pytest.mark.parametrize(("code", "is64", "today", "before"), CASES,
+                         ids=[f"{c[0]}-{64 if c[1] else 32}" for c in CASES])  # fmt: skip
+def test_kprobe_refusals(code: str, is64: bool, today: int, before: int) -> None:
+    insn = bytes.fromhex(code)
+    for int3_step, want in ((True, today), (False, before)):
+        refusal = kprobe_refuses(insn, is64, int3_step=int3_step)
+        got = refusal.errno if refusal is not None else 0
+        assert got == want, (code, int3_step, refusal)
+        if refusal is not None:
+            assert refusal.function in ("__copy_instruction", "prepare_emulation")
+
+
+# arch/x86/include/asm/processor-flags.h
+CF, PF, ZF, SF, OF = 0x1, 0x4, 0x40, 0x80, 0x800
+
+
+@pytest.mark.parametrize(
+    ("cc", "flags", "taken"),
+    [
+        (0x4, ZF, True), (0x5, ZF, False),  # je / jne
+        (0x2, CF, True), (0x3, CF, False),  # jb / jae
+        (0x6, ZF, True), (0x7, 0, True),  # jbe / ja
+        (0x8, SF, True), (0xA, PF, True),  # js / jp
+        (0xC, SF, True), (0xC, SF | OF, False),  # jl: SF != OF
+        (0xE, ZF, True), (0xF, SF | OF, True),  # jle / jg
+        (0x0, OF, True), (0x1, OF, False),  # jo / jno
+    ],
+)  # fmt: skip
+def test_emulated_jcc_conditions(cc: int, flags: int, taken: bool) -> None:
+    """__emulate_cc() (arch/x86/include/asm/text-patching.h), as kprobe_emulate_jcc() and the
+    uprobes' check_jmp_cond() use it."""
+    assert emulate_cc(flags, cc) == taken
