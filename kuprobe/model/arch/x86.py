@@ -238,7 +238,10 @@ class X86(Arch):
         if disp_off is None:
             return insn
         disp = int.from_bytes(insn[disp_off : disp_off + 4], "little", signed=True)
-        newdisp = src + disp - dest
+        # "(u8 *) src + (s64) insn->displacement.value - (u8 *) real" in 64-bit pointer
+        # arithmetic: kernel text at 0xffffffff8xxxxxxx reaches a slot near 0 by wrapping
+        half = 1 << (self.bits - 1)
+        newdisp = (src + disp - dest + half) % (1 << self.bits) - half
         if not -(1 << 31) <= newdisp < (1 << 31):
             raise ProbeError(errno.EINVAL, "new displacement does not fit into s32")
         return insn[:disp_off] + newdisp.to_bytes(4, "little", signed=True) + insn[disp_off + 4 :]

@@ -348,7 +348,7 @@ class UprobeMm:
     def handler_chain(self, entry: UprobeEntry, regs: PtRegs, bp_vaddr: int) -> None:
         """handler_chain(), by the row uprobe_filter (kuprobe.model.semantics): "at_hit" (the
         seed's: a consumer's filter runs at each hit, return values mean nothing); "per_mm"
-        (v3.9: every consumer's handler runs, all returning UPROBE_HANDLER_REMOVE unapply the
+        (v3.9: every consumer is called, all returning UPROBE_HANDLER_REMOVE unapply the
         breakpoint in this process); "per_mm_recheck" (v6.12: only if filter_chain() then
         finds no consumer still wanting it)."""
         m = self.m
@@ -358,8 +358,11 @@ class UprobeMm:
         called = False
         need_prep = False
         for up in list(entry.consumers):
-            wanted = consumer_wants(up, task) if rule == "at_hit" else pid_wants(up, task)
-            if not wanted:
+            if not consumer_wants(up, task):
+                # "at_hit": the seed's handler_chain() asks the filter. Since v3.9 the kernel
+                # calls every consumer; a kuprobe consumer's handler asks its filter (and pid)
+                # first and declines with UPROBE_HANDLER_REMOVE, as perf's uprobe_perf_func()
+                # does with uprobe_perf_filter(): not called, and its vote is "remove"
                 continue
             up._hits += 1
             uc = up.consumer
@@ -378,7 +381,7 @@ class UprobeMm:
             # "re-check that removal is still required": a consumer still wants this process
             m.record("uprobe", bp_vaddr, detail="UPROBE_HANDLER_REMOVE: filter_chain() keeps it")
             remove = False
-        if called and remove and entry.consumers and bp_vaddr in self.installed:
+        if remove and entry.consumers and bp_vaddr in self.installed:
             # every handler asked: no more calls from this process (unapply_uprobe)
             self.remove_breakpoint(bp_vaddr, entry)
 
