@@ -12,6 +12,7 @@ import errno
 
 import pytest
 
+from kuprobe.model.arch.x86_64 import X86_64
 from kuprobe.model.arch.x86_kprobe import emulate_cc, kprobe_refuses
 
 EINVAL, EOPNOTSUPP = errno.EINVAL, errno.EOPNOTSUPP
@@ -85,3 +86,13 @@ def test_emulated_jcc_conditions(cc: int, flags: int, taken: bool) -> None:
     """__emulate_cc() (arch/x86/include/asm/text-patching.h), as kprobe_emulate_jcc() and the
     uprobes' check_jmp_cond() use it."""
     assert emulate_cc(flags, cc) == taken
+
+
+def test_a_rip_relative_kernel_insn_reaches_its_slot() -> None:
+    """__copy_instruction(): the new displacement is computed in 64-bit pointer arithmetic, so
+    kernel text at 0xffffffff81000000 reaching kernel data is rewritten for a slot near 0."""
+    addr, slot = 0xFFFFFFFF81000000, 0x20000
+    code = bytes.fromhex("488b0500100000c3")  # mov 0x1000(%rip),%rax; ret
+    ainsn = X86_64().arch_prepare_kprobe(addr, code, slot)
+    disp = int.from_bytes(ainsn.slot[3:7], "little", signed=True)
+    assert (slot + 7 + disp) % (1 << 64) == addr + 7 + 0x1000  # the same target
