@@ -30,9 +30,16 @@ pytestmark = [
     pytest.mark.usefixtures("no_leftovers"),
 ]
 
-# Small functions with calls, branches and a mix of instruction lengths (kernel/sys.c,
-# fs/open.c), none on an idle, RCU or MSR path.
-FUNCTIONS = ("__x64_sys_getpgid", "do_sys_openat2", "__x64_sys_setpgid")
+# Functions with calls, branches, %rip-relative loads and a mix of instruction lengths
+# (kernel/sys.c, fs/open.c, fs/read_write.c, fs/file.c), none on an idle, RCU or MSR path.
+FUNCTIONS = (
+    "__x64_sys_getpgid",
+    "do_sys_openat2",
+    "__x64_sys_setpgid",
+    "do_faccessat",
+    "ksys_lseek",
+    "do_dup2",
+)
 
 
 def _register(register: Callable[[Kprobe], None], kp: Kprobe) -> int:
