@@ -118,11 +118,11 @@ ROWS: tuple[Row, ...] = (
         'the patch "uprobes/core: handle breakpoint and signal step exception"',
         (
             Change(
-                "3.6",
+                "3.7",
                 "no",
                 "no such state: the task is UTASK_RUNNING until the step (UTASK_SSTEP)",
                 'include/linux/uprobes.h enum uprobe_task_state ("uprobes: Kill '
-                'UTASK_BP_HIT state")',
+                'UTASK_BP_HIT state"; its release is not pinned from history here)',
             ),
         ),
     ),
@@ -216,12 +216,12 @@ ROWS: tuple[Row, ...] = (
         '"arm64: Kprobes with single stepping support" (v4.10)',
         (
             Change(
-                "5.11",
+                "5.10",
                 "brk_after_slot",
                 "the slot ends with BRK #KPROBES_BRK_SS_IMM, run with DAIF masked",
                 "arch/arm64/kernel/probes/kprobes.c arch_prepare_ss_slot(), "
-                "kprobe_breakpoint_ss_handler() (the release is the model's earlier note, "
-                '"around v5.11"; the commit is not pinned)',
+                'kprobe_breakpoint_ss_handler() ("arm64: kprobes: Use BRK instead of '
+                'single-step when executing instructions out-of-line", a v5.10-rc fix)',
             ),
         ),
     ),

@@ -47,7 +47,7 @@ def test_uprobe_and_uretprobe_timeline(targets: Path, arch: str) -> None:
     hit = kinds.index("breakpoint")
     assert rows[hit][2] == "add+0x1"  # ip after the int3
     # the consumers newest first, as the kernel's consumer_add() lists them; the task stays
-    # RUNNING in the handlers (no UTASK_BP_HIT since v3.6: kuprobe.model.semantics)
+    # RUNNING in the handlers (no UTASK_BP_HIT since about v3.7: kuprobe.model.semantics)
     assert [r[1:5] for r in rows[hit + 1 : hit + 3]] == [
         ["uprobe", "add", "ur:target-static:add", "RUNNING"],
         ["uprobe", "add", "u:target-static:add", "RUNNING"],

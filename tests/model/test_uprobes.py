@@ -206,7 +206,7 @@ STEPPED_OFFSET = {"i386": 1}
 @pytest.mark.parametrize(("semantics", "bp_hit"), [("seed", ["BP_HIT"]), ("today", [])])
 def test_utask_states(funcs: str, semantics: str, bp_hit: list[str]) -> None:
     """uprobes/core patch: RUNNING -> BP_HIT (handlers) -> SSTEP -> SSTEP_ACK -> RUNNING;
-    since v3.6 ("uprobes: Kill UTASK_BP_HIT state") the handlers run in RUNNING."""
+    since about v3.7 ("uprobes: Kill UTASK_BP_HIT state") the handlers run in RUNNING."""
     user = Machine.load(funcs, semantics=semantics)
     seen = []
     up = Uprobe(

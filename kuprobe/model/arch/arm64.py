@@ -9,10 +9,10 @@ probes.h, uprobes.h, kprobes.h, and the patch "arm64: Kprobes with single steppi
 
 How the model steps an instruction out of line. The kernel has two mechanisms:
 
-- today's kprobes (since the kernel moved off hardware single-step for kprobes, v5.11): the
-  slot is ``{insn, BRK #KPROBES_BRK_SS_IMM}``, run with DAIF masked; the second BRK is the
-  "step done" trap (kprobe_breakpoint_ss_handler), resuming at addr + 4. The model runs
-  exactly that.
+- today's kprobes (since "arm64: kprobes: Use BRK instead of single-step when executing
+  instructions out-of-line", v5.10): the slot is ``{insn, BRK #KPROBES_BRK_SS_IMM}``, run
+  with DAIF masked; the second BRK is the "step done" trap (kprobe_breakpoint_ss_handler),
+  resuming at addr + 4. The model runs exactly that.
 - uprobes, and kprobes as the patch "arm64: Kprobes with single stepping support" has them
   (``Machine(semantics="seed")``): the slot is ``{insn}`` and the CPU's software step
   (MDSCR_EL1.SS, PSTATE.SS, PSTATE.D clear) raises a step exception after it. Unicorn raises no

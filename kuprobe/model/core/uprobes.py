@@ -319,7 +319,7 @@ class UprobeMm:
             setattr(regs, arch.ip_field(), bp_vaddr)  # removed meanwhile: restart
             return True
         utask = self.utask
-        if m.semantics.utask_bp_hit == "yes":  # the seed's state, gone since v3.6
+        if m.semantics.utask_bp_hit == "yes":  # the seed's state, gone since about v3.7
             self.set_state(UTASK_BP_HIT, bp_vaddr)
         # "change it in advance for ->handler() and restart"
         setattr(regs, arch.ip_field(), bp_vaddr)
