@@ -191,7 +191,7 @@ def test_a_fault_in_a_handler_today_counts_a_miss_and_the_handler_goes_on(
 def test_kretprobe_handlers_see_the_return_address_since_5_15(funcs: str, semantics: str) -> None:
     k = Machine.load(funcs, space="kernel", semantics=semantics)
     ips: list[int] = []
-    rp = Kretprobe(symbol_name="add", handler=lambda ri, r: ips.append(instruction_pointer(r)))
+    rp = Kretprobe(symbol_name="add", handler=lambda ri, r: ips.append(instruction_pointer(r)) or 0)
     k.register_kretprobe(rp)
     assert k.call("add", 1, 2) == 3
     k.unregister_kretprobe(rp)
