@@ -128,7 +128,9 @@ class KprobeTable:
         if func is None:
             raise ProbeError(errno.EILSEQ, f"{addr:#x} is in no known function", probe=p)
         start = m.load_bias + func.value
-        code = m.read(start, max(func.size, addr - start + 1))
+        # can_probe() decodes from the symbol's start through recover_probed_instruction():
+        # the bytes as they were before any kprobe put its breakpoint there
+        code = self.recover_probed_text(start, max(func.size, addr - start + 1))
         if not m.hooks.can_probe(code, addr - start):
             raise ProbeError(
                 m.hooks.BOUNDARY_ERRNO,
@@ -137,6 +139,25 @@ class KprobeTable:
                 hint="use an offset where an instruction starts (objdump -d)",
             )
         return addr, start
+
+    def recover_probed_text(self, start: int, size: int) -> bytes:
+        """``size`` bytes of text at ``start`` as they were before any kprobe was armed.
+
+        arch/x86/kernel/kprobes/core.c: recover_probed_instruction() -> __recover_probed_insn()
+        puts back ``kp->opcode`` (the byte the int3 replaced) wherever get_kprobe() finds a
+        kprobe; can_probe() and __copy_instruction() decode only recovered bytes, so the
+        kprobes already registered in a function never change what the next one may do.
+        """
+        data = bytearray(self.m.read(start, size))
+        n = len(self.m.hooks.BREAKPOINT_INSN)
+        end = start + size
+        for addr, point in self.points.items():
+            if not point.armed or addr + n <= start or addr >= end:
+                continue
+            orig = point.ainsn.insn[:n]
+            lo, hi = max(addr, start), min(addr + n, end)
+            data[lo - start : hi - start] = orig[lo - addr : hi - addr]
+        return bytes(data)
 
     def is_kernel_text(self, addr: int) -> bool:
         addr -= self.m.load_bias
@@ -155,9 +176,11 @@ class KprobeTable:
             point.probes.append(p)
         else:
             slot = self._get_insn_slot()
-            code = self.m.read(addr, self.m.hooks.MAX_INSN_SIZE)
+            # __copy_instruction(): the original instruction, recovered from under the other
+            # kprobes' breakpoints
+            code = self.recover_probed_text(addr, self.m.hooks.MAX_INSN_SIZE)
             try:
-                before = self.m.read(start, addr - start) if addr > start else b""
+                before = self.recover_probed_text(start, addr - start) if addr > start else b""
                 ainsn = self.m.hooks.arch_prepare_kprobe(addr, code, slot, before)
             except ProbeError:
                 self._free_slots.append(slot)
@@ -220,6 +243,11 @@ class KprobeTable:
         base = self.m.hooks.INSN_PAGES
         if self.m.load_bias:
             base += self.m.load_bias - RELOCATED_INSN_PAGES_BELOW
+        text = [s.vaddr for s in self.m.image.segments if s.executable]
+        if text and min(text) >> 63:
+            # text in the kernel's half (a module's, at its running address): the pages go
+            # just below it, as module_alloc() places them beside the modules
+            base = min(text) - RELOCATED_INSN_PAGES_BELOW
         return base
 
     def _get_insn_slot(self) -> int:

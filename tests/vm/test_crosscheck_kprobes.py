@@ -1,0 +1,59 @@
+"""The kprobe scenarios (tests/scenarios/k-*.toml) in the x86_64 guest: the model running the
+test module's code (kuprobe/targets/kmod, read back from the running kernel) against the live
+kernel's kprobes and kretprobes on that same module, fact by fact."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from kuprobe.crosscheck import SCENARIOS, Event
+from kuprobe.crosscheck._kmod import call
+from kuprobe.crosscheck._kprobes import kmod_target
+from kuprobe.crosscheck.spec import NEEDS_KPROBES
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.arches("x86_64"),
+    pytest.mark.usefixtures("no_leftovers"),
+]
+
+KPROBE_SCENARIOS = [name for name, s in SCENARIOS.items() if s.needs == NEEDS_KPROBES]
+
+
+def test_the_kprobe_corpus() -> None:
+    assert len(KPROBE_SCENARIOS) >= 12
+    assert all(SCENARIOS[n].arches == ("x86_64",) for n in KPROBE_SCENARIOS)
+
+
+def test_the_module_runs_its_functions() -> None:
+    """Loaded (insmod) and called through /proc/kuprobe_kmod; its code read back as it runs
+    (the fentry call patched to a NOP, returns to ret + int3 padding)."""
+    target = kmod_target()
+    assert call("kk_add", 3, -5) == -2
+    assert call("kk_rec", 10) == 55
+    assert call("kk_jt", 4, 5) == 5 ^ 0x55
+    _addr, code = target.image.function("kk_add")
+    assert code[:5] == bytes.fromhex("0f1f440000")  # ftrace_module_init(): the nop5
+    with pytest.raises(OSError) as e:
+        call("kk_nothing")
+    assert e.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize("name", KPROBE_SCENARIOS)
+def test_kprobe_scenario_agrees(name: str) -> None:
+    result = SCENARIOS[name].run("x86_64")
+    assert result.differences == []
+    assert result.model == result.live
+    assert any(f.endswith(" hits") for f in result.live)
+
+
+def test_maxactive_counts_nmissed() -> None:
+    """kk_rec(5): six activations in flight, maxactive 2: 4 missed on both sides; the two
+    outermost returns seen, innermost first."""
+    result = SCENARIOS["k-kretprobe-maxactive"].run("x86_64")
+    assert result.live["kk_rec nmissed"] == 4
+    events = result.live["handler events, in order"]
+    assert isinstance(events, tuple)
+    assert events[:2] == (Event("kk_rec return", (10,)), Event("kk_rec return", (15,)))
