@@ -173,7 +173,9 @@ class KprobeTable:
         addr, start = self.resolve(p) if at is None else (at, at)
         point = self.points.get(addr)
         if point is not None:  # register_aggr_kprobe(): a kretprobe's entry probe too
-            point.probes.append(p)
+            # add_new_kprobe(): list_add_rcu() puts the new one at the head of ap->list, so
+            # aggr_pre_handler() runs the newest first
+            point.probes.insert(0, p)
         else:
             slot = self._get_insn_slot()
             # __copy_instruction(): the original instruction, recovered from under the other

@@ -5,7 +5,10 @@
  *
  * Every kk_* function is noipa (no inlining, cloning or constant propagation into callers), so
  * it is one symbol in the module's .text with the kernel ABI's arguments (di si dx cx r8 r9)
- * and its result in ax. Local labels (kk_*_label) mark instructions a scenario probes by name.
+ * and its result in ax. A scenario finds the instruction it probes by mnemonic (insn = "nop", nth):
+ * no label may name one, since a perf kprobe inside a symbol without an ftrace call site is
+ * refused as a notrace function (kernel/trace/trace_kprobe.c: within_notrace_func()), and to
+ * kallsyms every label is such a symbol.
  *
  * User space calls them through /proc/kuprobe_kmod: write "FUNC A B …" (decimal, at most six
  * arguments), then read the same open file: "RESULT\n" (signed decimal). Each open file keeps
@@ -20,7 +23,6 @@
 #include <linux/uaccess.h>
 
 #define KK noinline __attribute__((noipa))
-#define LABEL(name) name ":\n\t"
 
 static volatile long kk_glob = 5;
 
@@ -47,12 +49,12 @@ KK long kk_rec(long n)
 	return n + r;
 }
 
-/* At kk_regs_label: bx = x+1, cx = x+2, dx = x+3, si = x+4, di = x+5. */
+/* At its second nop (the first is the fentry call's): bx = x+1, cx = x+2, dx = x+3, si = x+4, di = x+5. */
 KK long kk_regs(long x)
 {
 	long b = x + 1, c = x + 2, d = x + 3, s = x + 4, D = x + 5;
 
-	asm volatile(LABEL("kk_regs_label") "nop" : "+b"(b), "+c"(c), "+d"(d), "+S"(s), "+D"(D));
+	asm volatile("nop" : "+b"(b), "+c"(c), "+d"(d), "+S"(s), "+D"(D));
 	return b + c + d + s + D;
 }
 
@@ -62,28 +64,28 @@ KK long kk_riprel(long x)
 {
 	long v;
 
-	asm volatile(LABEL("kk_riprel_label") "mov kk_glob(%%rip), %0" : "=r"(v));
+	asm volatile("mov kk_glob(%%rip), %0" : "=r"(v));
 	return v + x;
 }
 
 /* NOPs the kernel may emulate or single-step: 1, 5 and 8 bytes. */
 KK long kk_nops(long x)
 {
-	asm volatile(LABEL("kk_nop1_label") "nop\n\t"
-		     LABEL("kk_nop5_label") ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00\n\t"
-		     LABEL("kk_nop8_label") ".byte 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00");
+	asm volatile("nop\n\t"
+		     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00\n\t"
+		     ".byte 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00");
 	return 2 * x;
 }
 
-/* A push and its pop under labels (the kernel emulates push: int3_emulate_push()). */
+/* A push and its pop (the kernel emulates push: int3_emulate_push()). */
 KK long kk_push(long x)
 {
 	long r;
 
-	asm volatile(LABEL("kk_push_label") "push %%rbx\n\t"
+	asm volatile("push %%rbx\n\t"
 		     "mov %1, %%rbx\n\t"
 		     "lea 1(%%rbx), %0\n\t"
-		     LABEL("kk_pop_label") "pop %%rbx"
+		     "pop %%rbx"
 		     : "=r"(r) : "r"(x) : "memory");
 	return r;
 }
