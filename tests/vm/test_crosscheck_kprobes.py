@@ -5,6 +5,7 @@ kernel's kprobes and kretprobes on that same module, fact by fact."""
 from __future__ import annotations
 
 import errno
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -57,3 +58,27 @@ def test_maxactive_counts_nmissed() -> None:
     events = result.live["handler events, in order"]
     assert isinstance(events, tuple)
     assert events[:2] == (Event("kk_rec return", (10,)), Event("kk_rec return", (15,)))
+
+
+def test_sleeping_tasks_miss_as_nested_calls_do() -> None:
+    """maxactive with tasks asleep inside the function (kk_sleep: msleep()) on the live
+    kernel, and the same count of activations in flight at once as recursion in the model
+    (which runs no scheduler): the kernel's rule is one, instances in use
+    (kernel/kprobes.c: pre_handler_kretprobe(): no free instance, nmissed++)."""
+    from kuprobe import Kretprobe, register_kretprobe, unregister_kretprobe
+    from kuprobe.model import Machine
+
+    tasks, maxactive = 5, 2
+    live = Kretprobe(symbol_name="kk_sleep", maxactive=maxactive)
+    register_kretprobe(live)
+    try:
+        with ThreadPoolExecutor(tasks) as pool:  # all asleep at once: 2 s each
+            assert list(pool.map(lambda _: call("kk_sleep", 2000), range(tasks))) == [2000] * 5
+    finally:
+        unregister_kretprobe(live)
+    machine = Machine.load(kmod_target().elf, space="kernel", strict=True, semantics="today")
+    model = Kretprobe(symbol_name="kk_rec", maxactive=maxactive)
+    machine.register_kretprobe(model)
+    assert machine.call("kk_rec", tasks - 1) == sum(range(tasks))  # tasks activations nested
+    machine.unregister_kretprobe(model)
+    assert (live.hits, live.nmissed) == (model.hits, model.nmissed) == (2, 3)
