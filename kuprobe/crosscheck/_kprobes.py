@@ -10,6 +10,8 @@ which is also what the model executes, so both sides probe the same instructions
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +22,14 @@ from typing import Protocol
 from kuprobe.arch import X86_64
 from kuprobe.backend import Backend
 from kuprobe.crosscheck import _kmod
+from kuprobe.crosscheck.acceptance import Verdict, instructions
 from kuprobe.crosscheck.observe import Event, Observation
 from kuprobe.crosscheck.spec import ProbeSpec, ScenarioError, ScenarioSpec
 from kuprobe.errors import ProbeError
 from kuprobe.insn import boundaries, disassembler
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance
 from kuprobe.regs import PtRegs, regs_get_kernel_argument, regs_return_value, signed
-from kuprobe.targets.kmod import MODULE
+from kuprobe.targets.kmod import INSN_OFFSET, INSN_SYMBOL, MODULE
 
 ARCH = X86_64.name
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
@@ -270,3 +273,51 @@ def observe_kspec(spec: ScenarioSpec, arch: str) -> tuple[Observation, Observati
     if arch != ARCH:
         raise ScenarioError(f"{spec.name}: the test module runs on {ARCH}, not {arch}")
     return run_kmodel(spec), run_klive(spec)
+
+
+# --- instruction acceptance (kk_insns.S) ----------------------------------------------------
+
+TRACEFS_EVENTS = Path("/sys/kernel/tracing/kprobe_events")
+ORACLE = "kuprobe_kmod_oracle/probe"
+
+
+def tracefs_errno(target: str) -> int:
+    """register_kprobe()'s verdict on ``target`` (``sym+off``) through a tracefs kprobe event,
+    which registers a real kprobe (kernel/trace/trace_kprobe.c): 0 or the errno."""
+    fd = os.open(TRACEFS_EVENTS, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"p:{ORACLE} {target}\n".encode())
+    except OSError as e:
+        return e.errno or errno.EIO
+    else:
+        os.write(fd, f"-:{ORACLE}\n".encode())
+        return 0
+    finally:
+        os.close(fd)
+
+
+def kprobe_acceptance(target: KmodTarget | None = None) -> list[Verdict]:
+    """Each encoding of ``acceptance.instructions()`` in the module (``kk_insn_N+5``): the
+    model's register_kprobe() verdict and the live kernel's, one probe at a time."""
+    from kuprobe.model import Machine
+
+    target = target or kmod_target()
+    machine = Machine.load(target.elf, space="kernel", trace=False, semantics="today")
+    verdicts = []
+    for i, (code, text) in enumerate(instructions(ARCH)):
+        name = INSN_SYMBOL.format(i)
+        addr, _ = target.image.symbols[name]
+        running = target.image.read(addr + INSN_OFFSET, len(code))
+        if running != code:
+            raise ScenarioError(f"{name}: the module runs {running.hex()}, not {code.hex()}")
+        kp = Kprobe(symbol_name=name, offset=INSN_OFFSET)
+        try:
+            machine.register_kprobe(kp)
+        except ProbeError as e:
+            model = e.errno or -1
+        else:
+            machine.unregister_kprobe(kp)
+            model = 0
+        live = tracefs_errno(f"{name}+{INSN_OFFSET}")
+        verdicts.append(Verdict(code, text, model, live))
+    return verdicts
