@@ -90,7 +90,9 @@ if [ $vm_here = 0 ]; then
 		step "pytest -m vm in the $arch qemu VM (this kernel has no kprobes)"
 		junit_vm="$top/build/vm/junit-$arch.xml"
 		rm -f "$junit_vm"
-		.venv/bin/kuprobe vm test --arch "$arch" --junitxml "$junit_vm"
+		# the x86_64 kprobe crosscheck and opcode map (tests/vm/test_crosscheck_kprobes.py) take
+		# 4-7 minutes of the guest on their own: more than the default 600 s for the whole run
+		.venv/bin/kuprobe vm test --arch "$arch" --timeout 1500 --junitxml "$junit_vm"
 		vm_ran "$junit_vm" "$arch guest"
 	done
 fi

@@ -92,6 +92,18 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     results = []
     for name in names:
         for arch in (a for a in arches if a in SCENARIOS[name].arches):
+            if not _can_run_here(name):
+                console.print(
+                    Text.assemble(
+                        (name, "bold"),
+                        f" on {arch}: needs {SCENARIOS[name].needs}, which this kernel does not "
+                        "have: it runs in the x86_64 guest (kuprobe vm test --arch x86_64 "
+                        "tests/vm/test_crosscheck_kprobes.py)",
+                        style="yellow",
+                    )
+                )
+                console.print()
+                continue
             try:
                 result = SCENARIOS[name].run(arch)
             except (TargetError, ModelError, ScenarioError) as e:
@@ -109,13 +121,22 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
     return 0
 
 
+def _can_run_here(name: str) -> bool:
+    """A scenario whose live side needs kprobes runs only on a kernel with them."""
+    from kuprobe.crosscheck._kprobes import kprobes_here
+
+    return not SCENARIOS[name].needs or kprobes_here()
+
+
 def scenario_list() -> Table:
     out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     out.add_column("Scenario", no_wrap=True, style="bold")
     out.add_column("Arches", no_wrap=True)
+    out.add_column("Side", no_wrap=True)  # host: this host's uprobes; vm: a guest's kprobes
     out.add_column("What it compares", overflow="fold")
     for s in SCENARIOS.values():
-        out.add_row(Text(s.name), Text(" ".join(s.arches)), Text(s.description))
+        side = s.spec.side if s.spec is not None else "host"
+        out.add_row(Text(s.name), Text(" ".join(s.arches)), Text(side), Text(s.description))
     return out
 
 

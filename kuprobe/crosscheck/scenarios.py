@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from kuprobe.crosscheck._kprobes import observe_kspec
 from kuprobe.crosscheck._sides import instruction_offsets, run_live, run_model
 from kuprobe.crosscheck._target import target_path
 from kuprobe.crosscheck.observe import Difference, Event, Observation, Value, diff
@@ -51,6 +52,12 @@ class Scenario:
     arches: tuple[str, ...] = ARCHES
     spec: ScenarioSpec | None = field(default=None, compare=False)
 
+    @property
+    def needs(self) -> str:
+        """What its live side needs beyond this host's uprobes: "" or "kprobes" (then it runs
+        in the x86_64 guest, on the test module: ``spec.side`` is "vm")."""
+        return self.spec.needs if self.spec is not None else ""
+
     def run(self, arch: str) -> Result:
         """Build the ARCH program if needed, observe both ways, and compare."""
         model, live = self.observe(arch)
@@ -80,7 +87,8 @@ def observe_spec(spec: ScenarioSpec, arch: str) -> tuple[Observation, Observatio
 
 
 def from_spec(spec: ScenarioSpec) -> Scenario:
-    return Scenario(spec.name, spec.description, partial(observe_spec, spec), spec.arches, spec)
+    observe = partial(observe_kspec if spec.needs else observe_spec, spec)
+    return Scenario(spec.name, spec.description, observe, spec.arches, spec)
 
 
 def load_scenarios(folder: Path = SCENARIO_DIR) -> dict[str, Scenario]:

@@ -31,9 +31,18 @@ from kuprobe.errors import KuprobeError
 
 PROBE_KEYS = frozenset({
     "name", "symbol", "offset", "at", "insn", "nth", "every_insn", "args", "registers", "ret",
-    "pid", "filter", "consumers",
+    "pid", "filter", "consumers", "kind", "maxactive", "data_size", "one_at_a_time",
 })  # fmt: skip
-CALL_KEYS = frozenset({"func", "args", "each", "range", "repeat"})
+CALL_KEYS = frozenset({"func", "args", "each", "range", "repeat", "disable", "enable"})
+# A probe's kind: a uprobe (+ uretprobe with ret) in a process of this host, or a kprobe /
+# kretprobe on the test module's functions (kuprobe/targets/kmod) in a kernel with kprobes.
+KINDS = ("uprobe", "kprobe", "kretprobe")
+KERNEL_KINDS = frozenset({"kprobe", "kretprobe"})
+# What a kprobe scenario runs: the test module, in the x86_64 guest (the host has no kprobes).
+KMOD_PROGRAM = "kuprobe_kmod"
+KMOD_ARCHES: tuple[str, ...] = (X86_64.name,)
+# What each side of the cross-check needs: "" (this host's uprobes) or "kprobes".
+NEEDS_KPROBES = "kprobes"
 TOP_KEYS = frozenset({"description", "program", "arches", "compare", "probe", "call"})
 # "events": every handler call of every probe, in one order; "events-by-probe": each probe's
 # own calls in order (for consumers sharing an offset, whose relative order is not compared)
@@ -65,21 +74,33 @@ class ProbeSpec:
     pid: str = "target"  # "target": the driven process; "other": another process
     filter: str | None = None  # the consumer's filter: "accept" or "reject" every task
     consumers: int = 1  # this many probes (consumers) of this description on one offset
+    kind: str = "uprobe"  # "kprobe" / "kretprobe": on the test module's function
+    maxactive: int = 0  # a kretprobe's instances (0: the kernel's default)
+    data_size: int = 0  # a kretprobe's per-call data: its entry_handler keeps argument 0 there
+    one_at_a_time: bool = False  # every_insn: each probe alone, the calls made once per probe
 
     @property
     def records(self) -> bool:
-        return bool(self.args or self.registers or self.ret)
+        return bool(self.args or self.registers or self.ret or self.data_size)
+
+    @property
+    def kernel(self) -> bool:
+        return self.kind in KERNEL_KINDS
 
 
 @dataclass(frozen=True)
 class CallSpec:
-    """One call the driver makes: ``func(*args)``."""
+    """One call the driver makes: ``func(*args)``; or (kprobe scenarios) ``action`` "disable" /
+    "enable": disable_kprobe() / enable_kprobe() of the probes named ``func``."""
 
     func: str
     args: tuple[int, ...]
+    action: str = ""
 
     @property
     def label(self) -> str:
+        if self.action:
+            return f"{self.action}_kprobe({self.func})"
         return f"{self.func}({', '.join(map(str, self.args))})"
 
     @property
@@ -98,6 +119,12 @@ class ScenarioSpec:
     probes: tuple[ProbeSpec, ...]
     calls: tuple[CallSpec, ...]
     path: Path | None = None
+    needs: str = ""  # NEEDS_KPROBES: its probes are kprobes (the x86_64 guest runs it)
+
+    @property
+    def side(self) -> str:
+        """Where its live side runs: "host" (this host's uprobes) or "vm" (a guest's kprobes)."""
+        return "vm" if self.needs == NEEDS_KPROBES else "host"
 
 
 def _check_keys(where: str, table: dict[str, Any], allowed: frozenset[str]) -> None:
@@ -128,6 +155,17 @@ def _probe(where: str, t: dict[str, Any]) -> ProbeSpec:
         raise ScenarioError(f"{where}: give one of offset, at, insn, every_insn, not {places}")
     if t.get("pid", "target") not in ("target", "other"):
         raise ScenarioError(f"{where}: pid is 'target' or 'other', not {t['pid']!r}")
+    kind = t.get("kind", "uprobe")
+    if kind not in KINDS:
+        raise ScenarioError(f"{where}: kind is one of {list(KINDS)}, not {kind!r}")
+    if kind in KERNEL_KINDS:
+        user_only = sorted({"pid", "filter"} & set(t))
+        if user_only:
+            raise ScenarioError(f"{where}: {user_only[0]!r} is for uprobes, not a {kind}")
+    else:
+        kernel_only = sorted({"maxactive", "data_size", "one_at_a_time"} & set(t))
+        if kernel_only:
+            raise ScenarioError(f"{where}: {kernel_only[0]!r} is for kprobe kinds, not a {kind}")
     if t.get("filter") not in (None, "accept", "reject"):
         raise ScenarioError(f"{where}: filter is 'accept' or 'reject', not {t['filter']!r}")
     regs = t.get("registers", [])
@@ -149,7 +187,20 @@ def _probe(where: str, t: dict[str, Any]) -> ProbeSpec:
         pid=t.get("pid", "target"),
         filter=t.get("filter"),
         consumers=_int(where, t.get("consumers", 1)),
+        kind=kind,
+        maxactive=_int(where, t.get("maxactive", 0)),
+        data_size=_int(where, t.get("data_size", 0)),
+        one_at_a_time=bool(t.get("one_at_a_time", False)),
     )
+    if spec.one_at_a_time and not spec.every_insn:
+        raise ScenarioError(f"{where}: one_at_a_time goes with every_insn")
+    if kind == "kprobe" and (spec.ret or spec.maxactive or spec.data_size):
+        raise ScenarioError(f"{where}: a kprobe records args and registers (ret: a kretprobe)")
+    if kind == "kretprobe" and (spec.registers or spec.every_insn or spec.offset):
+        raise ScenarioError(f"{where}: a kretprobe goes on a function's entry and records its "
+                            "arguments (entry_handler) and return value")  # fmt: skip
+    if spec.data_size and spec.data_size < 8:
+        raise ScenarioError(f"{where}: data_size holds argument 0: at least 8 bytes")
     if spec.every_insn and spec.records:
         raise ScenarioError(f"{where}: every_insn probes count hits only (no args/registers/ret)")
     if spec.consumers < 1:
@@ -159,6 +210,11 @@ def _probe(where: str, t: dict[str, Any]) -> ProbeSpec:
 
 def _calls(where: str, t: dict[str, Any]) -> list[CallSpec]:
     _check_keys(where, t, CALL_KEYS)
+    actions = [k for k in ("disable", "enable") if k in t]
+    if actions:
+        if len(t) != 1 or not isinstance(t[actions[0]], str):
+            raise ScenarioError(f'{where}: {actions[0]} = "PROBE NAME" stands alone')
+        return [CallSpec(t[actions[0]], (), actions[0])]
     func = t.get("func")
     if not isinstance(func, str):
         raise ScenarioError(f"{where}: 'func' (the function to call) is required")
@@ -200,15 +256,30 @@ def parse(name: str, data: dict[str, Any], path: Path | None = None) -> Scenario
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
         raise ScenarioError(f"{where}: two probes named {dup!r}: give one a 'name'")
+    kernel = {p.kernel for p in probes}
+    if len(kernel) > 1:
+        raise ScenarioError(f"{where}: uprobes and kprobes do not mix in one scenario")
+    needs = NEEDS_KPROBES if kernel == {True} else ""
+    for c in calls:
+        if c.action and (not needs or c.func not in names):
+            raise ScenarioError(f"{where}: {c.label}: names no kprobe of this scenario")
+    if needs:
+        arches = tuple(data.get("arches", KMOD_ARCHES))
+        if arches != KMOD_ARCHES or data.get("program", KMOD_PROGRAM) != KMOD_PROGRAM:
+            raise ScenarioError(
+                f"{where}: kprobe scenarios run the test module ({KMOD_PROGRAM}) on "
+                f"{list(KMOD_ARCHES)}"
+            )
     return ScenarioSpec(
         name=name,
         description=data["description"].strip(),
-        program=str(data.get("program", "scenarios")),
+        program=str(data.get("program", KMOD_PROGRAM if needs else "scenarios")),
         arches=arches,
         compare=compare,
         probes=tuple(probes),
         calls=tuple(calls),
         path=path,
+        needs=needs,
     )
 
 

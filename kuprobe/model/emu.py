@@ -67,6 +67,31 @@ class EmuError(KuprobeError):
         self.pc = pc
 
 
+# Unicorn runs x86-64 code with paging off: a virtual address is used as a physical one. Since
+# Unicorn 2.1 it is cut to the CPU's 52 physical-address bits (2.0 keeps all 64): a kernel
+# address (0xffff…) is then mapped, read and written at its low 52 bits, while code runs at
+# (and pushes, and computes) the canonical one; the unmapped-access callback hears the cut
+# address and gets the canonical one back. Which one this Unicorn does is tried once.
+_X86_64_PHYS_BITS = 52
+_x86_64_phys_mask: int | None = None
+
+
+def _x86_64_kernel_phys_mask() -> int:
+    """-1 if this Unicorn fetches a kernel address mapped as it is, else the 52-bit mask."""
+    global _x86_64_phys_mask
+    if _x86_64_phys_mask is None:
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        probe = 0xFFFFFFFFC0000000
+        uc.mem_map(probe, PAGE_SIZE)
+        uc.mem_write(probe, b"\x90")  # nop
+        try:
+            uc.emu_start(probe, probe + 1)
+            _x86_64_phys_mask = -1
+        except unicorn.UcError:
+            _x86_64_phys_mask = (1 << _X86_64_PHYS_BITS) - 1
+    return _x86_64_phys_mask
+
+
 def page_floor(addr: int) -> int:
     return addr & ~(PAGE_SIZE - 1)
 
@@ -82,6 +107,8 @@ class Emu:
         """``mode``: (UC_ARCH_*, UC_MODE_*) from kuprobe.arch; ``uc_arch``: which of Unicorn's
         register-constant modules names ``regs`` (pt_regs field -> Unicorn register name)."""
         self.uc: Any = unicorn.Uc(*mode)
+        x86_64 = tuple(mode) == (unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self._phys_mask = _x86_64_kernel_phys_mask() if x86_64 else -1
         consts = _CONST_MODULES[uc_arch]
         prefix = _REG_PREFIX[uc_arch]
         # pt_regs field -> unicorn register id (None: a field the CPU has no register for)
@@ -125,7 +152,7 @@ class Emu:
     ) -> bool:
         try:
             assert self._on_unmapped is not None
-            return self._on_unmapped(_ACCESS.get(access, "read"), addr, size)
+            return self._on_unmapped(_ACCESS.get(access, "read"), self._canonical(addr), size)
         except BaseException as e:
             self._pending = e
             uc.emu_stop()
@@ -167,7 +194,7 @@ class Emu:
     def read_regs(self) -> dict[str, int]:
         """Every register the arch names, by its pt_regs field name."""
         if _UCLIB is None:
-            vals = self.uc.reg_read_batch(self._batch_ids)
+            vals = self._reg_read_batch()
             return dict(zip(self._batch_names, vals, strict=True))
         ctypes.memset(self._c_vals, 0, ctypes.sizeof(self._c_vals))
         if _UCLIB.uc_reg_read_batch(self.uc._uch, self._c_ids, self._c_ptrs, self._c_n):
@@ -177,11 +204,19 @@ class Emu:
     def read_regs_list(self) -> tuple[int, ...]:
         """Every register with an id, in the order the arch named them (fast path)."""
         if _UCLIB is None:
-            return tuple(self.uc.reg_read_batch(self._batch_ids))
+            return self._reg_read_batch()
         ctypes.memset(self._c_vals, 0, ctypes.sizeof(self._c_vals))
         if _UCLIB.uc_reg_read_batch(self.uc._uch, self._c_ids, self._c_ptrs, self._c_n):
             raise EmuError("reading the registers failed", pc=0)
         return self._unpack(self._c_vals)
+
+    def _reg_read_batch(self) -> tuple[int, ...]:
+        """The public API's batch read; one by one where it has none (Unicorn 2.0: Debian 12's
+        python3-unicorn, what the guests run)."""
+        batch = getattr(self.uc, "reg_read_batch", None)
+        if batch is not None:
+            return tuple(batch(self._batch_ids))
+        return tuple(int(self.uc.reg_read(r)) for r in self._batch_ids)
 
     @property
     def reg_names(self) -> list[str]:
@@ -215,24 +250,33 @@ class Emu:
 
     # --- memory -------------------------------------------------------------------------
 
+    def _canonical(self, addr: int) -> int:
+        """The virtual address of a physical one Unicorn reports (see _X86_64_PHYS_BITS)."""
+        if self._phys_mask != -1 and addr >> (_X86_64_PHYS_BITS - 1) & 1:
+            return addr | ~self._phys_mask & (1 << 64) - 1
+        return addr
+
     def map(self, addr: int, size: int, prot: int = PROT_ALL) -> None:
         perms = 0
         for bit, uc_bit in _PERMS.items():
             if prot & bit:
                 perms |= uc_bit
-        self.uc.mem_map(addr, size, perms)
+        self.uc.mem_map(addr & self._phys_mask, size, perms)
 
     def read(self, addr: int, size: int) -> bytes:
         try:
-            return bytes(self.uc.mem_read(addr, size))
+            return bytes(self.uc.mem_read(addr & self._phys_mask, size))
         except unicorn.UcError as e:
             raise EmuError(f"cannot read {size} bytes at {addr:#x}: {e}", pc=addr) from e
 
     def write(self, addr: int, data: bytes) -> None:
         try:
-            self.uc.mem_write(addr, bytes(data))
+            self.uc.mem_write(addr & self._phys_mask, bytes(data))
             # code written from outside: drop translations of it (text_poke_sync())
             self.uc.ctl_remove_cache(addr, addr + len(data))
+            if addr & self._phys_mask != addr:
+                phys = addr & self._phys_mask
+                self.uc.ctl_remove_cache(phys, phys + len(data))
         except unicorn.UcError as e:
             raise EmuError(f"cannot write {len(data)} bytes at {addr:#x}: {e}", pc=addr) from e
 

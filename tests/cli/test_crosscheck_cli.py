@@ -90,10 +90,16 @@ def test_list_names_every_scenario(monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = crosscheck(["--list"])
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["Scenario", "Arches", "What", "it", "compares"]
+    assert lines[0].split() == ["Scenario", "Arches", "Side", "What", "it", "compares"]
     rows = [ln.split() for ln in lines[2:] if ln[:1] != " "]  # a wrapped description goes on
     assert [r[0] for r in rows] == list(SCENARIOS)
     assert [r[1] for r in rows] == [s.arches[0] for s in SCENARIOS.values()]
+    # a kprobe scenario is listed, its live side the x86_64 guest's kernel
+    sides = [r[1 + len(s.arches)] for r, s in zip(rows, SCENARIOS.values(), strict=True)]
+    assert sides == ["vm" if s.needs else "host" for s in SCENARIOS.values()]
+    assert {n for n, side in zip(SCENARIOS, sides, strict=True) if side == "vm"} == {
+        n for n in SCENARIOS if n.startswith("k-")
+    }
     assert len(SCENARIOS) >= 40
     assert {"args", "uretprobe-depth", "mid-function", "every-insn-sw"} <= set(SCENARIOS)
 
@@ -212,8 +218,13 @@ def test_the_command_runs_every_scenario(live: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [ln.strip() for ln in out.stdout.splitlines()]
     titles = [ln for ln in lines if " on " in ln and ln.endswith(": agree")]
-    runs = [(n, a) for n, s in SCENARIOS.items() for a in ARCHES if a in s.arches]
+    runs = [(n, a) for n, s in SCENARIOS.items() for a in ARCHES if a in s.arches and not s.needs]
     assert titles == [f"{n} on {a}: agree" for n, a in runs]
+    # the kprobe scenarios are named, with where they run (this host has no kprobes)
+    needs = [n for n, s in SCENARIOS.items() if s.needs]
+    assert [ln.split(": needs ")[0] for ln in lines if ": needs kprobes" in ln] == [
+        f"{n} on x86_64" for n in needs
+    ]
     assert lines[-1] == f"all {len(runs)} agree (model and kernel)"
 
 

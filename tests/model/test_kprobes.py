@@ -101,7 +101,9 @@ def test_disabled_probe_does_not_fire(kernel: Machine) -> None:
 # --- aggregate probes: kernel/kprobes.c aggr_pre_handler(), kprobes_inc_nmissed_count() ----
 
 
-def test_aggregate_pre_handlers_run_in_order_first_nonzero_stops(kernel: Machine) -> None:
+def test_aggregate_pre_handlers_run_newest_first_first_nonzero_stops(kernel: Machine) -> None:
+    """add_new_kprobe(): list_add_rcu() puts each new kprobe at the head of the aggregate's
+    list; aggr_pre_handler() walks it from there."""
     order: list[str] = []
 
     def mk(name: str, ret: int) -> Kprobe:
@@ -110,7 +112,7 @@ def test_aggregate_pre_handlers_run_in_order_first_nonzero_stops(kernel: Machine
     a, b, c = mk("a", 0), mk("b", 0), mk("c", 0)
     kernel.register_kprobes([a, b, c])
     assert kernel.call("add", 2, 3) == 5
-    assert order == ["a", "b", "c"]
+    assert order == ["c", "b", "a"]
     assert (a.hits, b.hits, c.hits) == (1, 1, 1)
     kernel.unregister_kprobes([a, b, c])
 
@@ -124,7 +126,7 @@ def test_aggregate_pre_handlers_run_in_order_first_nonzero_stops(kernel: Machine
 
     first = Kprobe(symbol_name="add", pre_handler=skip_function)
     second = Kprobe(symbol_name="add", pre_handler=lambda p, r: order.append("2nd") or 0)
-    kernel.register_kprobes([first, second])
+    kernel.register_kprobes([second, first])
     assert kernel.call("add", 2, 3) == 42
     assert order == ["skip"]
     kernel.unregister_kprobes([first, second])

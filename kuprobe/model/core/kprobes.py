@@ -181,7 +181,9 @@ class KprobeTable:
         addr, start = self.resolve(p) if at is None else (at, at)
         point = self.points.get(addr)
         if point is not None:  # register_aggr_kprobe(): a kretprobe's entry probe too
-            point.probes.append(p)
+            # add_new_kprobe(): list_add_rcu() puts the new one at the head of ap->list, so
+            # aggr_pre_handler() runs the newest first
+            point.probes.insert(0, p)
         else:
             slot = self._get_insn_slot()
             # __copy_instruction(): the original instruction, recovered from under the other
@@ -251,6 +253,11 @@ class KprobeTable:
         base = self.m.hooks.INSN_PAGES
         if self.m.load_bias:
             base += self.m.load_bias - RELOCATED_INSN_PAGES_BELOW
+        text = [s.vaddr for s in self.m.image.segments if s.executable]
+        if text and min(text) >> 63:
+            # text in the kernel's half (a module's, at its running address): the pages go
+            # just below it, as module_alloc() places them beside the modules
+            base = min(text) - RELOCATED_INSN_PAGES_BELOW
         return base
 
     def _get_insn_slot(self) -> int:
