@@ -7,10 +7,14 @@ root; the real runs (marker ``live``) need the live capabilities and must agree.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -18,6 +22,7 @@ from rich.console import Console
 from kuprobe.cli.crosscheck import run
 from kuprobe.cli.main import build_parser, main
 from kuprobe.crosscheck import SCENARIOS, Event, Observation, Scenario
+from kuprobe.crosscheck.runs import decode_observation, why_not
 from kuprobe.live.backend import LiveBackend
 from kuprobe.model import ModelError
 
@@ -67,8 +72,16 @@ def tables(out: str) -> list[tuple[str, list[list[str]]]]:
             "kuprobe crosscheck: error: argument SCENARIO: unknown scenario 'every_insn_sw'",
         ),
         (
-            ["--arch", "arm64"],
-            "kuprobe crosscheck: error: argument --arch: invalid choice: 'arm64'",
+            ["--arch", "mips"],
+            "kuprobe crosscheck: error: argument --arch: invalid choice: 'mips'",
+        ),
+        (
+            ["--side", "guest"],
+            "kuprobe crosscheck: error: argument --side: invalid choice: 'guest'",
+        ),
+        (
+            ["--json", "--list"],
+            "kuprobe crosscheck: error: argument --list: not allowed with argument --json",
         ),
         (["--arch"], "kuprobe crosscheck: error: argument --arch: expected one argument"),
         (["--bogus"], "kuprobe: error: unrecognized arguments: --bogus"),  # the top-level parser
@@ -149,7 +162,7 @@ def test_a_disagreement_is_shown_and_exits_1(
     code, out = crosscheck(["--arch", "x86_64", "fake"])
     assert code == 1
     [(title, rows)] = tables(out)
-    assert title == "fake on x86_64: DISAGREE"
+    assert title == f"fake on x86_64 (host {os.uname().release}): DISAGREE"
     assert rows == [
         ["f(1..3): sum of results", "6", "6", "yes"],
         ["f+0x0 … +0x1 hits (2 insns)", "3", "3", "yes"],
@@ -163,7 +176,7 @@ def test_a_disagreement_is_shown_and_exits_1(
         ],
         ["extra", "-", "5", "only the kernel observed it"],
     ]
-    assert out.splitlines()[-1] == "1 of 1 disagree: fake on x86_64"
+    assert out.splitlines()[-1] == "1 of 1 disagree: fake on x86_64 (host)"
 
 
 def test_a_side_that_cannot_run_exits_1(
@@ -180,6 +193,118 @@ def test_a_side_that_cannot_run_exits_1(
     assert err.endswith("kuprobe crosscheck: error: fake on i386: rec: the CPU stopped at 0x0\n")
 
 
+def json_lines(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[Any]]:
+    """Exit status and the objects ``--json`` printed, one per line."""
+    code = main(["crosscheck", "--json", *argv])
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_json_says_what_disagrees(
+    targets: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    e = [Event("add", (1, 2)), Event("add return", (3,))]
+    model: Observation = {
+        "call 1: add(1, 2)": 3,
+        "add hits": 1,
+        "handler events, in order": tuple(e),
+    }
+    fake(monkeypatch, model, {**model, "add hits": 2, "handler events, in order": (e[0],)})
+    code, [obj] = json_lines(["--arch", "x86_64", "fake"], capsys)
+    assert code == 1
+    assert obj == {
+        "scenario": "fake",
+        "arch": "x86_64",
+        "side": "host",
+        "ran": True,
+        "kernel": os.uname().release,
+        "semantics": "today",
+        "agree": False,
+        "differences": [
+            {"fact": "add hits", "model": 1, "live": 2, "why": "model 1, kernel 2"},
+            {
+                "fact": "handler events, in order",
+                "model": [{"kind": "add", "values": [1, 2]}, {"kind": "add return", "values": [3]}],
+                "live": [{"kind": "add", "values": [1, 2]}],
+                "why": "event 2: model add return(3), kernel nothing "
+                "(2 events in the model, 1 from the kernel)",
+            },
+        ],
+        "model": {
+            "call 1: add(1, 2)": 3,
+            "add hits": 1,
+            "handler events, in order": [
+                {"kind": "add", "values": [1, 2]},
+                {"kind": "add return", "values": [3]},
+            ],
+        },
+        "live": {
+            "call 1: add(1, 2)": 3,
+            "add hits": 2,
+            "handler events, in order": [{"kind": "add", "values": [1, 2]}],
+        },
+    }
+    # the JSON round-trips to the observations compared
+    assert decode_observation(obj["model"]) == model
+
+
+def test_what_a_side_cannot_run_is_said(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """arm64 programs do not run on this x86_64 host; i386 ones in no guest: said, in the
+    table's summary and as JSON, and nothing having run is a failure."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # nothing that runs needs root
+    code, out = crosscheck(["--side", "host", "--arch", "arm64", "args", "uretprobe-fib"])
+    assert code == 1
+    assert out.splitlines() == [
+        "not run on the host, arm64 (this host runs x86_64 and i386 programs only): "
+        "args, uretprobe-fib (2)",
+        "nothing ran",
+    ]
+    code, objs = json_lines(["--side", "vm", "--arch", "i386", "args"], capsys)
+    assert code == 1
+    assert objs == [
+        {
+            "scenario": "args",
+            "arch": "i386",
+            "side": "vm",
+            "ran": False,
+            "agree": None,
+            "reason": "no guest runs i386 programs (the x86_64 guest has no 32-bit C library)",
+        }
+    ]
+
+
+def test_kprobe_scenarios_do_not_run_on_a_host_without_kprobes() -> None:
+    spec = SCENARIOS["args"].spec
+    assert spec is not None
+    kprobe = SimpleNamespace(kind="kprobe")
+    scenario = Scenario("k", "a kprobe", SCENARIOS["args"].observe, ("x86_64",),
+                        replace(spec, probes=(kprobe,)))  # type: ignore[arg-type]  # fmt: skip
+    assert why_not(scenario, "host", "x86_64", kprobes=False) == (
+        "this host's kernel has no kprobes (CONFIG_KPROBES is off)"
+    )
+    assert why_not(scenario, "host", "x86_64", kprobes=True) is None
+    assert why_not(scenario, "vm", "x86_64") is None
+    assert why_not(SCENARIOS["args"], "host", "x86_64", kprobes=False) is None
+
+
+def test_the_readme_table_is_current() -> None:
+    """README.md's agreement table is what ``kuprobe crosscheck --markdown`` prints."""
+    readme = (ROOT / "README.md").read_text()
+    begin, end = "<!-- agreement table: begin -->\n", "<!-- agreement table: end -->"
+    assert begin in readme and end in readme, "README.md lost its agreement table markers"
+    current = readme.split(begin, 1)[1].split(end, 1)[0]
+    out = subprocess.run(
+        [sys.executable, "-m", "kuprobe", "crosscheck", "--markdown"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    assert current == out, "README.md's table is stale: paste `kuprobe crosscheck --markdown`"
+    rows = [ln for ln in out.splitlines()[2:]]
+    assert [r.split("`")[1] for r in rows] == list(SCENARIOS)
+    arm64 = [r for r in rows if r.rstrip(" |").endswith("agree")]
+    assert len(arm64) >= 30  # the arm64 guest's column
+
+
 # --- live -------------------------------------------------------------------------------------
 
 
@@ -190,12 +315,26 @@ def test_scenarios_agree_live(live: Path, name: str, arch: str) -> None:
     code, out = crosscheck(["--arch", arch, name])
     assert code == 0, out
     [(title, rows)] = tables(out)
-    assert title == f"{name} on {arch}: agree"
+    assert title == f"{name} on {arch} (host {os.uname().release}): agree"
     assert rows and all(r[3] == "yes" and r[1] == r[2] for r in rows), rows
     facts = [r[0] for r in rows]
     assert facts[0].startswith("call 1: ")
     assert any(f.endswith(" hits") or f.endswith(" insns)") for f in facts)
     assert out.splitlines()[-1] == "all 1 agree (model and kernel)"
+
+
+@pytest.mark.live
+def test_json_of_a_live_run(live: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, objs = json_lines(["--arch", "i386", "args", "every-insn-sw"], capsys)
+    assert code == 0
+    assert [(o["scenario"], o["arch"], o["side"], o["agree"]) for o in objs] == [
+        ("args", "i386", "host", True),
+        ("every-insn-sw", "i386", "host", True),
+    ]
+    for o in objs:
+        assert o["differences"] == [] and o["model"] == o["live"]
+        assert o["kernel"] == os.uname().release
+    assert objs[0]["live"]["call 1: add(-2, -4)"] == -6
 
 
 @pytest.mark.live
@@ -212,8 +351,15 @@ def test_the_command_runs_every_scenario(live: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [ln.strip() for ln in out.stdout.splitlines()]
     titles = [ln for ln in lines if " on " in ln and ln.endswith(": agree")]
-    runs = [(n, a) for n, s in SCENARIOS.items() for a in ARCHES if a in s.arches]
-    assert titles == [f"{n} on {a}: agree" for n, a in runs]
+    runs = [(n, a) for n, s in SCENARIOS.items() for a in s.arches if a in ARCHES]
+    release = os.uname().release
+    assert titles == [f"{n} on {a} (host {release}): agree" for n, a in runs]
+    arm64 = [n for n, s in SCENARIOS.items() if "arm64" in s.arches]
+    said = " ".join(lines[lines.index(titles[-1]) + 1 :])  # the last table, and after it
+    assert (
+        "not run on the host, arm64 (this host runs x86_64 and i386 programs only): "
+        f"{', '.join(arm64)} ({len(arm64)})"
+    ) in " ".join(said.split())
     assert lines[-1] == f"all {len(runs)} agree (model and kernel)"
 
 
