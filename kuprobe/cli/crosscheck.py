@@ -90,11 +90,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print the agreement table (scenario x side/arch) of the README and exit",
     )
-    parser.add_argument(
-        "--model-in-guest",
-        action="store_true",
-        help="with --side vm: run the model in the guest too (slower under TCG)",
-    )
     parser.set_defaults(func=run)
     return parser
 
@@ -136,7 +131,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
             show(one)
     for arch in dict.fromkeys(p.arch for p in planned if p.side == "vm" and p.runs):
         mine = [p for p in planned if p.side == "vm" and p.arch == arch and p.runs]
-        for one in _vm_runs(mine, arch, model_in_guest=args.model_in_guest):
+        for one in _vm_runs(mine, arch):
             runs.append(one)
             if one.error is not None:
                 failed = True
@@ -175,7 +170,7 @@ def _host_run(p: Planned) -> Run | None:
     return Run(p, kernel=os.uname().release, semantics="today", result=result)
 
 
-def _vm_runs(planned: list[Planned], arch: str, *, model_in_guest: bool) -> Iterator[Run]:
+def _vm_runs(planned: list[Planned], arch: str) -> Iterator[Run]:
     """The live sides of ``planned`` in one boot of the ARCH guest, the model's here."""
     from kuprobe.crosscheck._sides import run_model
     from kuprobe.crosscheck._target import target_path
@@ -192,7 +187,7 @@ def _vm_runs(planned: list[Planned], arch: str, *, model_in_guest: bool) -> Iter
     if not specs:
         return
     try:
-        report = run_in_vm(specs, arch, model_in_guest=model_in_guest)
+        report = run_in_vm(specs, arch)
     except KuprobeError as e:
         for p in planned:
             yield Run(p, error=str(e))
@@ -203,15 +198,12 @@ def _vm_runs(planned: list[Planned], arch: str, *, model_in_guest: bool) -> Iter
             yield Run(p, kernel=report.release, error=f"in the guest: {seen.error}")
             continue
         try:
-            model = seen.model if model_in_guest and seen.model is not None else (
-                run_model(target_path(arch, spec.program), spec, semantics=semantics)
-            )  # fmt: skip
+            model = run_model(target_path(arch, spec.program), spec, semantics=semantics)
         except KuprobeError as e:
             yield Run(p, kernel=report.release, error=f"the model: {e}")
             continue
         result = Result(SCENARIOS[p.scenario], arch, model, seen.live)
-        used = report.semantics if model_in_guest else str(semantics)
-        yield Run(p, kernel=report.release, semantics=used, result=result)
+        yield Run(p, kernel=report.release, semantics=str(semantics), result=result)
 
 
 def _json_line(one: Run) -> None:

@@ -269,14 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--predict",
         metavar="RELEASE",
         help="no live side: write the model's observations with the semantics of kernel "
-        "RELEASE (default scenarios: every one the vm side runs on ARCH)",
+        "RELEASE (default scenarios: every uprobe one the vm side runs on ARCH)",
     )
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO")
     args = parser.parse_args(argv)
     unknown = [n for n in args.scenarios if n not in SCENARIOS or SCENARIOS[n].spec is None]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
-    names = args.scenarios or (vm_scenarios(args.arch) if args.predict else [])
+    names = args.scenarios or (vm_scenarios(args.arch, kinds={"uprobe"}) if args.predict else [])
     if not names:
         parser.error("name the scenarios to run")
     specs = [s for s in (SCENARIOS[n].spec for n in names) if s is not None]
@@ -288,12 +288,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def vm_scenarios(arch: str) -> list[str]:
-    """The scenarios the vm side runs on ARCH."""
-    from kuprobe.crosscheck.runs import plan
+def vm_scenarios(arch: str, *, kinds: set[str] | None = None) -> list[str]:
+    """The scenarios the vm side runs on ARCH (those whose probes are all of ``kinds``)."""
+    from kuprobe.crosscheck.runs import plan, probe_kinds
     from kuprobe.crosscheck.scenarios import SCENARIOS
 
-    return [p.scenario for p in plan(SCENARIOS.values(), [arch], ["vm"]) if p.runs]
+    return [
+        p.scenario
+        for p in plan(SCENARIOS.values(), [arch], ["vm"])
+        if p.runs and (kinds is None or probe_kinds(SCENARIOS[p.scenario]) <= kinds)
+    ]
+
+
+def predictions_path(arch: str) -> Path:
+    """Where the tests keep the model's predictions for the ARCH guest's uprobe scenarios."""
+    from kuprobe.vm.image import PROJECT_ROOT
+
+    return PROJECT_ROOT / "tests" / "vm" / f"crosscheck-{arch}.json"
 
 
 if __name__ == "__main__":

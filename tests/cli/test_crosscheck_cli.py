@@ -305,6 +305,37 @@ def test_the_readme_table_is_current() -> None:
     assert len(arm64) >= 30  # the arm64 guest's column
 
 
+@pytest.mark.slow
+def test_an_installed_kuprobe_has_the_scenarios(tmp_path: Path) -> None:
+    """The corpus is package data: a wheel's kuprobe lists every scenario, with no checkout
+    and no $KUPROBE_SCENARIOS."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheel"), str(ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    [wheel] = (tmp_path / "wheel").glob("kuprobe-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+         str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "KUPROBE_SCENARIOS"}
+    script = (
+        "import sys, kuprobe, kuprobe.cli; print(kuprobe.__file__, file=sys.stderr); "
+        "kuprobe.cli.main(['crosscheck', '--list'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(site), "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.stderr.startswith(str(site))  # the wheel's kuprobe, not this checkout's
+    out = done.stdout
+    names = [ln.split()[0] for ln in out.splitlines()[2:] if ln[:1] not in ("", " ")]
+    assert names == list(SCENARIOS)
+
+
 # --- live -------------------------------------------------------------------------------------
 
 

@@ -1,12 +1,13 @@
-"""The scenarios' live side in the arm64 guest, against the model's predictions.
+"""The scenarios' live side in each guest, against the model's predictions.
 
-Every scenario the ``vm`` side runs on arm64 (``kuprobe.crosscheck.runs.plan``) runs here on the
-guest's kernel (uprobes on tests/targets/build/arm64/scenarios, limited to the driven process)
-and must observe exactly what the model predicted for this kernel. The model does not run here:
-the guest's Python has no working Unicorn (and under TCG it would be slow), so its predictions
-come from the host, in crosscheck-arm64.json beside this file, which
-tests/unit/test_crosscheck_predictions.py keeps equal to what the model says now.
-``kuprobe crosscheck --side vm --arch arm64`` does the same from the host in one command.
+Every uprobe scenario the ``vm`` side runs on the guest's arch (``kuprobe.crosscheck.runs.plan``:
+arm64, x86_64) runs here on the guest's kernel (uprobes on tests/targets/build/ARCH/scenarios,
+limited to the driven process) and must observe exactly what the model predicted for this
+kernel. The model does not run here: the guest's Python has no working Unicorn (and under TCG
+it would be slow), so its predictions come from the host, in crosscheck-ARCH.json beside this
+file, which tests/unit/test_crosscheck_predictions.py keeps equal to what the model says now.
+``kuprobe crosscheck --side vm`` does the same from the host in one command. (Kprobe scenarios
+have their own VM tests.)
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import pytest
 
 from kuprobe.crosscheck import SCENARIOS, diff
 from kuprobe.crosscheck._sides import run_live
-from kuprobe.crosscheck.guest import vm_scenarios
+from kuprobe.crosscheck.guest import predictions_path, vm_scenarios
 from kuprobe.crosscheck.runs import decode_observation
 
-pytestmark = [pytest.mark.vm, pytest.mark.arches("arm64")]
+from .conftest import GUEST_ARCH
 
-PREDICTIONS = Path(__file__).with_name("crosscheck-arm64.json")
-CASES = vm_scenarios("arm64")
+pytestmark = [pytest.mark.vm, pytest.mark.arches("arm64", "x86_64")]
+
+PREDICTIONS = predictions_path(GUEST_ARCH or "x86_64")
+CASES = vm_scenarios(GUEST_ARCH or "x86_64", kinds={"uprobe"})
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +51,11 @@ def test_the_predictions_are_for_this_kernel_and_every_scenario(
 
 @pytest.mark.parametrize("name", CASES)
 def test_the_live_kernel_agrees_with_the_model(
-    name: str, targets: Path, guest_arch: str, predictions: dict[str, Any]
+    name: str, targets: Path, predictions: dict[str, Any]
 ) -> None:
     spec = SCENARIOS[name].spec
     assert spec is not None
-    live = run_live(targets / guest_arch / spec.program, spec)
+    live = run_live(targets / spec.program, spec)
     model = decode_observation(predictions["scenarios"][name])
     assert diff(model, live) == []
     assert live == model
