@@ -422,3 +422,29 @@ def test_a_target_that_cannot_build_is_an_error(
         "cc: not found\n"
         f"kuprobe crosscheck: error: args on i386: {broken} failed for i386 (exit status 3)\n"
     )
+
+
+@pytest.mark.live
+def test_the_guest_side_round_trip(live: Path, tmp_path: Path) -> None:
+    """What ``--side vm`` runs in a guest, run on this kernel: the live side written as JSON,
+    read back, and compared with the model run here, as the host does with a guest's report."""
+    from kuprobe.crosscheck._sides import run_model
+    from kuprobe.crosscheck._target import target_path
+    from kuprobe.crosscheck.guest import GuestReport, model_semantics
+
+    names = ["args", "every-insn-sw", "consumers-mixed"]
+    exe = target_path("x86_64")
+    out = tmp_path / "live.json"
+    subprocess.run(
+        [sys.executable, "-m", "kuprobe.crosscheck.guest", "--arch", "x86_64",
+         "--targets", str(exe.parent.parent), "--out", str(out), *names],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    report = GuestReport.from_json(json.loads(out.read_text()))
+    assert report.release == os.uname().release
+    assert [s.scenario for s in report.scenarios] == names
+    for seen in report.scenarios:
+        spec = SCENARIOS[seen.scenario].spec
+        assert spec is not None and seen.error is None and seen.live is not None
+        model = run_model(exe, spec, semantics=model_semantics(report.release))
+        assert model == seen.live
