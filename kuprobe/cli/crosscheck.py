@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -137,6 +138,8 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
                 failed = True
                 print(f"kuprobe crosscheck: error: {_where(one.planned)}: {one.error}",
                       file=sys.stderr)  # fmt: skip
+                if args.json:
+                    _json_line(one)
             else:
                 show(one)
     skipped = [p for p in planned if not p.runs]
@@ -156,8 +159,6 @@ def _where(p: Planned) -> str:
 
 def _host_run(p: Planned) -> Run | None:
     """One scenario on this host's kernel; None (the error printed) when it cannot run."""
-    import os
-
     from kuprobe.crosscheck.spec import ScenarioError
     from kuprobe.model import ModelError
     from kuprobe.targets import TargetError
@@ -177,23 +178,23 @@ def _vm_runs(planned: list[Planned], arch: str) -> Iterator[Run]:
     from kuprobe.crosscheck.guest import model_semantics, run_in_vm
     from kuprobe.errors import KuprobeError
 
-    specs = []
+    pairs = []
     for p in planned:
         spec = SCENARIOS[p.scenario].spec
         if spec is None:
             yield Run(p, error="not a scenario file: it cannot run in a guest")
         else:
-            specs.append(spec)
-    if not specs:
+            pairs.append((p, spec))
+    if not pairs:
         return
     try:
-        report = run_in_vm(specs, arch)
+        report = run_in_vm([spec for _, spec in pairs], arch)
     except KuprobeError as e:
-        for p in planned:
+        for p, _ in pairs:
             yield Run(p, error=str(e))
         return
     semantics = model_semantics(report.release)
-    for p, spec, seen in zip(planned, specs, report.scenarios, strict=True):
+    for (p, spec), seen in zip(pairs, report.scenarios, strict=True):
         if seen.error is not None or seen.live is None:
             yield Run(p, kernel=report.release, error=f"in the guest: {seen.error}")
             continue

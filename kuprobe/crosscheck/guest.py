@@ -9,12 +9,13 @@ there: each scenario's live side (``run_live``: uprobes on the guest's kernel, l
 the driven process), written back as JSON (``GuestReport``). The model then runs here, on the
 very same files, with the semantics of the guest's kernel release.
 
-Why the model runs on the host: the guest is qemu TCG (no KVM), where Unicorn's own
-translation runs under a second one. Measured for the 32 arm64 scenarios (see
-``benchmarks/`` and the report of the change that added this): the model takes ~3 s on this
-host and ~80-100 s in the arm64 guest, while the guest's live side (BCC compiles, attaching,
-the program's runs) costs the same wherever the model runs. ``--model`` runs it in the guest
-as well (what tests/vm/test_crosscheck_guest.py does, since there is no host in a VM test).
+Why the model runs on the host: the guest is qemu TCG (no KVM), where Unicorn would translate
+under a second translator, and the guest image's Python has no working Unicorn at all
+(Debian 12's python3-unicorn imports distutils, which the image lacks; adding it means
+rebuilding the image). Measured for the 32 arm64 scenarios (``kuprobe crosscheck --side vm
+--arch arm64``): one boot and the guest's live side ~2 min (boot ~10 s, the first scenario
+~27 s with BCC's import and compile, the rest 0.5-6 s each), the model on the host ~3 s.
+``--model`` below runs the model in the guest as well, where Unicorn imports.
 """
 
 from __future__ import annotations
