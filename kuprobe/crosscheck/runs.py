@@ -26,8 +26,13 @@ GUEST_ARCHES = ("x86_64", "arm64")
 KPROBE_KINDS = frozenset({"kprobe", "kretprobe"})
 _HOST = host_arch()
 HOST_ARCHES: tuple[str, ...] = _HOST.runs if _HOST is not None else ()
-# Measured on this machine's kernel (DESIGN.md): CONFIG_KPROBES is off.
-HOST_HAS_KPROBES = os.path.exists("/sys/kernel/tracing/kprobe_events")
+# Where a kernel with kprobes shows them (tracefs, mounted or at its old debugfs place).
+KPROBE_EVENTS = ("/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events")
+
+
+def host_has_kprobes() -> bool:
+    """This kernel has kprobes (this project's x86_64 host has not: CONFIG_KPROBES is off)."""
+    return any(os.path.exists(p) for p in KPROBE_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def why_not(
     arch: str,
     *,
     host_arches: Sequence[str] = HOST_ARCHES,
-    kprobes: bool = HOST_HAS_KPROBES,
+    kprobes: bool | None = None,
 ) -> str | None:
     """Why ``side`` cannot run the scenario's ARCH program, or None when it can.
     ``host_arches``: the programs this host runs; ``kprobes``: whether its kernel has them."""
@@ -64,8 +69,8 @@ def why_not(
     if side == "host":
         if arch not in host_arches:
             return f"this host runs {' and '.join(host_arches) or 'no'} programs only"
-        if needs_kprobes and not kprobes:
-            return "this host's kernel has no kprobes (CONFIG_KPROBES is off)"
+        if needs_kprobes and not (host_has_kprobes() if kprobes is None else kprobes):
+            return "this host's kernel has no kprobes (no kprobe_events in tracefs)"
         return None
     if arch not in GUEST_ARCHES:
         return f"no guest runs {arch} programs (the x86_64 guest has no 32-bit C library)"
@@ -80,7 +85,7 @@ def plan(
     sides: Sequence[str],
     *,
     host_arches: Sequence[str] = HOST_ARCHES,
-    kprobes: bool = HOST_HAS_KPROBES,
+    kprobes: bool | None = None,
 ) -> list[Planned]:
     """Every (scenario, side, arch) asked for that the scenario names, side by side."""
     out = []
@@ -164,7 +169,7 @@ def run_json(run: Run) -> dict[str, Any]:
 
 COLUMNS = (("host", "x86_64"), ("host", "i386"), ("vm", "x86_64"), ("vm", "arm64"))
 _SHORT = {
-    "this host's kernel has no kprobes (CONFIG_KPROBES is off)": "no kprobes",
+    "this host's kernel has no kprobes (no kprobe_events in tracefs)": "no kprobes",
 }
 
 

@@ -281,7 +281,7 @@ def test_kprobe_scenarios_do_not_run_on_a_host_without_kprobes() -> None:
     scenario = Scenario("k", "a kprobe", SCENARIOS["args"].observe, ("x86_64",),
                         replace(spec, probes=(kprobe,)))  # type: ignore[arg-type]  # fmt: skip
     assert why_not(scenario, "host", "x86_64", kprobes=False) == (
-        "this host's kernel has no kprobes (CONFIG_KPROBES is off)"
+        "this host's kernel has no kprobes (no kprobe_events in tracefs)"
     )
     assert why_not(scenario, "host", "x86_64", kprobes=True) is None
     assert why_not(scenario, "vm", "x86_64") is None
