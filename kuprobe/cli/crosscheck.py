@@ -198,6 +198,10 @@ def _vm_runs(planned: list[Planned], arch: str) -> Iterator[Run]:
         if seen.error is not None or seen.live is None:
             yield Run(p, kernel=report.release, error=f"in the guest: {seen.error}")
             continue
+        if seen.model is not None:  # a kprobe scenario: its model ran in the guest too
+            result = Result(SCENARIOS[p.scenario], arch, seen.model, seen.live)
+            yield Run(p, kernel=report.release, semantics=report.semantics, result=result)
+            continue
         try:
             model = run_model(target_path(arch, spec.program), spec, semantics=semantics)
         except KuprobeError as e:

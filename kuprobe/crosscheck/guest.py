@@ -34,7 +34,12 @@ from typing import Any
 from kuprobe.crosscheck._sides import run_live, run_model
 from kuprobe.crosscheck._target import target_path
 from kuprobe.crosscheck.observe import Observation
-from kuprobe.crosscheck.runs import decode_observation, encode_observation
+from kuprobe.crosscheck.runs import (
+    KPROBE_KINDS,
+    decode_observation,
+    encode_observation,
+    spec_kinds,
+)
 from kuprobe.crosscheck.spec import ScenarioSpec
 from kuprobe.errors import KuprobeError
 
@@ -121,7 +126,11 @@ def observe_here(
     specs: Sequence[ScenarioSpec], arch: str, targets: Path, *, model: bool = False
 ) -> GuestReport:
     """Each scenario's live side on this kernel (and the model's, with ``model``), on the ARCH
-    programs in ``targets/ARCH/``. A scenario that fails says why; the others still run."""
+    programs in ``targets/ARCH/``. A kprobe scenario runs both sides here: its model executes
+    the test module as this kernel runs it (read back from it). A scenario that fails says why;
+    the others still run."""
+    from kuprobe.crosscheck.scenarios import SCENARIOS, Scenario, from_spec
+
     uname = os.uname()
     report = GuestReport(uname.release, uname.machine)
     semantics = model_semantics(uname.release)
@@ -130,10 +139,15 @@ def observe_here(
         exe = targets / arch / spec.program
         one = GuestScenario(spec.name)
         start = time.monotonic()
+        scenario: Scenario = SCENARIOS.get(spec.name) or from_spec(spec)
         try:
-            one.live = run_live(exe, spec)
-            one.live_seconds = time.monotonic() - start
-            if model:
+            if spec_kinds(spec) & KPROBE_KINDS:
+                one.model, one.live = scenario.observe(arch)
+                one.live_seconds = time.monotonic() - start
+            else:
+                one.live = run_live(exe, spec)
+                one.live_seconds = time.monotonic() - start
+            if model and one.model is None:
                 start = time.monotonic()
                 one.model = run_model(exe, spec, semantics=semantics)
                 one.model_seconds = time.monotonic() - start
@@ -208,12 +222,15 @@ def run_in_vm(
     side stays to the caller (``model_in_guest``: the guest runs it too). Raises ``VmError``
     when the guest cannot boot or sends nothing back, ``TargetError`` when a program cannot
     be built."""
+    from kuprobe.targets import cache_dir
     from kuprobe.vm._host import VmError
     from kuprobe.vm.boot import run_in_guest
     from kuprobe.vm.image import PROJECT_ROOT, ensure_image
 
-    exes = {target_path(arch, s.program) for s in specs}
-    targets = {exe.parent.parent for exe in exes}
+    # the programs a uprobe scenario drives, built here (a kprobe scenario's test module is
+    # built in the guest, against its kernel's headers)
+    exes = {target_path(arch, s.program) for s in specs if not spec_kinds(s) & KPROBE_KINDS}
+    targets = {exe.parent.parent for exe in exes} or {cache_dir()}
     folders = sorted({s.path.parent.resolve() for s in specs if s.path is not None})
     if len(targets) != 1 or len(folders) > 1:
         raise VmError(f"the guest side needs one targets folder and one scenario folder, "

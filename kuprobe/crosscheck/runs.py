@@ -18,6 +18,7 @@ from typing import Any
 from kuprobe.arch import X86_64, host_arch
 from kuprobe.crosscheck.observe import Event, Observation, Value, diff
 from kuprobe.crosscheck.scenarios import Result, Scenario
+from kuprobe.crosscheck.spec import ScenarioSpec
 
 SIDES = ("host", "vm")
 # The guests of kuprobe.vm.guests.GUESTS, by the program arch each runs. The x86_64 guest's
@@ -49,10 +50,14 @@ class Planned:
         return self.reason is None
 
 
+def spec_kinds(spec: ScenarioSpec) -> set[str]:
+    """The kinds of probe a scenario file registers (uprobe unless a probe names another)."""
+    return {str(getattr(p, "kind", "uprobe")) for p in spec.probes}
+
+
 def probe_kinds(scenario: Scenario) -> set[str]:
-    """The kinds of probe a scenario registers (uprobe unless a probe names another)."""
-    spec = scenario.spec
-    return {str(getattr(p, "kind", "uprobe")) for p in spec.probes} if spec else {"uprobe"}
+    """The kinds of probe a scenario registers (a scenario written in Python: uprobes)."""
+    return spec_kinds(scenario.spec) if scenario.spec is not None else {"uprobe"}
 
 
 def why_not(
