@@ -9,13 +9,16 @@ there: each scenario's live side (``run_live``: uprobes on the guest's kernel, l
 the driven process), written back as JSON (``GuestReport``). The model then runs here, on the
 very same files, with the semantics of the guest's kernel release.
 
-Why the model runs on the host: the guest is qemu TCG (no KVM), where Unicorn would translate
-under a second translator, and the guest image's Python has no working Unicorn at all
-(Debian 12's python3-unicorn imports distutils, which the image lacks; adding it means
-rebuilding the image). Measured for the 32 arm64 scenarios (``kuprobe crosscheck --side vm
---arch arm64``): one boot and the guest's live side ~2 min (boot ~10 s, the first scenario
-~27 s with BCC's import and compile, the rest 0.5-6 s each), the model on the host ~3 s.
-``--model`` below runs the model in the guest as well, where Unicorn imports.
+Why the model runs on the host (measured, 2 shared cores): the 37 arm64 scenarios'
+model takes 3-8 s here; ``kuprobe crosscheck --side vm --arch arm64`` in all ~4 min, of which
+the guest (boot ~10-20 s, then the live side: the first scenario ~27 s with BCC's import and
+compile, the others 0.5-6 s each) is ~2-3.5 min. The same model run under qemu's user-mode TCG
+(``qemu-x86_64-static``, a stand-in for Unicorn inside a TCG guest) took 13x as long (8
+scenarios: 2.1 s natively, 27.8 s under TCG), and the guest image's Python cannot run it at all:
+Debian 12's python3-unicorn is 2.0.1 (kuprobe needs 2.1's ``reg_read_batch``) and imports
+distutils, which the image lacks; a pip wheel would mean rebuilding the images. So the guest
+sends back only its live observations. ``--model`` below runs the model in the guest as well,
+where a Unicorn 2.1 imports.
 """
 
 from __future__ import annotations
