@@ -173,7 +173,7 @@ def predict(
     """The model's observations of each scenario on the ARCH programs in ``targets/ARCH/``,
     with the semantics of kernel ``release``: what a guest running that kernel must observe.
     (A VM test compares the guest's live side with these, since the guest's Python has no
-    working Unicorn: Debian's python3-unicorn needs python3-distutils, not in the image.)"""
+    working Unicorn: Debian 12's python3-unicorn is 2.0.1 and needs distutils.)"""
     semantics = model_semantics(release)
     return {
         "release": release,

@@ -15,15 +15,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kuprobe.arch import X86_64, host_arch
+from kuprobe.arch import ARM64, I386, X86_64, host_arch
 from kuprobe.crosscheck.observe import Event, Observation, Value, diff
 from kuprobe.crosscheck.scenarios import Result, Scenario
 from kuprobe.crosscheck.spec import ScenarioSpec
+from kuprobe.vm.guests import GUESTS
 
 SIDES = ("host", "vm")
-# The guests of kuprobe.vm.guests.GUESTS, by the program arch each runs. The x86_64 guest's
-# root has no 32-bit C library, so i386 programs (dynamically linked) run on the host only.
-GUEST_ARCHES = ("x86_64", "arm64")
+# The guests (kuprobe.vm.guests), by the program arch each runs. The x86_64 guest's root has
+# no 32-bit C library, so i386 programs (dynamically linked) run on the host only.
+GUEST_ARCHES: tuple[str, ...] = tuple(GUESTS)
 KPROBE_KINDS = frozenset({"kprobe", "kretprobe"})
 _HOST = host_arch()
 HOST_ARCHES: tuple[str, ...] = _HOST.runs if _HOST is not None else ()
@@ -79,7 +80,7 @@ def why_not(
         return None
     if arch not in GUEST_ARCHES:
         return f"no guest runs {arch} programs (the x86_64 guest has no 32-bit C library)"
-    if needs_kprobes and arch != "x86_64":
+    if needs_kprobes and arch != X86_64.name:
         return "kprobe scenarios run in the x86_64 guest (their test module is built there)"
     return None
 
@@ -172,7 +173,7 @@ def run_json(run: Run) -> dict[str, Any]:
 
 # --- the README's table ---------------------------------------------------------------------
 
-COLUMNS = (("host", "x86_64"), ("host", "i386"), ("vm", "x86_64"), ("vm", "arm64"))
+COLUMNS = (("host", X86_64.name), ("host", I386.name), ("vm", X86_64.name), ("vm", ARM64.name))
 _SHORT = {
     "this host's kernel has no kprobes (no kprobe_events in tracefs)": "no kprobes",
 }
