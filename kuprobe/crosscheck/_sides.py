@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kuprobe.backend import Backend
 from kuprobe.crosscheck._target import WaitingTarget
@@ -153,12 +154,14 @@ class Side:
         return obs
 
 
-def run_model(exe: Path, spec: ScenarioSpec) -> Observation:
-    """The scenario on a Machine of ``exe``: every probe registered, then every call."""
+def run_model(exe: Path, spec: ScenarioSpec, *, semantics: Any = "today") -> Observation:
+    """The scenario on a Machine of ``exe``: every probe registered, then every call.
+    ``semantics``: the Machine's (those of the live kernel compared against)."""
     from kuprobe.model import Machine
 
     side = Side(exe, spec)
-    machine = Machine.load(str(exe), strict=True)  # a handler that raises is a bug here: fail
+    # strict: a handler that raises is a bug here: fail
+    machine = Machine.load(str(exe), strict=True, semantics=semantics)
     side.set_pids(machine.task.tgid, machine.task.tgid + 1)
     registered: list[Uprobe] = []
     try:

@@ -1,4 +1,5 @@
-"""The scenarios: TOML files under tests/scenarios/ (``kuprobe.crosscheck.spec``), each run on
+"""The scenarios: TOML files in kuprobe/crosscheck/corpus/ (package data; tests/scenarios/ in a
+checkout) read by ``kuprobe.crosscheck.spec``, each run on
 the reference model and on the live kernel with the same probes and calls.
 
 ``SCENARIOS`` maps each name (the file's stem) to a ``Scenario``; ``Scenario.run(arch)``
@@ -33,11 +34,8 @@ __all__ = [
     "instruction_offsets",
 ]
 
-# tests/scenarios of the checkout this package lives in
-SCENARIO_DIR = Path(
-    os.environ.get("KUPROBE_SCENARIOS")
-    or Path(__file__).resolve().parents[2] / "tests" / "scenarios"
-)
+# The corpus shipped with the package (package data; in a checkout, a link to tests/scenarios)
+SCENARIO_DIR = Path(os.environ.get("KUPROBE_SCENARIOS") or Path(__file__).parent / "corpus")
 
 Observe = Callable[[str], tuple[Observation, Observation]]
 

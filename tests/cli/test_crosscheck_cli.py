@@ -7,10 +7,14 @@ root; the real runs (marker ``live``) need the live capabilities and must agree.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -18,6 +22,7 @@ from rich.console import Console
 from kuprobe.cli.crosscheck import run
 from kuprobe.cli.main import build_parser, main
 from kuprobe.crosscheck import SCENARIOS, Event, Observation, Scenario
+from kuprobe.crosscheck.runs import decode_observation, why_not
 from kuprobe.live.backend import LiveBackend
 from kuprobe.model import ModelError
 
@@ -67,8 +72,16 @@ def tables(out: str) -> list[tuple[str, list[list[str]]]]:
             "kuprobe crosscheck: error: argument SCENARIO: unknown scenario 'every_insn_sw'",
         ),
         (
-            ["--arch", "arm64"],
-            "kuprobe crosscheck: error: argument --arch: invalid choice: 'arm64'",
+            ["--arch", "mips"],
+            "kuprobe crosscheck: error: argument --arch: invalid choice: 'mips'",
+        ),
+        (
+            ["--side", "guest"],
+            "kuprobe crosscheck: error: argument --side: invalid choice: 'guest'",
+        ),
+        (
+            ["--json", "--list"],
+            "kuprobe crosscheck: error: argument --list: not allowed with argument --json",
         ),
         (["--arch"], "kuprobe crosscheck: error: argument --arch: expected one argument"),
         (["--bogus"], "kuprobe: error: unrecognized arguments: --bogus"),  # the top-level parser
@@ -90,16 +103,10 @@ def test_list_names_every_scenario(monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = crosscheck(["--list"])
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["Scenario", "Arches", "Side", "What", "it", "compares"]
+    assert lines[0].split() == ["Scenario", "Arches", "Probes", "What", "it", "compares"]
     rows = [ln.split() for ln in lines[2:] if ln[:1] != " "]  # a wrapped description goes on
     assert [r[0] for r in rows] == list(SCENARIOS)
     assert [r[1] for r in rows] == [s.arches[0] for s in SCENARIOS.values()]
-    # a kprobe scenario is listed, its live side the x86_64 guest's kernel
-    sides = [r[1 + len(s.arches)] for r, s in zip(rows, SCENARIOS.values(), strict=True)]
-    assert sides == ["vm" if s.needs else "host" for s in SCENARIOS.values()]
-    assert {n for n, side in zip(SCENARIOS, sides, strict=True) if side == "vm"} == {
-        n for n in SCENARIOS if n.startswith("k-")
-    }
     assert len(SCENARIOS) >= 40
     assert {"args", "uretprobe-depth", "mid-function", "every-insn-sw"} <= set(SCENARIOS)
 
@@ -155,7 +162,7 @@ def test_a_disagreement_is_shown_and_exits_1(
     code, out = crosscheck(["--arch", "x86_64", "fake"])
     assert code == 1
     [(title, rows)] = tables(out)
-    assert title == "fake on x86_64: DISAGREE"
+    assert title == f"fake on x86_64 (host {os.uname().release}): DISAGREE"
     assert rows == [
         ["f(1..3): sum of results", "6", "6", "yes"],
         ["f+0x0 … +0x1 hits (2 insns)", "3", "3", "yes"],
@@ -169,7 +176,7 @@ def test_a_disagreement_is_shown_and_exits_1(
         ],
         ["extra", "-", "5", "only the kernel observed it"],
     ]
-    assert out.splitlines()[-1] == "1 of 1 disagree: fake on x86_64"
+    assert out.splitlines()[-1] == "1 of 1 disagree: fake on x86_64 (host)"
 
 
 def test_a_side_that_cannot_run_exits_1(
@@ -186,6 +193,149 @@ def test_a_side_that_cannot_run_exits_1(
     assert err.endswith("kuprobe crosscheck: error: fake on i386: rec: the CPU stopped at 0x0\n")
 
 
+def json_lines(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[Any]]:
+    """Exit status and the objects ``--json`` printed, one per line."""
+    code = main(["crosscheck", "--json", *argv])
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_json_says_what_disagrees(
+    targets: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    e = [Event("add", (1, 2)), Event("add return", (3,))]
+    model: Observation = {
+        "call 1: add(1, 2)": 3,
+        "add hits": 1,
+        "handler events, in order": tuple(e),
+    }
+    fake(monkeypatch, model, {**model, "add hits": 2, "handler events, in order": (e[0],)})
+    code, [obj] = json_lines(["--arch", "x86_64", "fake"], capsys)
+    assert code == 1
+    assert obj == {
+        "scenario": "fake",
+        "arch": "x86_64",
+        "side": "host",
+        "ran": True,
+        "kernel": os.uname().release,
+        "semantics": "today",
+        "agree": False,
+        "differences": [
+            {"fact": "add hits", "model": 1, "live": 2, "why": "model 1, kernel 2"},
+            {
+                "fact": "handler events, in order",
+                "model": [{"kind": "add", "values": [1, 2]}, {"kind": "add return", "values": [3]}],
+                "live": [{"kind": "add", "values": [1, 2]}],
+                "why": "event 2: model add return(3), kernel nothing "
+                "(2 events in the model, 1 from the kernel)",
+            },
+        ],
+        "model": {
+            "call 1: add(1, 2)": 3,
+            "add hits": 1,
+            "handler events, in order": [
+                {"kind": "add", "values": [1, 2]},
+                {"kind": "add return", "values": [3]},
+            ],
+        },
+        "live": {
+            "call 1: add(1, 2)": 3,
+            "add hits": 2,
+            "handler events, in order": [{"kind": "add", "values": [1, 2]}],
+        },
+    }
+    # the JSON round-trips to the observations compared
+    assert decode_observation(obj["model"]) == model
+
+
+def test_what_a_side_cannot_run_is_said(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """arm64 programs do not run on this x86_64 host; i386 ones in no guest: said, in the
+    table's summary and as JSON, and nothing having run is a failure."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # nothing that runs needs root
+    code, out = crosscheck(["--side", "host", "--arch", "arm64", "args", "uretprobe-fib"])
+    assert code == 1
+    assert out.splitlines() == [
+        "not run on the host, arm64 (this host runs x86_64 and i386 programs only): "
+        "args, uretprobe-fib (2)",
+        "nothing ran",
+    ]
+    code, objs = json_lines(["--side", "vm", "--arch", "i386", "args"], capsys)
+    assert code == 1
+    assert objs == [
+        {
+            "scenario": "args",
+            "arch": "i386",
+            "side": "vm",
+            "ran": False,
+            "agree": None,
+            "reason": "no guest runs i386 programs (the x86_64 guest has no 32-bit C library)",
+        }
+    ]
+
+
+def test_kprobe_scenarios_do_not_run_on_a_host_without_kprobes() -> None:
+    spec = SCENARIOS["args"].spec
+    assert spec is not None
+    kprobe = SimpleNamespace(kind="kprobe")
+    scenario = Scenario("k", "a kprobe", SCENARIOS["args"].observe, ("x86_64",),
+                        replace(spec, probes=(kprobe,)))  # type: ignore[arg-type]  # fmt: skip
+    assert why_not(scenario, "host", "x86_64", kprobes=False) == (
+        "this host's kernel has no kprobes (no kprobe_events in tracefs)"
+    )
+    assert why_not(scenario, "host", "x86_64", kprobes=True) is None
+    assert why_not(scenario, "vm", "x86_64") is None
+    assert why_not(SCENARIOS["args"], "host", "x86_64", kprobes=False) is None
+
+
+def test_the_readme_table_is_current() -> None:
+    """README.md's agreement table is what ``kuprobe crosscheck --markdown`` prints."""
+    readme = (ROOT / "README.md").read_text()
+    begin, end = "<!-- agreement table: begin -->\n", "<!-- agreement table: end -->"
+    assert begin in readme and end in readme, "README.md lost its agreement table markers"
+    current = readme.split(begin, 1)[1].split(end, 1)[0]
+    out = subprocess.run(
+        [sys.executable, "-m", "kuprobe", "crosscheck", "--markdown"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    assert current == out, "README.md's table is stale: paste `kuprobe crosscheck --markdown`"
+    rows = [ln for ln in out.splitlines()[2:]]
+    assert [r.split("`")[1] for r in rows] == list(SCENARIOS)
+    arm64 = [r for r in rows if r.rstrip(" |").endswith("agree")]
+    assert len(arm64) >= 30  # the arm64 guest's column
+
+
+@pytest.mark.slow
+def test_an_installed_kuprobe_has_the_scenarios(tmp_path: Path) -> None:
+    """The corpus is package data: a wheel's kuprobe lists every scenario, with no checkout
+    and no $KUPROBE_SCENARIOS."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheel"), str(ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    [wheel] = (tmp_path / "wheel").glob("kuprobe-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+         str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "KUPROBE_SCENARIOS"}
+    script = (
+        "import sys, kuprobe, kuprobe.cli; print(kuprobe.__file__, file=sys.stderr); "
+        "kuprobe.cli.main(['crosscheck', '--list'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(site), "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.stderr.startswith(str(site))  # the wheel's kuprobe, not this checkout's
+    out = done.stdout
+    names = [ln.split()[0] for ln in out.splitlines()[2:] if ln[:1] not in ("", " ")]
+    assert names == list(SCENARIOS)
+
+
 # --- live -------------------------------------------------------------------------------------
 
 
@@ -196,12 +346,26 @@ def test_scenarios_agree_live(live: Path, name: str, arch: str) -> None:
     code, out = crosscheck(["--arch", arch, name])
     assert code == 0, out
     [(title, rows)] = tables(out)
-    assert title == f"{name} on {arch}: agree"
+    assert title == f"{name} on {arch} (host {os.uname().release}): agree"
     assert rows and all(r[3] == "yes" and r[1] == r[2] for r in rows), rows
     facts = [r[0] for r in rows]
     assert facts[0].startswith("call 1: ")
     assert any(f.endswith(" hits") or f.endswith(" insns)") for f in facts)
     assert out.splitlines()[-1] == "all 1 agree (model and kernel)"
+
+
+@pytest.mark.live
+def test_json_of_a_live_run(live: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, objs = json_lines(["--arch", "i386", "args", "every-insn-sw"], capsys)
+    assert code == 0
+    assert [(o["scenario"], o["arch"], o["side"], o["agree"]) for o in objs] == [
+        ("args", "i386", "host", True),
+        ("every-insn-sw", "i386", "host", True),
+    ]
+    for o in objs:
+        assert o["differences"] == [] and o["model"] == o["live"]
+        assert o["kernel"] == os.uname().release
+    assert objs[0]["live"]["call 1: add(-2, -4)"] == -6
 
 
 @pytest.mark.live
@@ -218,13 +382,15 @@ def test_the_command_runs_every_scenario(live: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [ln.strip() for ln in out.stdout.splitlines()]
     titles = [ln for ln in lines if " on " in ln and ln.endswith(": agree")]
-    runs = [(n, a) for n, s in SCENARIOS.items() for a in ARCHES if a in s.arches and not s.needs]
-    assert titles == [f"{n} on {a}: agree" for n, a in runs]
-    # the kprobe scenarios are named, with where they run (this host has no kprobes)
-    needs = [n for n, s in SCENARIOS.items() if s.needs]
-    assert [ln.split(": needs ")[0] for ln in lines if ": needs kprobes" in ln] == [
-        f"{n} on x86_64" for n in needs
-    ]
+    runs = [(n, a) for n, s in SCENARIOS.items() for a in s.arches if a in ARCHES]
+    release = os.uname().release
+    assert titles == [f"{n} on {a} (host {release}): agree" for n, a in runs]
+    arm64 = [n for n, s in SCENARIOS.items() if "arm64" in s.arches]
+    said = " ".join(lines[lines.index(titles[-1]) + 1 :])  # the last table, and after it
+    assert (
+        "not run on the host, arm64 (this host runs x86_64 and i386 programs only): "
+        f"{', '.join(arm64)} ({len(arm64)})"
+    ) in " ".join(said.split())
     assert lines[-1] == f"all {len(runs)} agree (model and kernel)"
 
 
@@ -256,3 +422,29 @@ def test_a_target_that_cannot_build_is_an_error(
         "cc: not found\n"
         f"kuprobe crosscheck: error: args on i386: {broken} failed for i386 (exit status 3)\n"
     )
+
+
+@pytest.mark.live
+def test_the_guest_side_round_trip(live: Path, tmp_path: Path) -> None:
+    """What ``--side vm`` runs in a guest, run on this kernel: the live side written as JSON,
+    read back, and compared with the model run here, as the host does with a guest's report."""
+    from kuprobe.crosscheck._sides import run_model
+    from kuprobe.crosscheck._target import target_path
+    from kuprobe.crosscheck.guest import GuestReport, model_semantics
+
+    names = ["args", "every-insn-sw", "consumers-mixed"]
+    exe = target_path("x86_64")
+    out = tmp_path / "live.json"
+    subprocess.run(
+        [sys.executable, "-m", "kuprobe.crosscheck.guest", "--arch", "x86_64",
+         "--targets", str(exe.parent.parent), "--out", str(out), *names],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    report = GuestReport.from_json(json.loads(out.read_text()))
+    assert report.release == os.uname().release
+    assert [s.scenario for s in report.scenarios] == names
+    for seen in report.scenarios:
+        spec = SCENARIOS[seen.scenario].spec
+        assert spec is not None and seen.error is None and seen.live is not None
+        model = run_model(exe, spec, semantics=model_semantics(report.release))
+        assert model == seen.live

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_corpus_is_the_folder() -> None:
-    assert SCENARIO_DIR == ROOT / "tests" / "scenarios"
+    """The package's corpus (package data) is tests/scenarios in a checkout."""
+    assert SCENARIO_DIR == ROOT / "kuprobe" / "crosscheck" / "corpus"
+    assert SCENARIO_DIR.resolve() == ROOT / "tests" / "scenarios"
     files = [p.stem for p in sorted(SCENARIO_DIR.glob("*.toml"))]
     assert list(SCENARIOS) == files
     assert len(files) >= 40
