@@ -46,6 +46,7 @@ class ProbePool:
         self._removed = self.bpf[b"kuprobe_removed"]
         self._capcfg = self.bpf[b"kuprobe_capcfg"]
         self._stacks = self.bpf[b"kuprobe_stacks"]
+        self._inflight = self.bpf[b"kuprobe_inflight"]
         rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
@@ -105,6 +106,10 @@ class ProbePool:
         cfg = self._cfg[ctypes.c_int(slot)]
         flags = cfg.flags | KUPROBE_CFG_OFF if off else cfg.flags & ~KUPROBE_CFG_OFF
         self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, cfg.tgid)
+
+    def inflight(self, slot: int) -> int:
+        """Runs of the program for ``slot`` in progress now, over every CPU."""
+        return sum(int(v) for v in self._inflight[ctypes.c_int(slot)])
 
     def set_captures(self, slot: int, captures: Sequence[tuple[int, ...]]) -> None:
         """The slot's kuprobe_capcfg entry: per capture (kind, space, src, mask32, index,
