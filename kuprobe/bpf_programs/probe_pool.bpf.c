@@ -4,8 +4,11 @@
  * entry says what to do. Registering a probe costs an attach, never a compile.
  *
  * Parameters (compile-time -D, integers only, filled by kuprobe/live/codegen.py):
- *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS */
-#include <uapi/linux/ptrace.h>
+ *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS, KUPROBE_REG_SP
+ *
+ * struct pt_regs stays incomplete here: the program copies it whole (KUPROBE_NREGS words) and
+ * takes the stack pointer from the copy (word KUPROBE_REG_SP), so no kernel header defines
+ * it: <uapi/linux/ptrace.h> alone was a third of the compile. */
 #include "kuprobe_event.h"
 
 BPF_ARRAY(kuprobe_cfg, struct kuprobe_slot_cfg, KUPROBE_NSLOTS);
@@ -42,7 +45,7 @@ static __always_inline void kuprobe_fill(struct pt_regs *ctx, struct kuprobe_eve
 	e->pid_tgid = bpf_get_current_pid_tgid();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	kuprobe_read_kernel(e->regs, sizeof(e->regs), ctx);
-	void *sp = (void *)PT_REGS_SP(ctx);
+	void *sp = (void *)e->regs[KUPROBE_REG_SP];
 	long err = (flags & KUPROBE_CFG_KERNEL)
 		? kuprobe_read_kernel(e->stack, sizeof(e->stack), sp)
 		: kuprobe_read_user(e->stack, sizeof(e->stack), sp);

@@ -120,6 +120,7 @@ class BackendCore:
         self._event_seq = 0
         self._stale_checked = False
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._pool_pending: PendingPool | None = None
         atexit.register(self.shutdown)
 
     # --- capabilities --------------------------------------------------------------
@@ -151,12 +152,23 @@ class BackendCore:
 
     # --- pools ---------------------------------------------------------------------
 
+    def prepare_pool(self) -> None:
+        """Start the first pool's compile in the background, while the caller resolves its
+        probe: the compile is arming's longest step, and BCC's compiler runs without the GIL
+        (a ctypes call), so the two overlap. Its errors surface in ``_pool_with``."""
+        with self._lock:
+            if self._pools or self._pool_pending is not None or os.geteuid() != 0:
+                return
+            self._pool_pending = PendingPool()
+
     def _pool_with(self, n: int) -> ProbePool:
         for pool in self._pools:
             if pool.free_slots >= n:
                 return pool
         with self.signals:  # a pool half made would never be dispatched
-            pool = ProbePool()  # one compile; another only past DEFAULT_SLOTS probes at once
+            pending, self._pool_pending = self._pool_pending, None
+            # one compile; another only past DEFAULT_SLOTS probes at once
+            pool = pending.take() if pending is not None else ProbePool()
             self._pools.append(pool)
             self.dispatcher.add_pool(pool)
         # BCC registers its own atexit cleanup per module, and atexit runs last-in first-out:
@@ -542,6 +554,29 @@ class BackendCore:
                     self.dispatcher.remove_pool(pool)
                     pool.close()
                 self._pools.clear()
+
+
+class PendingPool:
+    """A ProbePool being compiled on its own thread."""
+
+    def __init__(self) -> None:
+        self._pool: ProbePool | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kuprobe-compile", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._pool = ProbePool()
+        except BaseException as e:  # raised again in the registering thread
+            self._error = e
+
+    def take(self) -> ProbePool:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._pool is not None
+        return self._pool
 
 
 def _dropper(probe: AnyProbe, att: Attach) -> SlotHandler:

@@ -18,7 +18,7 @@ from typing import Any
 from kuprobe.errors import ProbeError
 from kuprobe.live import _bcc, perf
 from kuprobe.live.codegen import PROGRAM, PoolSource, render_pool
-from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs
+from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs, host_sp_index
 from kuprobe.live.ringbuf import RingBufReader
 
 DEFAULT_SLOTS = 1024  # slots cost map entries only, not compile time; more pools past that
@@ -37,7 +37,7 @@ class ProbePool:
                 hint="run on a newer kernel, or in kuprobe's VM (`kuprobe vm run`)",
             )
         src: PoolSource = render_pool(
-            nslots=nslots, ringbuf_pages=ringbuf_pages, nregs=host_nregs()
+            nslots=nslots, ringbuf_pages=ringbuf_pages, nregs=host_nregs(), sp_index=host_sp_index()
         )
         self.nslots = nslots
         self.bpf: Any = _bcc.compile_module(src.text, list(src.cflags))

@@ -52,6 +52,7 @@ class UprobeOps(BackendCore):
 
         if not isinstance(up, Uprobe):
             raise TypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")
+        self.prepare_pool()  # the compile overlaps the resolving below
         with self._lock:
             self._claim(up)
             pid = 0
