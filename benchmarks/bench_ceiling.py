@@ -240,7 +240,7 @@ def ceiling(*, quick: bool = False) -> None:
     print(f"5. delivery ceiling: {THREADS} producer threads, {seconds} s per step")
     try:
         for rate in rates:
-            print(f" asked {rate / 1e6:.1f} M/s")
+            print(f" asked {rate / 1e6:.3f} M/s")
             for s in (step_kuprobe(rate, seconds), raw.step(rate, seconds)):
                 print(s.line())
                 highest = max(highest, s.offered)
