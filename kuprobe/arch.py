@@ -110,7 +110,7 @@ X86_64 = ArchInfo(
     ),
     runs=("x86_64", "i386"),
     # arch/x86/entry/syscalls/syscall_64.tbl
-    syscalls=_syscalls(perf_event_open=298, bpf=321),
+    syscalls=_syscalls(perf_event_open=298, bpf=321, membarrier=324),
     _capstone=_cs("CS_ARCH_X86", "CS_MODE_64"),
     _unicorn=_uc("UC_ARCH_X86", "UC_MODE_64"),
 )
@@ -138,7 +138,7 @@ I386 = ArchInfo(
     ),
     runs=("i386",),
     # arch/x86/entry/syscalls/syscall_32.tbl
-    syscalls=_syscalls(perf_event_open=336, bpf=357),
+    syscalls=_syscalls(perf_event_open=336, bpf=357, membarrier=375),
     _capstone=_cs("CS_ARCH_X86", "CS_MODE_32"),
     _unicorn=_uc("UC_ARCH_X86", "UC_MODE_32"),
 )
@@ -163,7 +163,7 @@ ARM64 = ArchInfo(
     ),
     runs=("arm64",),
     # include/uapi/asm-generic/unistd.h (arm64 uses the generic table)
-    syscalls=_syscalls(perf_event_open=241, bpf=280),
+    syscalls=_syscalls(perf_event_open=241, bpf=280, membarrier=283),
     _capstone=_cs("CS_ARCH_ARM64", "CS_MODE_ARM"),
     _unicorn=_uc("UC_ARCH_ARM64", "UC_MODE_ARM"),
 )

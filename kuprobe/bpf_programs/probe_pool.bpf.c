@@ -4,8 +4,11 @@
  * entry says what to do. Registering a probe costs an attach, never a compile.
  *
  * Parameters (compile-time -D, integers only, filled by kuprobe/live/codegen.py):
- *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS */
-#include <uapi/linux/ptrace.h>
+ *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS, KUPROBE_REG_SP
+ *
+ * struct pt_regs stays incomplete here: the program copies it whole (KUPROBE_NREGS words) and
+ * takes the stack pointer from the copy (word KUPROBE_REG_SP), so no kernel header defines
+ * it: <uapi/linux/ptrace.h> alone was a third of the compile. */
 #include "kuprobe_event.h"
 
 BPF_ARRAY(kuprobe_cfg, struct kuprobe_slot_cfg, KUPROBE_NSLOTS);
@@ -14,6 +17,23 @@ BPF_ARRAY(kuprobe_capcfg, struct kuprobe_slot_captures, KUPROBE_NSLOTS);
 BPF_STACK_TRACE(kuprobe_stacks, 4096); /* stacks of the probes that ask (--stack) */
 BPF_HASH(kuprobe_removed, struct kuprobe_removed_key, __u8, 4096);
 BPF_RINGBUF_OUTPUT(kuprobe_events, KUPROBE_RINGBUF_PAGES);
+/* Runs of the program in progress, per slot and CPU (a run stays on its CPU: the kernel
+ * disables migration around it). Unregistering sets KUPROBE_CFG_OFF, then waits for the
+ * slot's sum to reach 0: every run that missed the flag has then finished its event. */
+BPF_PERCPU_ARRAY(kuprobe_inflight, __s64, KUPROBE_NSLOTS);
+
+/* The probe-read helpers under our own names. BCC's front end (0.26) rereads all of
+ * /proc/kallsyms for every call it sees to bpf_probe_read_{kernel,user}[_str], to fall back to
+ * bpf_probe_read on kernels before 5.5: ~40 ms each, most of a compile here. The pool needs
+ * 5.8+ anyway (the ring buffer, checked before the compile). */
+static long (*kuprobe_read_kernel)(void *dst, __u32 size, const void *src) =
+	(void *)BPF_FUNC_probe_read_kernel;
+static long (*kuprobe_read_user)(void *dst, __u32 size, const void *src) =
+	(void *)BPF_FUNC_probe_read_user;
+static long (*kuprobe_read_kernel_str)(void *dst, __u32 size, const void *src) =
+	(void *)BPF_FUNC_probe_read_kernel_str;
+static long (*kuprobe_read_user_str)(void *dst, __u32 size, const void *src) =
+	(void *)BPF_FUNC_probe_read_user_str;
 
 static __always_inline void kuprobe_fill(struct pt_regs *ctx, struct kuprobe_event *e,
 					 __u32 slot, __u32 flags)
@@ -24,11 +44,11 @@ static __always_inline void kuprobe_fill(struct pt_regs *ctx, struct kuprobe_eve
 	e->func_ip = bpf_get_func_ip(ctx);
 	e->pid_tgid = bpf_get_current_pid_tgid();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_probe_read_kernel(e->regs, sizeof(e->regs), ctx);
-	void *sp = (void *)PT_REGS_SP(ctx);
+	kuprobe_read_kernel(e->regs, sizeof(e->regs), ctx);
+	void *sp = (void *)e->regs[KUPROBE_REG_SP];
 	long err = (flags & KUPROBE_CFG_KERNEL)
-		? bpf_probe_read_kernel(e->stack, sizeof(e->stack), sp)
-		: bpf_probe_read_user(e->stack, sizeof(e->stack), sp);
+		? kuprobe_read_kernel(e->stack, sizeof(e->stack), sp)
+		: kuprobe_read_user(e->stack, sizeof(e->stack), sp);
 	if (err)
 		e->flags |= KUPROBE_EV_NOSTACK;
 }
@@ -39,7 +59,7 @@ static __always_inline void kuprobe_capture(struct kuprobe_event *e,
 					    struct kuprobe_captured *out,
 					    struct kuprobe_slot_captures *sc)
 {
-#pragma unroll
+#pragma clang loop unroll(disable)
 	for (int i = 0; i < KUPROBE_CAPTURES; i++) {
 		struct kuprobe_capture_cfg *c = &sc->cap[i];
 		out->addr[i] = 0;
@@ -72,11 +92,11 @@ static __always_inline void kuprobe_capture(struct kuprobe_event *e,
 			     (c->space == KUPROBE_CAP_AUTO && (addr >> 63));
 		long r;
 		if (c->kind == KUPROBE_CAP_STR) {
-			r = kernel ? bpf_probe_read_kernel_str(out->data[i], n, (void *)addr)
-				   : bpf_probe_read_user_str(out->data[i], n, (void *)addr);
+			r = kernel ? kuprobe_read_kernel_str(out->data[i], n, (void *)addr)
+				   : kuprobe_read_user_str(out->data[i], n, (void *)addr);
 		} else {
-			r = kernel ? bpf_probe_read_kernel(out->data[i], n, (void *)addr)
-				   : bpf_probe_read_user(out->data[i], n, (void *)addr);
+			r = kernel ? kuprobe_read_kernel(out->data[i], n, (void *)addr)
+				   : kuprobe_read_user(out->data[i], n, (void *)addr);
 			if (r == 0)
 				r = n;
 		}
@@ -142,8 +162,19 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 
 int kuprobe_probe(struct pt_regs *ctx)
 {
-	__u64 slot = bpf_get_attach_cookie(ctx);
-	if (slot >= KUPROBE_NSLOTS)
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	if (cookie >= KUPROBE_NSLOTS)
 		return 0;
-	return kuprobe_fire(ctx, (__u32)slot);
+	__u32 slot = cookie;
+	__s64 *inflight = kuprobe_inflight.lookup(&slot);
+	if (!inflight)
+		return 0;
+	/* A fetching atomic is fully ordered (a full barrier on every JIT): the count is
+	 * visible before kuprobe_fire() reads the slot's flags. Its pair is the unregistering
+	 * side's store of KUPROBE_CFG_OFF, a full barrier, and its read of these counts. */
+	if (__sync_fetch_and_add(inflight, 1) < 0)
+		return 0;
+	kuprobe_fire(ctx, slot);
+	__sync_fetch_and_add(inflight, -1);
+	return 0;
 }

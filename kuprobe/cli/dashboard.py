@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ TOP_TASKS = 5
 HIST_ROWS = 8
 LATENCY_SUBTITLE = "latency entry→return"
 MESSAGES = 3  # the latest log messages of the "kuprobe" logger, shown under the display
+REDRAWS_KEPT = 1000
 SORT_KEYS = ("hits", "rate", "missed", "name")
 _SPARKS = "▁▂▃▄▅▆▇█"
 _BAR = " ▏▎▍▌▋▊▉█"
@@ -92,6 +94,9 @@ class DashboardState:
     tasks: Mapping[tuple[int, str], int] = field(default_factory=dict)
     task_rates: dict[tuple[int, str], float] = field(default_factory=dict)
     messages: deque[str] = field(default_factory=lambda: deque(maxlen=MESSAGES))
+    # When each timed redraw of the terminal view was done (time.monotonic()): how late the
+    # refreshes run against their period (benchmarks/bench_ceiling.py reads them).
+    redraws: deque[float] = field(default_factory=lambda: deque(maxlen=REDRAWS_KEPT))
     _last: Sample | None = None
 
     def update(self, sample: Sample) -> None:
@@ -427,3 +432,5 @@ def _run_live(
             elif key in ("s", "S"):
                 state.next_sort()
             live.update(render(state, width=console.width), refresh=True)
+            if key is None:
+                state.redraws.append(time.monotonic())

@@ -3,9 +3,10 @@
 Every registered probe holds one or two slots (entry and/or return) of a compiled pool
 (kuprobe/live/pool.py) and one attachment per slot: a BPF link whose cookie is the slot, on a
 perf event or as a uprobe_multi link. Registration either completes or leaves nothing behind;
-unregistration detaches (the kernel waits for programs in flight), drains the ring buffer so
-every recorded event reaches its handler, and then reads the final counters. The kinds of
-probe live in kuprobe/live/uprobe.py and kuprobe/live/kprobe.py.
+unregistration stops the probe's slots (or detaches them: the kernel waits for programs in
+flight), drains the ring buffer so every recorded event reaches its handler, and then reads
+the final counters. A uprobe's links then close in the background (kuprobe/live/closer.py).
+The kinds of probe live in kuprobe/live/uprobe.py and kuprobe/live/kprobe.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from types import TracebackType
 
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
+from kuprobe.live.closer import MAX_PENDING, LinkCloser
 from kuprobe.live.dispatch import Dispatcher, SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_RET,
@@ -51,6 +53,8 @@ class Attach:
     link_fd: int = -1  # closing it detaches the program (a BPF link)
     perf_fd: int = -1  # the kprobe/uprobe perf event under a perf-event link, if any
     target: int = -1  # the ring position past this slot's last event, once detached
+    closing: bool = False  # its link is queued in the LinkCloser, the slot stopped meanwhile
+    release_wanted: bool = False  # the slot is to be freed once the link has closed
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Registration:
     attaches: list[Attach] = field(default_factory=list)
     tracefs_event: str | None = None  # kept after removal: kprobe_profile is read by name
     tracefs_removed: bool = False
-    detached: bool = False  # no program of it runs any more; it waits in BackendCore._closing
+    detached: bool = False  # no program of it records any more; it waits in BackendCore._closing
     dropping: bool = False  # its slots' handlers only count what is left, in dropped
     final: bool = False  # counters final, slots released, the probe's _owner cleared
     profile: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -109,9 +113,14 @@ class BackendCore:
         self.signals = SignalsDeferred()
         self._finished_late: list[Registration] = []  # final while a handler still ran
         self.dispatcher = Dispatcher()
+        self.closer = LinkCloser()
+        # Attach.closing and .release_wanted: the closer's callback never takes self._lock
+        # (a SIGINT handler may wait for the closer while this thread holds it).
+        self._release_lock = threading.RLock()
         self._event_seq = 0
         self._stale_checked = False
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._pool_pending: PendingPool | None = None
         atexit.register(self.shutdown)
 
     # --- capabilities --------------------------------------------------------------
@@ -143,12 +152,23 @@ class BackendCore:
 
     # --- pools ---------------------------------------------------------------------
 
+    def prepare_pool(self) -> None:
+        """Start the first pool's compile in the background, while the caller resolves its
+        probe: the compile is arming's longest step, and BCC's compiler runs without the GIL
+        (a ctypes call), so the two overlap. Its errors surface in ``_pool_with``."""
+        with self._lock:
+            if self._pools or self._pool_pending is not None or os.geteuid() != 0:
+                return
+            self._pool_pending = PendingPool()
+
     def _pool_with(self, n: int) -> ProbePool:
         for pool in self._pools:
             if pool.free_slots >= n:
                 return pool
         with self.signals:  # a pool half made would never be dispatched
-            pool = ProbePool()  # one compile; another only past DEFAULT_SLOTS probes at once
+            pending, self._pool_pending = self._pool_pending, None
+            # one compile; another only past DEFAULT_SLOTS probes at once
+            pool = pending.take() if pending is not None else ProbePool()
             self._pools.append(pool)
             self.dispatcher.add_pool(pool)
         # BCC registers its own atexit cleanup per module, and atexit runs last-in first-out:
@@ -243,11 +263,14 @@ class BackendCore:
         runs afterwards; with ``timeout`` (seconds), events still queued when it runs out are
         counted in ``dropped`` instead (a handler call already running is waited for).
 
-        kernel/events/uprobes.c: uprobe_unregister() waits for an SRCU grace period (~0.1 s
-        here) per probe; a batch closes its perf events side by side, so it waits about once
-        (as the kernel's own uprobe_unregister_nosync() + uprobe_unregister_sync() do).
-        The backend lock is held only to detach and to release, never while handlers are
-        waited for: a handler may register or unregister meanwhile.
+        kernel/events/uprobes.c: uprobe_unregister() waits for a grace period (20-90 ms here)
+        per probe. Uprobes do not wait for it: their slots are stopped in the BPF map, the
+        runs in progress are waited for (``_stop``), and the links close in the background,
+        side by side (kuprobe/live/closer.py). Kprobes close theirs here, side by side, so a
+        batch waits about once (as the kernel's uprobe_unregister_nosync() +
+        uprobe_unregister_sync() do). The backend lock is held only to detach and to
+        release, never while handlers are waited for: a handler may register or unregister
+        meanwhile.
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         with self.signals, self._lock:
@@ -263,10 +286,29 @@ class BackendCore:
                 regs.append(r)
             self._detach_all([r for r in regs if not r.detached])
         self._finish(regs, deadline)
+        self.closer.flush(below=MAX_PENDING)
 
     def _detach_all(self, regs: Sequence[Registration]) -> None:
         """With the lock held and signals deferred: detach, note where each slot's events end
         in the ring, and move the registrations to ``_closing``."""
+        if not regs:
+            return
+        # A uprobe with a semaphore (ref_ctr_offset, USDT) closes at once: the kernel lowers
+        # the semaphore when the link goes, and the traced program sees it.
+        stopped = self._stop(
+            [r for r in regs if isinstance(r.probe, Uprobe) and not r.probe.ref_ctr_offset]
+        )
+        for r in stopped:
+            r.detached = True
+            for att in r.attaches:
+                att.target = att.pool.ring.producer_pos()
+                fds = (att.link_fd, att.perf_fd)
+                att.link_fd = att.perf_fd = -1
+                att.closing = True
+                self.closer.close_later(fds, self._closed(att))
+            self._regs.pop(id(r.probe), None)
+            self._closing[id(r.probe)] = r
+        regs = [r for r in regs if r not in stopped]
         if not regs:
             return
         profile = self._read_profile(regs)
@@ -282,6 +324,45 @@ class BackendCore:
                         att.target = att.pool.ring.producer_pos()
                     self._regs.pop(id(r.probe), None)
                     self._closing[id(r.probe)] = r
+
+    def _stop(self, regs: Sequence[Registration]) -> list[Registration]:
+        """Stop the slots of ``regs`` without detaching them: KUPROBE_CFG_OFF makes every run
+        of the program that starts later count and record nothing; then wait for the runs in
+        progress (kuprobe_inflight), so every event of these slots is in the ring buffer and
+        their counters are final. Returns the registrations stopped (all, or none where the
+        kernel has no membarrier(2): those are detached by closing, as before).
+
+        The pairing (Dekker's): a run increments its in-flight count with a fully ordered
+        atomic, then reads the flags; this side stores the flag, runs a full barrier, then
+        reads the counts. Either the run sees the flag, or this side sees the run."""
+        atts = sorted((a for r in regs for a in r.attaches), key=lambda a: not a.ret)
+        if not atts:
+            return list(regs)
+        try:
+            for att in atts:  # return slots first: no return event then arrives without entry
+                att.pool.set_off(att.slot, True)
+        except Exception as e:  # BCC raises a bare Exception; closing detaches them anyway
+            log.warning("kuprobe: could not stop a slot (%s); detaching by closing", e)
+            return []
+        if not perf.full_barrier():
+            return []
+        pause = 0.00005
+        while any(att.pool.inflight(att.slot) for att in atts):
+            time.sleep(pause)  # a run preempted in its program: rare, and short
+            pause = min(pause * 2, 0.002)
+        return list(regs)
+
+    def _closed(self, att: Attach) -> Callable[[], None]:
+        """Called by the LinkCloser once ``att``'s link is closed: the slot may be reused."""
+
+        def closed() -> None:
+            with self._release_lock:
+                att.closing = False
+                wanted, att.release_wanted = att.release_wanted, False
+            if wanted:
+                self._free(att)
+
+        return closed
 
     def _finish(self, regs: Sequence[Registration], deadline: float | None) -> None:
         """Wait (until ``deadline``) for the dispatcher to handle every event of the detached
@@ -386,7 +467,16 @@ class BackendCore:
             )
 
     def _release(self, att: Attach) -> None:
+        """No handler for the slot any more; the slot free once its link is closed."""
         self.dispatcher.set_handler(att.pool, att.slot, None)
+        with self._release_lock:
+            if att.closing:  # the LinkCloser calls back (``_closed``)
+                att.release_wanted = True
+                return
+        self._free(att)
+
+    @staticmethod
+    def _free(att: Attach) -> None:
         att.pool.forget_removed(att.slot)
         att.pool.release(att.slot)
 
@@ -447,6 +537,8 @@ class BackendCore:
                 probes = [r.probe for r in (*self._regs.values(), *self._closing.values())]
             if probes:
                 self.unregister_many(probes, timeout=timeout, missing_ok=True)
+            # The links still closing: nothing of them is left in the kernel after this.
+            self.closer.flush()
             if not close:
                 return
             stuck = any(  # a handler already waited for in _finish(): not again
@@ -462,6 +554,29 @@ class BackendCore:
                     self.dispatcher.remove_pool(pool)
                     pool.close()
                 self._pools.clear()
+
+
+class PendingPool:
+    """A ProbePool being compiled on its own thread."""
+
+    def __init__(self) -> None:
+        self._pool: ProbePool | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kuprobe-compile", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._pool = ProbePool()
+        except BaseException as e:  # raised again in the registering thread
+            self._error = e
+
+    def take(self) -> ProbePool:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._pool is not None
+        return self._pool
 
 
 def _dropper(probe: AnyProbe, att: Attach) -> SlotHandler:

@@ -8,7 +8,10 @@ committed before the call has been handled: the kernel's promise for unregister.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +27,24 @@ SlotHandler = Callable[[memoryview, int, int, int, Task], None]
 _TASK_CACHE_MAX = 65536
 
 
+class Wakeup:
+    """A wake-up call for the dispatcher thread, through an eventfd: ``set()`` takes no Python
+    lock, so a signal handler that runs while the main thread is inside ``set()`` (SIGINT ->
+    shutdown -> drain) can call it again; a ``threading.Event`` would deadlock there."""
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def set(self) -> None:
+        os.eventfd_write(self._fd, 1)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until ``set()`` or ``timeout`` s, and consume the wake-up."""
+        if select.select([self._fd], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError):  # another reader took it
+                os.eventfd_read(self._fd)
+
+
 class Dispatcher:
     def __init__(self, *, interval: float = 0.002) -> None:
         self.interval = interval
@@ -31,7 +52,7 @@ class Dispatcher:
         self._handlers: dict[int, list[SlotHandler | None]] = {}
         self._handled: dict[int, int] = {}
         self._cond = threading.Condition()
-        self._wake = threading.Event()
+        self._wake = Wakeup()
         self._thread: threading.Thread | None = None
         self._stop = False
         self._tasks: dict[tuple[int, bytes], Task] = {}
@@ -132,7 +153,6 @@ class Dispatcher:
                     log.error("kuprobe's dispatcher: %r; it goes on", e, exc_info=e)
             if not got:
                 wake.wait(self.interval)
-                wake.clear()
 
     def _task(self, pid_tgid: int, comm: bytes) -> Task:
         key = (pid_tgid, comm)

@@ -59,6 +59,12 @@ def host_nregs() -> int:
     return len(live_host().regs.fields)
 
 
+def host_sp_index() -> int:
+    """The stack pointer's word number in the host kernel's struct pt_regs."""
+    regs = live_host().regs
+    return regs.fields.index(regs.sp)
+
+
 # The layout the event has on this host; elsewhere x86_64's (live_host() refuses such a host
 # before a pool is made).
 _HOST = host_arch()

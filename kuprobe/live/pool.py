@@ -18,7 +18,7 @@ from typing import Any
 from kuprobe.errors import ProbeError
 from kuprobe.live import _bcc, perf
 from kuprobe.live.codegen import PROGRAM, PoolSource, render_pool
-from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs
+from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs, host_sp_index
 from kuprobe.live.ringbuf import RingBufReader
 
 DEFAULT_SLOTS = 1024  # slots cost map entries only, not compile time; more pools past that
@@ -37,7 +37,7 @@ class ProbePool:
                 hint="run on a newer kernel, or in kuprobe's VM (`kuprobe vm run`)",
             )
         src: PoolSource = render_pool(
-            nslots=nslots, ringbuf_pages=ringbuf_pages, nregs=host_nregs()
+            nslots=nslots, ringbuf_pages=ringbuf_pages, nregs=host_nregs(), sp_index=host_sp_index()
         )
         self.nslots = nslots
         self.bpf: Any = _bcc.compile_module(src.text, list(src.cflags))
@@ -46,6 +46,7 @@ class ProbePool:
         self._removed = self.bpf[b"kuprobe_removed"]
         self._capcfg = self.bpf[b"kuprobe_capcfg"]
         self._stacks = self.bpf[b"kuprobe_stacks"]
+        self._inflight = self.bpf[b"kuprobe_inflight"]
         rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
@@ -105,6 +106,10 @@ class ProbePool:
         cfg = self._cfg[ctypes.c_int(slot)]
         flags = cfg.flags | KUPROBE_CFG_OFF if off else cfg.flags & ~KUPROBE_CFG_OFF
         self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, cfg.tgid)
+
+    def inflight(self, slot: int) -> int:
+        """Runs of the program for ``slot`` in progress now, over every CPU."""
+        return sum(int(v) for v in self._inflight[ctypes.c_int(slot)])
 
     def set_captures(self, slot: int, captures: Sequence[tuple[int, ...]]) -> None:
         """The slot's kuprobe_capcfg entry: per capture (kind, space, src, mask32, index,

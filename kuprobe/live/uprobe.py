@@ -52,6 +52,10 @@ class UprobeOps(BackendCore):
 
         if not isinstance(up, Uprobe):
             raise TypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")
+        self.prepare_pool()  # the compile overlaps the resolving below
+        # A uprobe registered while another at the same place is still being removed can fail
+        # with EINVAL (measured on 6.18, nop5 sites): links of earlier unregisters close first.
+        self.closer.flush()
         with self._lock:
             self._claim(up)
             pid = 0

@@ -187,6 +187,7 @@ def test_unregister_timeout_bounds_the_wait_and_counts_dropped(live: Path) -> No
     assert took < 1.5
     assert not up.registered and up.dropped > 0
     assert up.hits == 400 == n + up.dropped + up.lost + up.handler_errors
+    backend().closer.flush()  # uprobe links close in the background (kuprobe/live/closer.py)
     assert bpf_fds() == []
 
 
@@ -277,6 +278,8 @@ SCRIPT_SIGINT_LOOP = textwrap.dedent(
     if up.registered:
         unregister_uprobe(up, timeout=2.0)
     work.kill()
+    from kuprobe.live.api import backend
+    backend().closer.flush()  # uprobe links close in the background
     print(interrupted, fds(), up.registered, flush=True)
     """
 )

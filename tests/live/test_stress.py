@@ -93,6 +93,7 @@ SCRIPT = textwrap.dedent(
             r = b._regs.get(id(up)) or b._closing.get(id(up))
             still.append(repr(r and (r.detached, r.final, r.dropping)))
             unregister_uprobe(up)
+    b.closer.flush()  # uprobe links close in the background (kuprobe/live/closer.py)
     fds = []
     for fd in os.listdir("/proc/self/fd"):
         try:

@@ -13,22 +13,23 @@ from kuprobe.resolve import check_symbol_name
 
 
 def test_integers_in_flags_are_the_only_parameters() -> None:
-    src = render_pool(nslots=3, ringbuf_pages=8, nregs=21)
+    src = render_pool(nslots=3, ringbuf_pages=8, nregs=21, sp_index=19)
     assert src.text == (BPF_DIR / "probe_pool.bpf.c").read_text()  # the C is not edited
     assert src.cflags[1:] == (
         "-DKUPROBE_NSLOTS=3",
         "-DKUPROBE_RINGBUF_PAGES=8",
         "-DKUPROBE_NREGS=21",
+        "-DKUPROBE_REG_SP=19",
     )
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"nslots": "1); evil(", "ringbuf_pages": 4, "nregs": 21},
-        {"nslots": 2, "ringbuf_pages": "4 }", "nregs": 21},
-        {"nslots": 2, "ringbuf_pages": 4, "nregs": 21.0},
-        {"nslots": True, "ringbuf_pages": 4, "nregs": 21},
+        {"nslots": "1); evil(", "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
+        {"nslots": 2, "ringbuf_pages": "4 }", "nregs": 21, "sp_index": 19},
+        {"nslots": 2, "ringbuf_pages": 4, "nregs": 21.0, "sp_index": 19},
+        {"nslots": True, "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
     ],
 )
 def test_parameters_must_be_ints(kwargs: dict[str, object]) -> None:
@@ -39,10 +40,11 @@ def test_parameters_must_be_ints(kwargs: dict[str, object]) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"nslots": 0, "ringbuf_pages": 4, "nregs": 21},
-        {"nslots": 70000, "ringbuf_pages": 4, "nregs": 21},
-        {"nslots": 2, "ringbuf_pages": 3, "nregs": 21},  # not a power of two
-        {"nslots": 2, "ringbuf_pages": -4, "nregs": 21},
+        {"nslots": 0, "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
+        {"nslots": 70000, "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
+        {"nslots": 2, "ringbuf_pages": 3, "nregs": 21, "sp_index": 19},  # not a power of two
+        {"nslots": 2, "ringbuf_pages": -4, "nregs": 21, "sp_index": 19},
+        {"nslots": 2, "ringbuf_pages": 4, "nregs": 21, "sp_index": 21},  # past pt_regs
     ],
 )
 def test_parameters_are_range_checked(kwargs: dict[str, int]) -> None:
