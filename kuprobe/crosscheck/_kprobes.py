@@ -241,12 +241,12 @@ class KSide:
 
 
 def run_kmodel(spec: ScenarioSpec, target: KmodTarget | None = None) -> Observation:
-    """The scenario on a Machine of the module's running image (kernel space, today's
-    semantics)."""
+    """The scenario on a Machine of the module's running image (kernel space, with the rules
+    of the running kernel's release: kuprobe.model.semantics)."""
     from kuprobe.model import Machine
 
     target = target or kmod_target()
-    machine = Machine.load(target.elf, space="kernel", strict=True, semantics="today")
+    machine = Machine.load(target.elf, space="kernel", strict=True, semantics=os.uname().release)
     side = KSide(target, spec)
     results = side.run(machine, machine.call)
     return side.observe(results)
@@ -302,7 +302,7 @@ def kprobe_acceptance(target: KmodTarget | None = None) -> list[Verdict]:
     from kuprobe.model import Machine
 
     target = target or kmod_target()
-    machine = Machine.load(target.elf, space="kernel", trace=False, semantics="today")
+    machine = Machine.load(target.elf, space="kernel", trace=False, semantics=os.uname().release)
     verdicts = []
     for i, (code, text) in enumerate(instructions(ARCH)):
         name = INSN_SYMBOL.format(i)

@@ -16,6 +16,7 @@ difference.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -172,7 +173,7 @@ def measure(arch: str) -> list[Verdict]:
     backend = live_backend()
     with tempfile.TemporaryDirectory(prefix="kuprobe-insns-") as tmp:
         exe = build(arch, insns, Path(tmp))
-        machine = Machine.load(str(exe))
+        machine = Machine.load(str(exe), semantics=os.uname().release)  # this kernel's rules
         proc = subprocess.Popen(
             [str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )

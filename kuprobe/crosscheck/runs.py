@@ -63,9 +63,7 @@ def why_not(
     if arch not in GUEST_ARCHES:
         return f"no guest runs {arch} programs (the x86_64 guest has no 32-bit C library)"
     if needs_kprobes and arch != X86_64.name:
-        return (
-            "kprobe scenarios run in the x86_64 guest (their test module is built for its kernel)"
-        )
+        return "kprobe scenarios run in the x86_64 guest (the test module is built for its kernel)"
     return None
 
 

@@ -225,6 +225,29 @@ ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "x86_sha512_vex",
+        "the x86 instruction decoder's map (arch/x86/lib/x86-opcode-map.txt): the VEX-only "
+        "SHA512 forms of 0f 38 cb-cd with an f2 prefix",
+        X86,
+        "unknown",
+        "`f2 0f 38 cb`-`cd` decode as legacy instructions (their f2 attribute is the plain "
+        "SHA one), so a uprobe or kprobe may take them",
+        "arch/x86/lib/x86-opcode-map.txt as of v6.1 (measured: the x86_64 guest's kprobes "
+        "accept them, tests/vm/test_crosscheck_kprobes.py)",
+        (
+            Change(
+                "6.18",
+                "vex_only",
+                "the f2 forms are VEX-only (vsha512msg1, vsha512msg2, vsha512rnds2), so "
+                "insn_get_opcode() refuses their legacy encodings (inat_must_vex()): a uprobe "
+                "-ENOEXEC, a kprobe -EINVAL",
+                "arch/x86/lib/x86-opcode-map.txt (measured on this host's 6.18 uprobes, "
+                "kuprobe.crosscheck.acceptance; the release that added the rows is not pinned "
+                "from history here: some release after 6.1)",
+            ),
+        ),
+    ),
 )
 
 
@@ -240,6 +263,7 @@ class Semantics:
     x86_kprobe_step: str
     kprobe_post_handler: str
     arm64_kprobe_step: str
+    x86_sha512_vex: str
     name: str = ""  # "seed", "today" or the kernel release it was made for
 
     def __str__(self) -> str:

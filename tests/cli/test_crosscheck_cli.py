@@ -11,9 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from kuprobe.cli.crosscheck import run
 from kuprobe.cli.main import build_parser, main
 from kuprobe.crosscheck import SCENARIOS, Event, Observation, Scenario
 from kuprobe.crosscheck.runs import decode_observation, why_not
+from kuprobe.crosscheck.spec import NEEDS_KPROBES
 from kuprobe.live.backend import LiveBackend
 from kuprobe.model import ModelError
 
@@ -275,16 +274,16 @@ def test_what_a_side_cannot_run_is_said(
 
 
 def test_kprobe_scenarios_do_not_run_on_a_host_without_kprobes() -> None:
-    spec = SCENARIOS["args"].spec
-    assert spec is not None
-    kprobe = SimpleNamespace(kind="kprobe")
-    scenario = Scenario("k", "a kprobe", SCENARIOS["args"].observe, ("x86_64",),
-                        replace(spec, probes=(kprobe,)))  # type: ignore[arg-type]  # fmt: skip
-    assert why_not(scenario, "host", "x86_64", kprobes=False) == (
-        "this host's kernel has no kprobes (no kprobe_events in tracefs)"
+    kprobes = SCENARIOS["k-args"]
+    assert kprobes.needs == NEEDS_KPROBES
+    assert why_not(kprobes, "host", "x86_64", kprobes=False) == (
+        "this host's kernel has no kprobes (no kprobe PMU)"
     )
-    assert why_not(scenario, "host", "x86_64", kprobes=True) is None
-    assert why_not(scenario, "vm", "x86_64") is None
+    assert why_not(kprobes, "host", "x86_64", kprobes=True) is None
+    assert why_not(kprobes, "vm", "x86_64") is None
+    assert why_not(kprobes, "vm", "arm64") == (
+        "kprobe scenarios run in the x86_64 guest (the test module is built for its kernel)"
+    )
     assert why_not(SCENARIOS["args"], "host", "x86_64", kprobes=False) is None
 
 
@@ -382,7 +381,7 @@ def test_the_command_runs_every_scenario(live: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [ln.strip() for ln in out.stdout.splitlines()]
     titles = [ln for ln in lines if " on " in ln and ln.endswith(": agree")]
-    runs = [(n, a) for n, s in SCENARIOS.items() for a in s.arches if a in ARCHES]
+    runs = [(n, a) for n, s in SCENARIOS.items() for a in s.arches if a in ARCHES and not s.needs]
     release = os.uname().release
     assert titles == [f"{n} on {a} (host {release}): agree" for n, a in runs]
     arm64 = [n for n, s in SCENARIOS.items() if "arm64" in s.arches]
@@ -390,6 +389,11 @@ def test_the_command_runs_every_scenario(live: Path) -> None:
     assert (
         "not run on the host, arm64 (this host runs x86_64 and i386 programs only): "
         f"{', '.join(arm64)} ({len(arm64)})"
+    ) in " ".join(said.split())
+    kprobes = [n for n, s in SCENARIOS.items() if s.needs == NEEDS_KPROBES]
+    assert (
+        "not run on the host, x86_64 (this host's kernel has no kprobes (no kprobe PMU)): "
+        f"{', '.join(kprobes)} ({len(kprobes)})"
     ) in " ".join(said.split())
     assert lines[-1] == f"all {len(runs)} agree (model and kernel)"
 

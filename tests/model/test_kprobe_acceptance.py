@@ -14,6 +14,7 @@ import pytest
 
 from kuprobe.model.arch.x86_64 import X86_64
 from kuprobe.model.arch.x86_kprobe import emulate_cc, kprobe_refuses
+from kuprobe.model.semantics import for_kernel
 
 EINVAL, EOPNOTSUPP = errno.EINVAL, errno.EOPNOTSUPP
 # (hex bytes, 64-bit?, errno today, errno before v5.15 (the trap flag's kernels))
@@ -96,3 +97,33 @@ def test_a_rip_relative_kernel_insn_reaches_its_slot() -> None:
     ainsn = X86_64().arch_prepare_kprobe(addr, code, slot)
     disp = int.from_bytes(ainsn.slot[3:7], "little", signed=True)
     assert (slot + 7 + disp) % (1 << 64) == addr + 7 + 0x1000  # the same target
+
+
+@pytest.mark.parametrize(
+    ("code", "errno_"),
+    [
+        ("c4e2799ac0", errno.EOPNOTSUPP),  # vfmsub132ps: opcode byte 9a, as a far call
+        ("c4e279cfc0", errno.EOPNOTSUPP),  # vgf2p8mulb: cf, as iret
+        ("c5f9eac0", errno.EOPNOTSUPP),  # vpminsw: ea, as a far jmp
+        ("62f27d48ccc0", errno.EINVAL),  # vrsqrt28ps: cc, as an int3
+        ("c4e37968c001", errno.EINVAL),  # vfmaddps (AMD FMA4): not in the decoder's map
+        ("660f38c800", errno.EINVAL),  # sha1nexte with 66: that form is EVEX-only
+        ("c5f9efc0", 0),  # vpxor
+        ("62f27d4898c0", 0),  # vfmadd132ps zmm
+    ],
+)
+def test_vex_instructions_are_refused_by_their_opcode_byte(code: str, errno_: int) -> None:
+    """The kernel reads insn->opcode.bytes[0] for VEX and EVEX forms too (measured on the
+    x86_64 guest's 6.1: tests/vm/test_crosscheck_kprobes.py)."""
+    refusal = kprobe_refuses(bytes.fromhex(code), True)
+    assert (refusal.errno if refusal else 0) == errno_
+
+
+def test_the_sha512_vex_forms_by_kernel() -> None:
+    """f2 0f 38 cc: a legacy instruction to 6.1's decoder, VEX-only (so refused) to 6.18's."""
+    code = bytes.fromhex("f20f38cc00")
+    assert kprobe_refuses(code, True, sha512_vex=False) is None
+    refusal = kprobe_refuses(code, True, sha512_vex=True)
+    assert refusal is not None and refusal.errno == errno.EINVAL
+    assert for_kernel("6.1.0-56-amd64").x86_sha512_vex == "unknown"
+    assert for_kernel("6.18.44").x86_sha512_vex == "vex_only"

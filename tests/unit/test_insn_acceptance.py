@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kuprobe.model.arch.x86 import insn_opcode, uprobe_refuses, uprobe_undecoded
+from kuprobe.model.arch.x86 import insn_opcode, insn_undecoded, uprobe_refuses
 
 CASES = [
     # (hex, x86_64 refuses, i386 refuses)
@@ -69,4 +69,4 @@ def test_c4_c5_in_32_bit_mode_are_les_lds_with_a_memory_operand() -> None:
 )
 def test_what_the_kernels_decoder_does_not_know(code: str, undecoded: bool) -> None:
     for is64 in (True, False):
-        assert uprobe_undecoded(bytes.fromhex(code), is64) == undecoded
+        assert insn_undecoded(bytes.fromhex(code), is64) == undecoded

@@ -36,14 +36,25 @@ from kuprobe.model.arch.x86_insn import (
     VEX3,
     InsnOpcode,
     insn_opcode,
+    insn_undecoded,
 )
 from kuprobe.model.arch.x86_kprobe import kprobe_refuses, prepare_emulation
 from kuprobe.model.arch.x86_uprobe_emulate import is_nop_pattern, uprobe_emulation
 from kuprobe.regs import PtRegs, regs_class
 
 __all__ = [
-    "EVEX", "INT3_INSN_OPCODE", "LEGACY_PREFIXES", "MOV_SREG_OPCODE", "POP_SS_OPCODE", "VEX2",
-    "VEX3", "X86", "InsnOpcode", "insn_opcode", "uprobe_refuses", "uprobe_undecoded",
+    "EVEX",
+    "INT3_INSN_OPCODE",
+    "LEGACY_PREFIXES",
+    "MOV_SREG_OPCODE",
+    "POP_SS_OPCODE",
+    "VEX2",
+    "VEX3",
+    "X86",
+    "InsnOpcode",
+    "insn_opcode",
+    "insn_undecoded",
+    "uprobe_refuses",
 ]  # fmt: skip
 
 # arch/x86/include/asm/processor-flags.h
@@ -96,35 +107,6 @@ GOOD_2BYTE_INSNS = _table("""
 BAD_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0xF0})
 # branch_setup_xol_ops(): the branches it emulates (jmp rel8/rel32, call rel32, jcc)
 BRANCH_OPCODES = frozenset({0xEB, 0xE9, 0xE8, *range(0x70, 0x80)})
-
-
-# Encodings capstone decodes that arch/x86/lib/insn.c does not (insn_decode() fails, and
-# arch_uprobe_analyze_insn() returns -ENOEXEC), from its opcode map (x86-opcode-map.txt):
-# AMD's FMA4 and vpermil2ps/pd (VEX map 0f3a) are not in it; in the 0f 38 map, c8 and ca-cd
-# with a 0x66 prefix are EVEX-only forms ("(66),(ev)": vexp2ps, vrcp28ps …) and cb-cd with
-# 0xf2 VEX-only ones ("(F2),(v)": vsha512*), so insn_get_opcode() refuses their legacy
-# encodings (inat_must_vex()). Measured over every 0f, 0f 38 and 0f 3a opcode, bare and with
-# 66/f2/f3, and VEX maps 1-3 and EVEX maps 1-2 (kuprobe.crosscheck.acceptance).
-UNDECODED_VEX_0F3A = frozenset(
-    {0x48, 0x49, *range(0x5C, 0x60), *range(0x68, 0x6C), *range(0x78, 0x80)}
-)
-UNDECODED_0F38 = {
-    0x66: frozenset({0xC8, 0xCA, 0xCB, 0xCC, 0xCD}),
-    0xF2: frozenset({0xCB, 0xCC, 0xCD}),
-}
-
-
-def uprobe_undecoded(insn: bytes, is64: bool) -> bool:
-    """Whether the kernel's instruction decoder fails on ``insn`` where capstone does not
-    (arch_uprobe_analyze_insn(): insn_decode() < 0, -ENOEXEC)."""
-    op = insn_opcode(insn, is64)
-    if op.vex:
-        return op.vex_map == 3 and op.opcode[0] in UNDECODED_VEX_0F3A
-    if op.opcode[:2] != b"\x0f\x38" or len(op.opcode) < 3 or not op.prefixes:
-        return False
-    # the attribute is looked up for the last 66/f2/f3 prefix (insn_last_prefix_id())
-    last = next((p for p in reversed(op.prefixes) if p in (0x66, 0xF2, 0xF3)), None)
-    return last is not None and op.opcode[2] in UNDECODED_0F38.get(last, frozenset())
 
 
 def uprobe_refuses(insn: bytes, is64: bool) -> str | None:
@@ -261,6 +243,10 @@ class X86(Arch):
         # kprobe_int3_handler(): addr = regs->ip - sizeof(kprobe_opcode_t)
         return (int(regs.ip) - 1) & self.mask
 
+    def sha512_vex(self) -> bool:
+        """The row x86_sha512_vex: the decoder's map has the VEX-only SHA512 forms."""
+        return self.semantics.x86_sha512_vex == "vex_only"
+
     def int3_step(self) -> bool:
         """The row x86_kprobe_step (kuprobe.model.semantics): an int3 after the slot ends the
         step (v5.15 on), else the trap flag (the seed's)."""
@@ -273,7 +259,9 @@ class X86(Arch):
         # prepare_singlestep(): the slot gets the instruction and (v5.15 on) an int3
         insn = self.decode(code, addr)
         raw = bytes(insn.bytes)
-        refusal = kprobe_refuses(code, self.is64, int3_step=self.int3_step())
+        refusal = kprobe_refuses(
+            code, self.is64, int3_step=self.int3_step(), sha512_vex=self.sha512_vex()
+        )
         if refusal is not None:
             raise ProbeError(
                 refusal.errno,
@@ -371,7 +359,7 @@ class X86(Arch):
     def arch_uprobe_analyze_insn(self, insn: bytes, vaddr: int) -> ArchSpecificInsn:
         dec = self.decode(insn, vaddr)
         raw = bytes(dec.bytes)
-        if uprobe_undecoded(raw, self.is64):
+        if insn_undecoded(raw, self.is64, sha512_vex=self.sha512_vex()):
             raise ProbeError(
                 errno.ENOEXEC,
                 f"{self.name}: the kernel's decoder does not know {dec.mnemonic} at {vaddr:#x}",

@@ -54,3 +54,37 @@ def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
         opcode = insn[i : i + 1]
     i += len(opcode)
     return InsnOpcode(prefixes, bool(vex), opcode, insn[i] if i < len(insn) else None, vex_map)
+
+
+# Encodings capstone decodes that arch/x86/lib/insn.c does not (insn_decode() fails:
+# arch_uprobe_analyze_insn() returns -ENOEXEC, __copy_instruction() 0 so a kprobe -EINVAL),
+# from its opcode map (x86-opcode-map.txt): AMD's FMA4 and vpermil2ps/pd (VEX map 0f3a) are
+# not in it (insn_get_opcode(): !inat_accept_vex()); in the 0f 38 map, c8 and ca-cd with a
+# 0x66 prefix are EVEX-only forms ("(66),(ev)": vexp2ps, vrcp28ps …), so their legacy
+# encodings are refused (inat_must_vex()); and, in newer maps (the x86_sha512_vex row of
+# kuprobe.model.semantics), cb-cd with 0xf2 are VEX-only ones ("(F2),(v)": vsha512*).
+# Measured over every 0f, 0f 38 and 0f 3a opcode, bare and with 66/f2/f3, and VEX maps 1-3
+# and EVEX maps 1-2 (kuprobe.crosscheck.acceptance): as uprobes on 6.18, as kprobes on 6.1.
+UNDECODED_VEX_0F3A = frozenset(
+    {0x48, 0x49, *range(0x5C, 0x60), *range(0x68, 0x70), *range(0x78, 0x80)}
+)
+UNDECODED_0F38 = {0x66: frozenset({0xC8, 0xCA, 0xCB, 0xCC, 0xCD})}
+UNDECODED_0F38_SHA512_VEX = {0xF2: frozenset({0xCB, 0xCC, 0xCD})}
+
+
+def insn_undecoded(insn: bytes, is64: bool, *, sha512_vex: bool = True) -> bool:
+    """Whether the kernel's instruction decoder fails on ``insn`` where capstone does not.
+    ``sha512_vex``: the map knows the VEX-only SHA512 forms (the x86_sha512_vex row)."""
+    op = insn_opcode(insn, is64)
+    if op.vex:
+        return op.vex_map == 3 and op.opcode[0] in UNDECODED_VEX_0F3A
+    if op.opcode[:2] != b"\x0f\x38" or len(op.opcode) < 3 or not op.prefixes:
+        return False
+    # the attribute is looked up for the last 66/f2/f3 prefix (insn_last_prefix_id())
+    last = next((p for p in reversed(op.prefixes) if p in (0x66, 0xF2, 0xF3)), None)
+    if last is None:
+        return False
+    refused = UNDECODED_0F38.get(last, frozenset())
+    if sha512_vex:
+        refused |= UNDECODED_0F38_SHA512_VEX.get(last, frozenset())
+    return op.opcode[2] in refused

@@ -18,7 +18,12 @@ from typing import Any
 
 import capstone
 
-from kuprobe.model.arch.x86_insn import INT3_INSN_OPCODE, MOV_SREG_OPCODE, insn_opcode
+from kuprobe.model.arch.x86_insn import (
+    INT3_INSN_OPCODE,
+    MOV_SREG_OPCODE,
+    insn_opcode,
+    insn_undecoded,
+)
 
 # arch/x86/include/asm/processor-flags.h: the flags the condition codes read
 X86_EFLAGS_CF = 0x001
@@ -59,6 +64,11 @@ MASKING = KprobeRefusal(
     "__copy_instruction",
     "it masks exceptions for the next one (insn_masking_exception(): mov to ss, pop ss)",
 )
+UNDECODED = KprobeRefusal(
+    errno.EINVAL,
+    "__copy_instruction",
+    "the kernel's instruction decoder does not know it (insn_decode_kernel() fails)",
+)
 # prepare_emulation() returns -EOPNOTSUPP
 FAR_ABSOLUTE = KprobeRefusal(
     errno.EOPNOTSUPP, "prepare_emulation", "a far call/jmp absolute (segment not supported)", True
@@ -87,17 +97,24 @@ ONE_BYTE_REFUSALS: dict[int, KprobeRefusal] = {
 }  # fmt: skip
 
 
-def kprobe_refuses(insn: bytes, is64: bool, *, int3_step: bool = True) -> KprobeRefusal | None:
+def kprobe_refuses(
+    insn: bytes, is64: bool, *, int3_step: bool = True, sha512_vex: bool = True
+) -> KprobeRefusal | None:
     """Why arch_prepare_kprobe() refuses a kprobe on ``insn`` (the recovered bytes), or None.
 
     ``int3_step``: the kernel single-steps with an int3 after the slot (v5.15 on), whose
     prepare_emulation() refuses what it cannot emulate; before it those were stepped.
+    ``sha512_vex``: the decoder's map has the VEX-only SHA512 forms (a semantics row).
+
+    The checks read ``insn->opcode.bytes[0]`` whatever the encoding, so a VEX or EVEX
+    instruction whose opcode byte is 0xcc, 0x9a, 0xea or 0xcf is refused as int3, far
+    call/jmp or iret would be (measured on 6.1: vfmsub132ps, vgf2p8mulb, vpminsw, vrsqrt28ps).
     """
     if insn[:5] in (XEN_EMULATE_PREFIX, KVM_EMULATE_PREFIX):
         return EMULATE_PREFIX
+    if insn_undecoded(insn, is64, sha512_vex=sha512_vex):
+        return UNDECODED
     op = insn_opcode(insn, is64)
-    if op.vex:
-        return None
     op1 = op.opcode[0]
     if op1 == INT3_INSN_OPCODE:
         return INT3
