@@ -13,16 +13,14 @@ patching moved (a ``jmp __x86_return_thunk`` that runs as ``ret; int3 …``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kuprobe import Kprobe, ProbeError, register_kprobe, unregister_kprobe
-from kuprobe.elf import ElfImage
+from kuprobe import Kprobe, register_kprobe, unregister_kprobe
 
-from .test_model_agrees import function_elf, starts
+from .test_model_agrees import model_of, register_errno, starts
 
 pytestmark = [
     pytest.mark.vm,
@@ -42,39 +40,21 @@ FUNCTIONS = (
 )
 
 
-def _register(register: Callable[[Kprobe], None], kp: Kprobe) -> int:
-    """0 if ``kp`` registers (it stays), else the ProbeError's errno."""
-    try:
-        register(kp)
-    except ProbeError as e:
-        return e.errno or -1
-    return 0
-
-
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_probes_in_one_function_never_change_what_the_next_may_do(
     function: str,
     kernel_function_bytes: Callable[[str], tuple[int, bytes]],
     tmp_path: Path,
 ) -> None:
-    model = pytest.importorskip("kuprobe.model")
-    addr, code = kernel_function_bytes(function)
-    running = ElfImage("/proc/kcore").read_vaddr(addr, len(code))
-    moved = starts(code) ^ starts(running)
-    assert len(moved) <= len(code) // 5, f"{function}: text patched beyond recognition"
-    elf = tmp_path / f"{function}.elf"
-    function_elf(elf, function, addr, code)
-    # the rules of the kernel this runs on (kuprobe.model.semantics)
-    machine = model.Machine.load(elf, space="kernel", trace=False,
-                                 semantics=os.uname().release)  # fmt: skip
+    machine, code, running, moved = model_of(function, kernel_function_bytes, tmp_path)
     disagree: dict[str, tuple[int, int]] = {}
     kept: list[tuple[Kprobe | None, Kprobe | None]] = []
     try:
         # every instruction start, one after the other; each stays where it registers
         for off in sorted(starts(code) & starts(running)):
             mk, lk = (Kprobe(symbol_name=function, offset=off) for _ in range(2))
-            m_rc = _register(machine.register_kprobe, mk)
-            l_rc = _register(register_kprobe, lk)
+            m_rc = register_errno(machine.register_kprobe, mk)
+            l_rc = register_errno(register_kprobe, lk)
             kept.append((mk if m_rc == 0 else None, lk if l_rc == 0 else None))
             if m_rc != l_rc:
                 disagree[f"keep +{off:#x}"] = (m_rc, l_rc)
@@ -85,8 +65,8 @@ def test_probes_in_one_function_never_change_what_the_next_may_do(
             if off in moved:
                 continue
             mk, lk = (Kprobe(symbol_name=function, offset=off) for _ in range(2))
-            m_rc = _register(machine.register_kprobe, mk)
-            l_rc = _register(register_kprobe, lk)
+            m_rc = register_errno(machine.register_kprobe, mk)
+            l_rc = register_errno(register_kprobe, lk)
             if m_rc == 0:
                 machine.unregister_kprobe(mk)
             if l_rc == 0:

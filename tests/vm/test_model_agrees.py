@@ -12,6 +12,7 @@ found by decoding the running text (/proc/kcore) and left out, and must stay few
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from kuprobe import Kprobe, ProbeError, register_kprobe, unregister_kprobe
 from kuprobe.elf import ElfImage
 from kuprobe.insn import boundaries
+from kuprobe.model import Machine
 
 # x86_64 only: the boundaries here come from decoding x86's variable-length instructions (on
 # arm64 every 4-byte-aligned offset is one, which test_kprobes checks there).
@@ -74,15 +76,38 @@ def starts(code: bytes) -> set[int]:
     return {off for off, _n in boundaries("x86_64", code)}
 
 
-def _accepts(register: Callable[[Kprobe], None], unregister: Callable[[Kprobe], None],
-             kp: Kprobe) -> int:  # fmt: skip
-    """0 if `kp` registers (then unregisters it), else the ProbeError's errno."""
+def register_errno(register: Callable[[Kprobe], None], kp: Kprobe) -> int:
+    """0 if ``kp`` registers (it stays), else the ProbeError's errno."""
     try:
         register(kp)
     except ProbeError as e:
         return e.errno or -1
-    unregister(kp)
     return 0
+
+
+def _accepts(register: Callable[[Kprobe], None], unregister: Callable[[Kprobe], None],
+             kp: Kprobe) -> int:  # fmt: skip
+    """0 if `kp` registers (then unregisters it), else the ProbeError's errno."""
+    rc = register_errno(register, kp)
+    if rc == 0:
+        unregister(kp)
+    return rc
+
+
+def model_of(
+    function: str, kernel_function_bytes: Callable[[str], tuple[int, bytes]], tmp_path: Path
+) -> tuple[Machine, bytes, bytes, set[int]]:
+    """A Machine of ``function``'s bytes at its address, with the running kernel's rules
+    (kuprobe.model.semantics); its bytes in the image and as they run; and the instruction
+    starts the boot-time patching moved (few, or the function is left out)."""
+    addr, code = kernel_function_bytes(function)
+    running = ElfImage("/proc/kcore").read_vaddr(addr, len(code))
+    moved = starts(code) ^ starts(running)
+    assert len(moved) <= len(code) // 5, f"{function}: text patched beyond recognition"
+    elf = tmp_path / f"{function}.elf"
+    function_elf(elf, function, addr, code)
+    machine = Machine.load(elf, space="kernel", trace=False, semantics=os.uname().release)
+    return machine, code, running, moved
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -91,14 +116,7 @@ def test_live_kernel_agrees_with_the_model_at_every_offset(
     kernel_function_bytes: Callable[[str], tuple[int, bytes]],
     tmp_path: Path,
 ) -> None:
-    model = pytest.importorskip("kuprobe.model")
-    addr, code = kernel_function_bytes(function)
-    running = ElfImage("/proc/kcore").read_vaddr(addr, len(code))
-    moved = starts(code) ^ starts(running)  # boundaries the boot-time patching moved
-    assert len(moved) <= len(code) // 5, f"{function}: text patched beyond recognition"
-    elf = tmp_path / f"{function}.elf"
-    function_elf(elf, function, addr, code)
-    machine = model.Machine.load(elf, space="kernel", trace=False)
+    machine, code, _running, moved = model_of(function, kernel_function_bytes, tmp_path)
     predicted = {
         off: _accepts(machine.register_kprobe, machine.unregister_kprobe,
                       Kprobe(symbol_name=function, offset=off))
