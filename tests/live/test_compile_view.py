@@ -1,0 +1,111 @@
+"""Each BCC compile runs on a thread of its own with a private view of the file system
+(kuprobe/live/_bcc.py): BCC's chdir(2) into the headers tree does not move the caller's
+working directory, BCC's /proc/kallsyms question is answered without reading the real file,
+the program compiled is the same instructions, and the process's mounts are untouched."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from kuprobe.live import _bcc
+from kuprobe.live.codegen import PROGRAM, render_pool
+from kuprobe.live.events import host_nregs, host_sp_index
+
+pytestmark = pytest.mark.live
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pool_source() -> tuple[str, list[str]]:
+    src = render_pool(nslots=16, ringbuf_pages=1, nregs=host_nregs(), sp_index=host_sp_index())
+    return src.text, list(src.cflags)
+
+
+def insns_without_map_fds(raw: bytes) -> bytes:
+    """The program's instructions with the map fds of ld_imm64 (BPF_PSEUDO_MAP_FD/VALUE)
+    zeroed: two modules of one process hold different fds for the same maps."""
+    out = bytearray(raw)
+    for i in range(0, len(out), 8):
+        code, regs = out[i], out[i + 1]
+        if code == 0x18 and (regs >> 4) in (1, 2):  # BPF_LD | BPF_DW | BPF_IMM
+            struct.pack_into("<i", out, i + 4, 0)
+    return bytes(out)
+
+
+def test_compile_leaves_the_callers_cwd(live: Path) -> None:
+    """Before: while the compile ran on its thread, os.getcwd() of every other thread was
+    the headers tree (BCC's ClangLoader::parse chdirs there)."""
+    text, cflags = pool_source()
+    seen: set[str] = set()
+    done = threading.Event()
+    modules: list[object] = []
+
+    def compile_() -> None:
+        try:
+            modules.append(_bcc.compile_module(text, cflags))
+        finally:
+            done.set()
+
+    here = os.getcwd()
+    t = threading.Thread(target=compile_)
+    t.start()
+    while not done.wait(0.001):
+        seen.add(os.getcwd())
+    t.join()
+    assert modules, "the compile failed"
+    modules[0].cleanup()  # type: ignore[attr-defined]
+    assert seen == {here}
+
+
+def test_private_view_compiles_the_same_program(live: Path) -> None:
+    mounts = Path("/proc/self/mountinfo").read_text()
+    ns = os.readlink("/proc/self/ns/mnt")
+    text, cflags = pool_source()
+    ours = _bcc.compile_module(text, cflags)
+    assert _bcc.last_view == "private"
+    # The same source compiled the plain way, on this thread: BCC reads the real kallsyms.
+    plain = _bcc.import_bcc()(text=text.encode(), cflags=cflags)
+    try:
+        a = insns_without_map_fds(bytes(ours.dump_func(PROGRAM.encode())))
+        b = insns_without_map_fds(bytes(plain.dump_func(PROGRAM.encode())))
+        assert len(a) > 8 * 100 and a == b
+    finally:
+        ours.cleanup()
+        plain.cleanup()
+    assert os.readlink("/proc/self/ns/mnt") == ns
+    assert Path("/proc/self/mountinfo").read_text() == mounts
+    with open("/proc/kallsyms") as f:
+        assert sum(1 for _ in f) > 1000  # the real one, here
+
+
+def test_without_cap_sys_admin_the_compile_reads_kallsyms(live: Path) -> None:
+    """No CAP_SYS_ADMIN (really dropped, by setpriv): no mount namespace, so BCC reads the
+    real /proc/kallsyms; the thread still has its own working directory and the compile
+    works (CAP_BPF and CAP_PERFMON suffice for it)."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from kuprobe.live import _bcc
+        from kuprobe.live.codegen import render_pool
+        from kuprobe.live.events import host_nregs, host_sp_index
+        src = render_pool(nslots=16, ringbuf_pages=1, nregs=host_nregs(),
+                          sp_index=host_sp_index())
+        m = _bcc.compile_module(src.text, list(src.cflags))
+        print(_bcc.last_view)
+        """
+    )
+    out = subprocess.run(
+        ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["own-cwd"]
