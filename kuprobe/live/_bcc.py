@@ -104,6 +104,10 @@ def _private_view() -> str:
     Refused (no CAP_SYS_ADMIN, a seccomp or LSM policy): the compile reads the real
     /proc/kallsyms, only slower; this is logged, and ``last_view`` says which view ran."""
     libc = ctypes.CDLL(None, use_errno=True)
+    libc.unshare.argtypes = [ctypes.c_int]
+    libc.mount.argtypes = [
+        ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p
+    ]  # fmt: skip
     if libc.unshare(CLONE_FS | CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
         log.debug("compile: unshare(CLONE_NEWNS): %s; kallsyms is read", os.strerror(err))
