@@ -45,7 +45,7 @@ def _install_signal_handlers() -> None:
     """SIGINT/SIGTERM unregister everything first (within 2 s: events still queued then are
     counted in ``dropped``), then do what they did before. A signal that arrives while
     kuprobe creates or closes a BPF link, or while it is already shutting down, waits for
-    that to end (kuprobe/live/core.py: SignalsDeferred)."""
+    that to end (kuprobe/live/signals.py: SignalsDeferred)."""
     if threading.current_thread() is not threading.main_thread():
         return  # signals can only be handled on the main thread; atexit still cleans up
     for signum in (signal.SIGTERM, signal.SIGINT):

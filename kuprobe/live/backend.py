@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kuprobe.live.core import describe
 from kuprobe.live.kprobe import KprobeOps
+from kuprobe.live.messages import describe
 from kuprobe.live.uprobe import UprobeOps
 from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 

@@ -14,14 +14,7 @@ from kuprobe.backend import register_all_or_none
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
 from kuprobe.live.capture import capture_cfg, with_captured
-from kuprobe.live.core import (
-    BackendCore,
-    Registration,
-    attach_error,
-    kname,
-    log,
-    perf_link,
-)
+from kuprobe.live.core import BackendCore, log, perf_link
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
@@ -32,7 +25,9 @@ from kuprobe.live.events import (
     live_host,
     regs_factory,
 )
+from kuprobe.live.messages import attach_error, kname
 from kuprobe.live.pool import ProbePool
+from kuprobe.live.state import Registration
 from kuprobe.probes import (
     KPROBE_FLAG_DISABLED,
     Kprobe,

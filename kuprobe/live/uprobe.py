@@ -8,18 +8,12 @@ import errno
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
 from kuprobe.live.capture import capture_cfg, with_captured
-from kuprobe.live.core import (
-    BackendCore,
-    Registration,
-    attach_error,
-    describe,
-    perf_link,
-)
+from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
@@ -31,7 +25,9 @@ from kuprobe.live.events import (
     live_regs_parts,
     regs_factory,
 )
+from kuprobe.live.messages import attach_error, describe
 from kuprobe.live.pool import ProbePool
+from kuprobe.live.state import Registration
 from kuprobe.probes import (
     UPROBE_HANDLER_REMOVE,
     Uprobe,
@@ -42,6 +38,7 @@ from kuprobe.probes import (
 from kuprobe.task import Task
 
 log = logging.getLogger("kuprobe")
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
 
 class UprobeOps(BackendCore):
@@ -166,9 +163,7 @@ class UprobeOps(BackendCore):
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.handler is not None
-        handler, filt = uc.handler, uc.filter
-        if up.capture or up.stack:
-            handler = with_captured(handler, up.capture, pool.stack if up.stack else None)
+        handler, filt = _captured(up, pool, uc.handler), uc.filter
         report = self._reporter(up)
         removed: set[int] = set()
         warned: list[int] = []
@@ -211,9 +206,7 @@ class UprobeOps(BackendCore):
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.ret_handler is not None
-        ret_handler, filt = uc.ret_handler, uc.filter
-        if up.capture or up.stack:
-            ret_handler = with_captured(ret_handler, up.capture, pool.stack if up.stack else None)
+        ret_handler, filt = _captured(up, pool, uc.ret_handler), uc.filter
         report = self._reporter(up)
 
         def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
@@ -225,3 +218,11 @@ class UprobeOps(BackendCore):
                 report(e)
 
         return on_ret
+
+
+def _captured(up: Uprobe, pool: ProbePool, fn: _Handler) -> _Handler:
+    """``fn``, with the memory and stacks recorded at the hit current while it runs if ``up``
+    asks for any (kuprobe/live/capture.py: with_captured(), which keeps the arguments)."""
+    if up.capture or up.stack:
+        return cast(_Handler, with_captured(fn, up.capture, pool.stack if up.stack else None))
+    return fn

@@ -1,0 +1,52 @@
+"""A registered probe's counters, read from the pool's maps (and, for a kretprobe with its own
+maxactive, its nmissed from tracefs' kprobe_profile)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from kuprobe.live import perf
+from kuprobe.live.messages import describe
+from kuprobe.live.state import Registration
+from kuprobe.probes import Kretprobe, Uprobe
+
+log = logging.getLogger("kuprobe")
+
+
+def read_profile(regs: Sequence[Registration]) -> dict[str, tuple[int, int]]:
+    if any(r.tracefs_event for r in regs):
+        return perf.kprobe_profile()
+    return {}
+
+
+def sync(reg: Registration, profile: dict[str, tuple[int, int]] | None = None) -> None:
+    hits = ret_hits = lost = ret_lost = 0
+    for att in reg.attaches:
+        h, lo = att.pool.counts(att.slot)
+        if att.ret:
+            ret_hits += h
+            ret_lost += lo
+        else:
+            hits += h
+            lost += lo
+    p = reg.probe
+    if isinstance(p, Uprobe):
+        if ret_lost > p._ret_lost:
+            log.warning("%s: %d return events lost", describe(p), ret_lost)
+        p._hits, p._ret_hits, p._ret_lost = hits, ret_hits, ret_lost
+    elif isinstance(p, Kretprobe):
+        lost += ret_lost
+        p._hits = ret_hits
+        if reg.tracefs_event:
+            prof = profile if profile is not None else perf.kprobe_profile()
+            p._nmissed = prof.get(reg.tracefs_event, (0, p._nmissed))[1]
+    else:
+        p._hits = hits
+    if lost > p._lost:
+        log.warning(
+            "%s: %d events lost (the ring buffer refused a reservation: full or contended)",
+            describe(p),
+            lost,
+        )
+    p._lost = lost

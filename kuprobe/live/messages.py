@@ -1,0 +1,54 @@
+"""How the live backend names a probe and a refused attach, in its errors and its log."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from kuprobe.errors import ProbeError
+from kuprobe.probes import Kprobe, Kretprobe, Uprobe
+
+
+def describe(p: object) -> str:
+    """A probe in a few words: ``uprobe /bin/bash:readline+0x4``, ``kretprobe do_sys_open``."""
+    if isinstance(p, Uprobe):
+        where = p.symbol_name or ""
+        if p.offset:
+            where = f"{where}+{p.offset:#x}" if where else f"{p.offset:#x}"
+        return f"uprobe {p.path}:{where}"
+    if isinstance(p, Kprobe | Kretprobe):
+        kind = "kprobe" if isinstance(p, Kprobe) else "kretprobe"
+        where = kname(p.symbol_name, p.offset) if p.symbol_name else f"{p.addr or 0:#x}"
+        return f"{kind} {where}"
+    return type(p).__name__
+
+
+def kname(sym: str | None, off: int) -> str:
+    if sym is None:
+        return f"{off:#x}"
+    return f"{sym}+{off}" if off else sym
+
+
+ENOTSUPP = 524  # include/linux/errno.h: kernel-internal, e.g. uprobes on an int3
+_ERRNO_TEXT = {
+    errno.ENOENT: "no such symbol in the kernel (see /proc/kallsyms)",
+    errno.EILSEQ: "the address is inside an instruction",
+    errno.EINVAL: "the kernel refused this address (not text, or blacklisted for kprobes)",
+    errno.EBUSY: "the address is busy (another kind of probe owns it)",
+    errno.EPERM: "not permitted (root with CAP_BPF/CAP_PERFMON needed; lockdown?)",
+    errno.EACCES: "permission denied",
+    errno.ESRCH: "no such process",
+    errno.EOPNOTSUPP: "not supported by this kernel",
+    errno.ENOSPC: "the kernel has no room for more probes",
+    ENOTSUPP: "the kernel cannot probe this instruction",
+}
+
+
+def attach_error(e: OSError, probe: object, where: str) -> ProbeError:
+    if isinstance(e, ProbeError):
+        return e
+    code = e.errno or errno.EIO
+    text = _ERRNO_TEXT.get(code, os.strerror(code))
+    if code == ENOTSUPP:
+        code = errno.EOPNOTSUPP
+    return ProbeError(code, f"{where}: {text}", probe=probe)
