@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kuprobe.live.kprobe import KprobeOps
-from kuprobe.live.messages import describe
 from kuprobe.live.uprobe import UprobeOps
 from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 
-__all__ = ["LiveBackend", "describe"]
+__all__ = ["LiveBackend"]
 
 
 class LiveBackend(UprobeOps, KprobeOps):

@@ -5,6 +5,7 @@ handlers sharing one KretprobeInstance per call."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from kuprobe.backend import register_all_or_none
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
 from kuprobe.live.capture import capture_cfg, with_captured
-from kuprobe.live.core import BackendCore, log, perf_link
+from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
@@ -40,6 +41,8 @@ from kuprobe.probes import (
 from kuprobe.regs import instruction_pointer
 from kuprobe.resolve import check_kprobe_target
 from kuprobe.task import Task
+
+log = logging.getLogger("kuprobe")
 
 
 class KprobeOps(BackendCore):
