@@ -6,7 +6,8 @@ Prints, for each measure, kuprobe's figure, its peers' and the ratio:
   1. per-hit overhead of a count-only uprobe (ns added per probed call), on a nop5 entry
      (the kernel optimises it) and a push %rbp entry (the kernel emulates it);
   2. events/s delivered to a trivial Python handler, and how many were lost;
-  3. time to arm 20 uprobes from a fresh process (compile included) and to remove them;
+  3. time to arm 20 uprobes from a fresh process (compile included) and to remove them, and
+     how kuprobe's compile saw the file system (its private view skips BCC's kallsyms read);
   4. bounded stops: 2,000 events queued for a 0.1 s handler (200 s of handling), removed by
      ``unregister_uprobe(up, timeout=0.5)``, by interpreter exit and by SIGINT (kuprobe only;
      ``--stops`` runs this part alone);
@@ -423,6 +424,9 @@ def main() -> int:
     print(f"  raw BCC: {bgot:,} handled, {blost:,} lost (BCC reports none of them)")
 
     print("3. arm and remove 20 uprobes, fresh process (median of 3)")
+    # How kuprobe's compile saw the file system (kuprobe/live/_bcc.py): "private" skips BCC's
+    # read of /proc/kallsyms, which raw BCC pays on every compile.
+    print(f"  kuprobe's compile view: {_bcc.last_view}")
     ours = [arm_remove(ARM_SCRIPT, batch=False) for _ in range(3)]
     batch = [arm_remove(ARM_SCRIPT, batch=True) for _ in range(3)]
     bcc20 = [arm_remove(BCC_ARM_SCRIPT) for _ in range(3)]
