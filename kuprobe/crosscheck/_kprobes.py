@@ -22,6 +22,7 @@ from typing import Protocol
 from kuprobe.arch import X86_64
 from kuprobe.backend import Backend
 from kuprobe.crosscheck import _kmod
+from kuprobe.crosscheck._sides import probe_names, register_each
 from kuprobe.crosscheck.acceptance import Verdict, instructions
 from kuprobe.crosscheck.observe import Event, Observation
 from kuprobe.crosscheck.spec import ProbeSpec, ScenarioError, ScenarioSpec
@@ -115,12 +116,8 @@ class KSide:
 
     def __post_init__(self) -> None:
         for p in self.spec.probes:
-            for off in self.target.offsets(p):
-                for k in range(p.consumers):
-                    name = f"{p.symbol}+{off:#x}" if p.every_insn else p.name
-                    if p.consumers > 1:
-                        name += f" #{k + 1}"
-                    self.probes.append((name, p, self._probe(name, p, off)))
+            for name, off in probe_names(p, self.target.offsets(p)):
+                self.probes.append((name, p, self._probe(name, p, off)))
 
     def _probe(self, name: str, p: ProbeSpec, offset: int) -> AnyKprobe:
         events = self.events
@@ -165,16 +162,14 @@ class KSide:
     def register(self, backend: _Probes, probes: Sequence[tuple[str, ProbeSpec, AnyKprobe]],
                  registered: list[AnyKprobe]) -> None:  # fmt: skip
         """Register ``probes`` on ``backend``; refusals are noted (a fact to compare)."""
-        for name, _, kp in probes:
-            try:
-                if isinstance(kp, Kprobe):
-                    backend.register_kprobe(kp)
-                else:
-                    backend.register_kretprobe(kp)
-            except ProbeError as e:
-                self.refused[name] = e.errno or 0
+
+        def register(kp: AnyKprobe) -> None:
+            if isinstance(kp, Kprobe):
+                backend.register_kprobe(kp)
             else:
-                registered.append(kp)
+                backend.register_kretprobe(kp)
+
+        register_each(probes, register, self.refused, registered)
 
     def run(self, backend: _Probes, call: Callable[..., int]) -> list[int]:
         """Every probe registered (``one_at_a_time`` ones each alone, the calls made once per
@@ -278,7 +273,7 @@ def observe_kspec(spec: ScenarioSpec, arch: str) -> tuple[Observation, Observati
 # --- instruction acceptance (kk_insns.S) ----------------------------------------------------
 
 TRACEFS_EVENTS = Path("/sys/kernel/tracing/kprobe_events")
-ORACLE = "kuprobe_kmod_oracle/probe"
+ORACLE = "kuprobe_oracle/probe"
 
 
 def tracefs_errno(target: str) -> int:

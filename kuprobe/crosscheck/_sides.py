@@ -9,10 +9,10 @@ side, so the order across probes is compared too.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kuprobe.backend import Backend
 from kuprobe.crosscheck._target import WaitingTarget
@@ -66,6 +66,38 @@ def probe_offsets(exe: Path, p: ProbeSpec) -> list[int]:
     return [found[p.nth]]
 
 
+def probe_names(p: ProbeSpec, offsets: Sequence[int]) -> Iterator[tuple[str, int]]:
+    """The probes ``p`` describes at ``offsets``: each one's name in the observation and its
+    offset (``p.consumers`` probes at each offset; with ``every_insn``, named by the offset)."""
+    for off in offsets:
+        for k in range(p.consumers):
+            name = f"{p.symbol}+{off:#x}" if p.every_insn else p.name
+            if p.consumers > 1:
+                name += f" #{k + 1}"
+            yield name, off
+
+
+P = TypeVar("P")
+
+
+def register_each(
+    probes: Sequence[tuple[str, ProbeSpec, P]],
+    register: Callable[[P], None],
+    refused: dict[str, int],
+    registered: list[P],
+) -> None:
+    """Register each of ``probes``, appending it to ``registered``; the ones refused are noted
+    in ``refused`` by name with the errno (a refusal is a fact to compare: the kernel's verdict
+    on an instruction)."""
+    for name, _, probe in probes:
+        try:
+            register(probe)
+        except ProbeError as e:
+            refused[name] = e.errno or 0
+        else:
+            registered.append(probe)
+
+
 @dataclass
 class Side:
     """One side's probes for a scenario and the events their handlers saw."""
@@ -78,13 +110,8 @@ class Side:
 
     def __post_init__(self) -> None:
         for p in self.spec.probes:
-            offsets = probe_offsets(self.exe, p)
-            for off in offsets:
-                for k in range(p.consumers):
-                    name = f"{p.symbol}+{off:#x}" if p.every_insn else p.name
-                    if p.consumers > 1:
-                        name += f" #{k + 1}"
-                    self.probes.append((name, p, self._probe(name, p, off)))
+            for name, off in probe_names(p, probe_offsets(self.exe, p)):
+                self.probes.append((name, p, self._probe(name, p, off)))
 
     def _probe(self, name: str, p: ProbeSpec, offset: int) -> Uprobe:
         events = self.events
@@ -123,13 +150,7 @@ class Side:
         """Register every probe on ``backend``, appending each to ``registered``; the ones it
         refuses are noted in ``refused`` (a refusal is a fact to compare: the kernel's verdict
         on an instruction)."""
-        for name, _, up in self.probes:
-            try:
-                backend.register_uprobe(up)
-            except ProbeError as e:
-                self.refused[name] = e.errno or 0
-            else:
-                registered.append(up)
+        register_each(self.probes, backend.register_uprobe, self.refused, registered)
 
     def observe(self, results: Sequence[int]) -> Observation:
         obs: Observation = {}
