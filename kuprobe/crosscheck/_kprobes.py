@@ -14,7 +14,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +22,7 @@ from typing import Protocol
 from kuprobe.arch import X86_64
 from kuprobe.backend import Backend
 from kuprobe.crosscheck import _kmod
-from kuprobe.crosscheck._sides import probe_names, register_each
+from kuprobe.crosscheck._sides import ProbeSet
 from kuprobe.crosscheck.acceptance import Verdict, instructions
 from kuprobe.crosscheck.observe import Event, Observation
 from kuprobe.crosscheck.spec import ProbeSpec, ScenarioError, ScenarioSpec
@@ -105,19 +105,13 @@ AnyKprobe = Kprobe | Kretprobe
 
 
 @dataclass
-class KSide:
-    """One side's kprobes for a scenario and the events their handlers saw."""
+class KSide(ProbeSet[AnyKprobe]):
+    """A scenario's kprobes and kretprobes on the test module's functions."""
 
     target: KmodTarget
-    spec: ScenarioSpec
-    events: list[Event] = field(default_factory=list)
-    probes: list[tuple[str, ProbeSpec, AnyKprobe]] = field(default_factory=list)
-    refused: dict[str, int] = field(default_factory=dict)  # probe name -> the errno
 
-    def __post_init__(self) -> None:
-        for p in self.spec.probes:
-            for name, off in probe_names(p, self.target.offsets(p)):
-                self.probes.append((name, p, self._probe(name, p, off)))
+    def offsets(self, p: ProbeSpec) -> list[int]:
+        return self.target.offsets(p)
 
     def _probe(self, name: str, p: ProbeSpec, offset: int) -> AnyKprobe:
         events = self.events
@@ -169,7 +163,7 @@ class KSide:
             else:
                 backend.register_kretprobe(kp)
 
-        register_each(probes, register, self.refused, registered)
+        self.register_each(probes, register, registered)
 
     def run(self, backend: _Probes, call: Callable[..., int]) -> list[int]:
         """Every probe registered (``one_at_a_time`` ones each alone, the calls made once per
@@ -242,7 +236,7 @@ def run_kmodel(spec: ScenarioSpec, target: KmodTarget | None = None) -> Observat
 
     target = target or kmod_target()
     machine = Machine.load(target.elf, space="kernel", strict=True, semantics=os.uname().release)
-    side = KSide(target, spec)
+    side = KSide(spec, target)
     results = side.run(machine, machine.call)
     return side.observe(results)
 
@@ -257,7 +251,7 @@ def run_klive(spec: ScenarioSpec, backend: Backend | None = None,
 
         backend = live_backend()
     target = target or kmod_target()
-    side = KSide(target, spec)
+    side = KSide(spec, target)
     results = side.run(backend, _kmod.call)
     return side.observe(results)
 
