@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,20 @@ def start_trace(*args: str, probes: int) -> subprocess.Popen[str]:
     line = trace.stderr.readline()
     assert line.startswith(f"Tracing {probes} probe(s)"), line + trace.stderr.read()
     return trace
+
+
+def trace_while(t: Waiting, *args: str, probes: int) -> tuple[str, str]:
+    """``kuprobe trace ARGS --pid PID`` on the waiting ``t`` while ``t`` runs, stopped with
+    Ctrl-C after: ``t``'s output and the trace's (which exited 0)."""
+    try:
+        trace = start_trace(*args, "--pid", str(t.pid), probes=probes)
+        ran = t.go()
+        trace.send_signal(signal.SIGINT)
+        out, err = trace.communicate(timeout=30)
+    finally:
+        t.kill()
+    assert trace.returncode == 0, err
+    return ran, out
 
 
 def trace(*args: str) -> subprocess.CompletedProcess[str]:
