@@ -36,28 +36,25 @@ class Backend(Protocol):
     def unregister_uprobes(self, ups: Sequence[Uprobe]) -> None: ...
 
 
+def _verbs(backend: Backend, probe: AnyProbe) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The backend's register and unregister verbs for ``probe``'s kind."""
+    if isinstance(probe, Kprobe):
+        return backend.register_kprobe, backend.unregister_kprobe
+    if isinstance(probe, Kretprobe):
+        return backend.register_kretprobe, backend.unregister_kretprobe
+    if isinstance(probe, Uprobe):
+        return backend.register_uprobe, backend.unregister_uprobe
+    raise TypeError(f"not a probe: {type(probe).__name__}")
+
+
 def register_probe(backend: Backend, probe: AnyProbe) -> None:
     """The backend's register verb for ``probe``'s kind."""
-    if isinstance(probe, Kprobe):
-        backend.register_kprobe(probe)
-    elif isinstance(probe, Kretprobe):
-        backend.register_kretprobe(probe)
-    elif isinstance(probe, Uprobe):
-        backend.register_uprobe(probe)
-    else:
-        raise TypeError(f"not a probe: {type(probe).__name__}")
+    _verbs(backend, probe)[0](probe)
 
 
 def unregister_probe(backend: Backend, probe: AnyProbe) -> None:
     """The backend's unregister verb for ``probe``'s kind."""
-    if isinstance(probe, Kprobe):
-        backend.unregister_kprobe(probe)
-    elif isinstance(probe, Kretprobe):
-        backend.unregister_kretprobe(probe)
-    elif isinstance(probe, Uprobe):
-        backend.unregister_uprobe(probe)
-    else:
-        raise TypeError(f"not a probe: {type(probe).__name__}")
+    _verbs(backend, probe)[1](probe)
 
 
 P = TypeVar("P")

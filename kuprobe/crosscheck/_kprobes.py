@@ -14,7 +14,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,7 @@ from typing import Protocol
 from kuprobe.arch import X86_64
 from kuprobe.backend import Backend
 from kuprobe.crosscheck import _kmod
+from kuprobe.crosscheck._sides import ProbeSet
 from kuprobe.crosscheck.acceptance import Verdict, instructions
 from kuprobe.crosscheck.observe import Event, Observation
 from kuprobe.crosscheck.spec import ProbeSpec, ScenarioError, ScenarioSpec
@@ -104,23 +105,13 @@ AnyKprobe = Kprobe | Kretprobe
 
 
 @dataclass
-class KSide:
-    """One side's kprobes for a scenario and the events their handlers saw."""
+class KSide(ProbeSet[AnyKprobe]):
+    """A scenario's kprobes and kretprobes on the test module's functions."""
 
     target: KmodTarget
-    spec: ScenarioSpec
-    events: list[Event] = field(default_factory=list)
-    probes: list[tuple[str, ProbeSpec, AnyKprobe]] = field(default_factory=list)
-    refused: dict[str, int] = field(default_factory=dict)  # probe name -> the errno
 
-    def __post_init__(self) -> None:
-        for p in self.spec.probes:
-            for off in self.target.offsets(p):
-                for k in range(p.consumers):
-                    name = f"{p.symbol}+{off:#x}" if p.every_insn else p.name
-                    if p.consumers > 1:
-                        name += f" #{k + 1}"
-                    self.probes.append((name, p, self._probe(name, p, off)))
+    def offsets(self, p: ProbeSpec) -> list[int]:
+        return self.target.offsets(p)
 
     def _probe(self, name: str, p: ProbeSpec, offset: int) -> AnyKprobe:
         events = self.events
@@ -165,16 +156,14 @@ class KSide:
     def register(self, backend: _Probes, probes: Sequence[tuple[str, ProbeSpec, AnyKprobe]],
                  registered: list[AnyKprobe]) -> None:  # fmt: skip
         """Register ``probes`` on ``backend``; refusals are noted (a fact to compare)."""
-        for name, _, kp in probes:
-            try:
-                if isinstance(kp, Kprobe):
-                    backend.register_kprobe(kp)
-                else:
-                    backend.register_kretprobe(kp)
-            except ProbeError as e:
-                self.refused[name] = e.errno or 0
+
+        def register(kp: AnyKprobe) -> None:
+            if isinstance(kp, Kprobe):
+                backend.register_kprobe(kp)
             else:
-                registered.append(kp)
+                backend.register_kretprobe(kp)
+
+        self.register_each(probes, register, registered)
 
     def run(self, backend: _Probes, call: Callable[..., int]) -> list[int]:
         """Every probe registered (``one_at_a_time`` ones each alone, the calls made once per
@@ -247,7 +236,7 @@ def run_kmodel(spec: ScenarioSpec, target: KmodTarget | None = None) -> Observat
 
     target = target or kmod_target()
     machine = Machine.load(target.elf, space="kernel", strict=True, semantics=os.uname().release)
-    side = KSide(target, spec)
+    side = KSide(spec, target)
     results = side.run(machine, machine.call)
     return side.observe(results)
 
@@ -262,7 +251,7 @@ def run_klive(spec: ScenarioSpec, backend: Backend | None = None,
 
         backend = live_backend()
     target = target or kmod_target()
-    side = KSide(target, spec)
+    side = KSide(spec, target)
     results = side.run(backend, _kmod.call)
     return side.observe(results)
 
@@ -278,7 +267,7 @@ def observe_kspec(spec: ScenarioSpec, arch: str) -> tuple[Observation, Observati
 # --- instruction acceptance (kk_insns.S) ----------------------------------------------------
 
 TRACEFS_EVENTS = Path("/sys/kernel/tracing/kprobe_events")
-ORACLE = "kuprobe_kmod_oracle/probe"
+ORACLE = "kuprobe_oracle/probe"
 
 
 def tracefs_errno(target: str) -> int:

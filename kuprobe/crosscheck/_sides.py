@@ -9,10 +9,10 @@ side, so the order across probes is compared too.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kuprobe.backend import Backend
 from kuprobe.crosscheck._target import WaitingTarget
@@ -66,25 +66,61 @@ def probe_offsets(exe: Path, p: ProbeSpec) -> list[int]:
     return [found[p.nth]]
 
 
-@dataclass
-class Side:
-    """One side's probes for a scenario and the events their handlers saw."""
+P = TypeVar("P")
 
-    exe: Path
+
+@dataclass
+class ProbeSet(Generic[P]):
+    """One side's probes of a scenario, each named as the observation names it, and the
+    events their handlers saw. A subclass says where a ``ProbeSpec`` probes (``offsets``)
+    and makes its probe at one offset (``_probe``): uprobes here, kprobes in _kprobes.py."""
+
     spec: ScenarioSpec
-    events: list[Event] = field(default_factory=list)
-    probes: list[tuple[str, ProbeSpec, Uprobe]] = field(default_factory=list)
-    refused: dict[str, int] = field(default_factory=dict)  # probe name -> the errno
+    events: list[Event] = field(default_factory=list, kw_only=True)
+    probes: list[tuple[str, ProbeSpec, P]] = field(default_factory=list, kw_only=True)
+    refused: dict[str, int] = field(default_factory=dict, kw_only=True)  # name -> the errno
 
     def __post_init__(self) -> None:
         for p in self.spec.probes:
-            offsets = probe_offsets(self.exe, p)
-            for off in offsets:
+            for off in self.offsets(p):  # ``consumers`` probes at each; every_insn: named by it
                 for k in range(p.consumers):
                     name = f"{p.symbol}+{off:#x}" if p.every_insn else p.name
                     if p.consumers > 1:
                         name += f" #{k + 1}"
                     self.probes.append((name, p, self._probe(name, p, off)))
+
+    def offsets(self, p: ProbeSpec) -> list[int]:
+        raise NotImplementedError
+
+    def _probe(self, name: str, p: ProbeSpec, offset: int) -> P:
+        raise NotImplementedError
+
+    def register_each(
+        self,
+        probes: Sequence[tuple[str, ProbeSpec, P]],
+        register: Callable[[P], None],
+        registered: list[P],
+    ) -> None:
+        """Register each of ``probes``, appending it to ``registered``; the ones refused are
+        noted in ``refused`` (a refusal is a fact to compare: the kernel's verdict on an
+        instruction)."""
+        for name, _, probe in probes:
+            try:
+                register(probe)
+            except ProbeError as e:
+                self.refused[name] = e.errno or 0
+            else:
+                registered.append(probe)
+
+
+@dataclass
+class Side(ProbeSet[Uprobe]):
+    """A scenario's uprobes on its program ``exe``."""
+
+    exe: Path
+
+    def offsets(self, p: ProbeSpec) -> list[int]:
+        return probe_offsets(self.exe, p)
 
     def _probe(self, name: str, p: ProbeSpec, offset: int) -> Uprobe:
         events = self.events
@@ -123,13 +159,7 @@ class Side:
         """Register every probe on ``backend``, appending each to ``registered``; the ones it
         refuses are noted in ``refused`` (a refusal is a fact to compare: the kernel's verdict
         on an instruction)."""
-        for name, _, up in self.probes:
-            try:
-                backend.register_uprobe(up)
-            except ProbeError as e:
-                self.refused[name] = e.errno or 0
-            else:
-                registered.append(up)
+        self.register_each(self.probes, backend.register_uprobe, registered)
 
     def observe(self, results: Sequence[int]) -> Observation:
         obs: Observation = {}
@@ -159,7 +189,7 @@ def run_model(exe: Path, spec: ScenarioSpec, *, semantics: Any = "today") -> Obs
     ``semantics``: the Machine's (those of the live kernel compared against)."""
     from kuprobe.model import Machine
 
-    side = Side(exe, spec)
+    side = Side(spec, exe)
     # strict: a handler that raises is a bug here: fail
     machine = Machine.load(str(exe), strict=True, semantics=semantics)
     side.set_pids(machine.task.tgid, machine.task.tgid + 1)
@@ -183,7 +213,7 @@ def run_live(exe: Path, spec: ScenarioSpec, backend: Backend | None = None) -> O
         from kuprobe.live.api import backend as live_backend
 
         backend = live_backend()
-    side = Side(exe, spec)
+    side = Side(spec, exe)
     calls: Sequence[CallSpec] = spec.calls
     with WaitingTarget(exe, [c.argv for c in calls]) as target:
         side.set_pids(target.pid, os.getpid())

@@ -28,92 +28,44 @@ def _bcc_importable() -> tuple[bool, str]:
     return True, getattr(bcc, "__version__", "?")
 
 
+def _check(name: str, ok: bool, found: str, missing: str, fix: str) -> Check:
+    """``name``: ``found`` if ``ok``, else ``missing`` with its ``fix``."""
+    return Check(name, ok, found if ok else missing, fix)
+
+
 def checks() -> list[Check]:
     root = os.geteuid() == 0
-    out = [
-        Check(
-            "root",
-            root,
-            "euid 0" if root else f"euid {os.geteuid()}",
-            "run with sudo: live probes need CAP_BPF and CAP_PERFMON",
-        ),
-    ]
     machine, host = host_machine(), host_arch()
     arch_ok = host in LIVE_HOSTS
-    out.append(
-        Check(
-            "arch",
-            arch_ok,
-            f"{machine} (pt_regs of {host.name})" if host is not None and arch_ok else machine,
-            f"the live backend runs on {' and '.join(a.name for a in LIVE_HOSTS)} kernels; "
-            "use the model (kuprobe.model.Machine) elsewhere",
-        )
-    )
     bpf_ok = root and perf.bpf_map_works(perf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
-    out.append(
-        Check(
-            "BPF",
-            bpf_ok,
-            "bpf(2) creates maps" if bpf_ok else "bpf(2) refused",
-            "run as root on a kernel with CONFIG_BPF_SYSCALL",
-        )
-    )
     rb = bpf_ok and perf.bpf_map_works(perf.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
-    out.append(
-        Check(
-            "BPF ring buffer",
-            rb,
-            "available" if rb else "missing",
-            "kernel 5.8 or newer (kuprobe delivers events through it)",
-        )
-    )
-    up = perf.pmu_type("uprobe") is not None
-    out.append(
-        Check(
-            "uprobes",
-            up,
-            "uprobe PMU present" if up else "no uprobe PMU",
-            "a kernel with CONFIG_UPROBE_EVENTS",
-        )
-    )
-    kp = perf.pmu_type("kprobe") is not None
-    out.append(
-        Check(
-            "kprobes",
-            kp,
-            "kprobe PMU present" if kp else "no kprobe PMU (CONFIG_KPROBES off)",
-            "use the VM: `kuprobe vm run -- python3 script.py` (a kernel with kprobes)",
-        )
-    )
     tfs = perf.tracefs()
-    out.append(
-        Check(
-            "tracefs",
-            tfs is not None,
-            str(tfs) if tfs else "not mounted",
-            "mount -t tracefs nodev /sys/kernel/tracing (./run setup does)",
-        )
-    )
-    ok, ver = _bcc_importable()
-    out.append(
-        Check(
-            "BCC importable",
-            ok,
-            f"bcc {ver}" if ok else ver,
-            "apt-get install python3-bpfcc; use .venv (made from /usr/bin/python3 "
-            "--system-site-packages) — ./run setup does both",
-        )
-    )
+    bcc_ok, ver = _bcc_importable()
     tree, how = kernel_build_tree()
-    out.append(
-        Check(
-            "kernel headers",
-            tree is not None,
-            f"{tree} ({how})" if tree else f"none for {os.uname().release}",
-            "./run setup (installs linux-headers and lays out a build tree)",
-        )
-    )
-    return out
+    return [
+        _check("root", root, "euid 0", f"euid {os.geteuid()}",
+               "run with sudo: live probes need CAP_BPF and CAP_PERFMON"),
+        _check("arch", arch_ok, f"{machine} (pt_regs of {host.name if host else '?'})", machine,
+               f"the live backend runs on {' and '.join(a.name for a in LIVE_HOSTS)} kernels; "
+               "use the model (kuprobe.model.Machine) elsewhere"),
+        _check("BPF", bpf_ok, "bpf(2) creates maps", "bpf(2) refused",
+               "run as root on a kernel with CONFIG_BPF_SYSCALL"),
+        _check("BPF ring buffer", rb, "available", "missing",
+               "kernel 5.8 or newer (kuprobe delivers events through it)"),
+        _check("uprobes", perf.pmu_type("uprobe") is not None, "uprobe PMU present",
+               "no uprobe PMU", "a kernel with CONFIG_UPROBE_EVENTS"),
+        _check("kprobes", perf.pmu_type("kprobe") is not None, "kprobe PMU present",
+               "no kprobe PMU (CONFIG_KPROBES off)",
+               "use the VM: `kuprobe vm run -- python3 script.py` (a kernel with kprobes)"),
+        _check("tracefs", tfs is not None, str(tfs), "not mounted",
+               "mount -t tracefs nodev /sys/kernel/tracing (./run setup does)"),
+        _check("BCC importable", bcc_ok, f"bcc {ver}", ver,
+               "apt-get install python3-bpfcc; use .venv (made from /usr/bin/python3 "
+               "--system-site-packages) — ./run setup does both"),
+        _check("kernel headers", tree is not None, f"{tree} ({how})",
+               f"none for {os.uname().release}",
+               "./run setup (installs linux-headers and lays out a build tree)"),
+    ]  # fmt: skip
 
 
 def live_uprobes_possible() -> tuple[bool, str]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from ..live.helpers import KUPROBE, trace
+
 pytestmark = pytest.mark.live
-KUPROBE = Path(sys.executable).with_name("kuprobe")
 
 
 def test_trace_prints_events_and_a_summary_on_ctrl_c(live: Path) -> None:
@@ -97,22 +97,15 @@ def test_trace_json_lines_parse(live: Path) -> None:
     exe = (live / "x86_64" / "demo").resolve()
     demo = subprocess.Popen([str(exe), "60"])
     try:
-        out = subprocess.run(
-            [
-                str(KUPROBE),
-                "trace",
-                "--format",
-                "json",
-                f"u:{exe}:demo_handle arg0",
-                f"ur:{exe}:demo_hash retval:x",
-                "--pid",
-                str(demo.pid),
-                "-d",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        out = trace(
+            "--format",
+            "json",
+            f"u:{exe}:demo_handle arg0",
+            f"ur:{exe}:demo_hash retval:x",
+            "--pid",
+            str(demo.pid),
+            "-d",
+            "1",
         )
     finally:
         demo.kill()
@@ -139,10 +132,5 @@ def test_trace_json_lines_parse(live: Path) -> None:
     assert rows["u:demo:demo_handle"]["hits"] == len(entries)  # the counters are final
     assert set(rows["ur:demo:demo_hash"]) == {"probe", "hits", "nmissed", "lost", "errors"}
     assert rows["u:demo:demo_handle"]["lost"] == 0 and rows["u:demo:demo_handle"]["errors"] == 0
-    same = subprocess.run(
-        [str(KUPROBE), "trace", "--json", f"u:{exe}:demo_handle", "-d", "0.2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    same = trace("--json", f"u:{exe}:demo_handle", "-d", "0.2")
     assert same.returncode == 0 and "summary" in json.loads(same.stdout.splitlines()[-1])

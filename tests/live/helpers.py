@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,24 +13,29 @@ from kuprobe.probes import UprobeConsumer, UprobeHandler
 from kuprobe.regs import PtRegs
 
 
-class Target:
-    """``target wait FUNC N ARG``: started, prints its pid, runs when ``go()`` is called."""
+class Waiting:
+    """``EXE wait ARGS…``: started, prints ``ready PID``, runs when ``go()`` is called.
 
-    def __init__(self, exe: Path, func: str, n: int, arg: int = 0) -> None:
+    ``timeout``: seconds ``go()`` waits for the run to end (the qemu guests want more).
+    """
+
+    def __init__(self, exe: Path, *args: object, timeout: float = 60.0) -> None:
         self.exe = exe
+        self.timeout = timeout
         self.proc = subprocess.Popen(
-            [str(exe), "wait", func, str(n), str(arg)],
+            [str(exe), "wait", *map(str, args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
-        assert line[0] == "ready", line
+        assert len(line) == 2 and line[0] == "ready", line
         self.pid = int(line[1])
 
     def go(self) -> str:
-        out, _ = self.proc.communicate("go\n", timeout=60)
+        """Its whole output, once it exited with status 0."""
+        out, _ = self.proc.communicate("go\n", timeout=self.timeout)
         assert self.proc.returncode == 0, out
         return out
 
@@ -36,6 +43,15 @@ class Target:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class Target(Waiting):
+    """``target wait FUNC N ARG``: calls FUNC(ARG…) N times once ``go()`` is called."""
+
+    def __init__(
+        self, exe: Path, func: str, n: int, arg: int = 0, *, timeout: float = 60.0
+    ) -> None:
+        super().__init__(exe, func, n, arg, timeout=timeout)
 
     def read_mem(self, vaddr: int, size: int) -> bytes:
         """Bytes of the live process at ``vaddr`` (where an armed uprobe shows its int3)."""
@@ -103,3 +119,39 @@ def start_trace(*args: str, probes: int) -> subprocess.Popen[str]:
     line = trace.stderr.readline()
     assert line.startswith(f"Tracing {probes} probe(s)"), line + trace.stderr.read()
     return trace
+
+
+def trace_while(t: Waiting, *args: str, probes: int) -> tuple[str, str]:
+    """``kuprobe trace ARGS --pid PID`` on the waiting ``t`` while ``t`` runs, stopped with
+    Ctrl-C after: ``t``'s output and the trace's (which exited 0)."""
+    try:
+        trace = start_trace(*args, "--pid", str(t.pid), probes=probes)
+        ran = t.go()
+        trace.send_signal(signal.SIGINT)
+        out, err = trace.communicate(timeout=30)
+    finally:
+        t.kill()
+    assert trace.returncode == 0, err
+    return ran, out
+
+
+def trace(*args: str) -> subprocess.CompletedProcess[str]:
+    """``kuprobe trace ARGS`` run to its end (``-d SECONDS`` bounds it), its output captured."""
+    return subprocess.run(
+        [str(KUPROBE), "trace", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def bpf_fds(pid: int | str = "self") -> dict[int, str]:
+    """The BPF links and perf events a process holds open (each one a live attachment), by fd.
+
+    The child scripts of test_faults and test_stress import it too (they run in the root)."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            what = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
+            out[int(fd)] = what
+    return out

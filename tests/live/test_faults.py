@@ -4,7 +4,6 @@ waits that a caller, exit and a signal can bound."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,24 +19,11 @@ from kuprobe.live.api import backend, unregister_uprobes
 from kuprobe.probes import UPROBE_HANDLER_REMOVE
 from kuprobe.regs import PtRegs
 
-from .helpers import Target, counting
+from .helpers import Target, bpf_fds, counting
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-
-
-def bpf_fds(pid: int | str = "self") -> list[str]:
-    """The BPF links and perf events a process holds open (each one a live attachment)."""
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            what = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
-            out.append(what)
-    return out
 
 
 def test_handler_raising_systemexit_or_keyboardinterrupt_is_counted(live: Path) -> None:
@@ -188,7 +174,7 @@ def test_unregister_timeout_bounds_the_wait_and_counts_dropped(live: Path) -> No
     assert not up.registered and up.dropped > 0
     assert up.hits == 400 == n + up.dropped + up.lost + up.handler_errors
     backend().closer.flush()  # uprobe links close in the background (kuprobe/live/closer.py)
-    assert bpf_fds() == []
+    assert bpf_fds() == {}
 
 
 SCRIPT_EXIT = textwrap.dedent(
@@ -237,18 +223,10 @@ def test_exit_and_signals_stop_within_two_seconds(live: Path, how: str, handler_
 
 SCRIPT_SIGINT_LOOP = textwrap.dedent(
     """
-    import os, sys, time
+    import sys, time
     from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
+    from tests.live.helpers import bpf_fds  # the child runs in the root
     exe = sys.argv[1]
-    def fds():
-        n = 0
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                w = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            n += w in ("anon_inode:bpf_link", "anon_inode:[perf_event]")
-        return n
     def slow(uc, regs):
         time.sleep(0.001)
         return 0
@@ -280,7 +258,7 @@ SCRIPT_SIGINT_LOOP = textwrap.dedent(
     work.kill()
     from kuprobe.live.api import backend
     backend().closer.flush()  # uprobe links close in the background
-    print(interrupted, fds(), up.registered, flush=True)
+    print(interrupted, len(bpf_fds()), up.registered, flush=True)
     """
 )
 
@@ -289,6 +267,7 @@ def test_ctrl_c_during_register_unregister_loop_leaks_nothing(live: Path) -> Non
     exe = live / "x86_64" / "target"
     p = subprocess.Popen(
         [PYTHON, "-c", SCRIPT_SIGINT_LOOP, str(exe), "5"],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,34 +17,11 @@ from kuprobe.probes import Capture
 from kuprobe.regs import PtRegs, regs_return_value, user_argument
 from kuprobe.uaccess import copy_from_user, strncpy_from_user
 
-from .helpers import KUPROBE, start_trace
+from .helpers import KUPROBE, Waiting, trace_while
 
 pytestmark = pytest.mark.live
 ARCHES = ["x86_64", "i386"]
 NAMES = ["alpha", "beta", "gamma"]
-
-
-class Waiting:
-    """``strings wait N``: started, prints its pid, runs when ``go()`` is called."""
-
-    def __init__(self, exe: Path, n: int) -> None:
-        self.proc = subprocess.Popen(
-            [str(exe), "wait", str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        ready, pid = self.proc.stdout.readline().split()
-        assert ready == "ready"
-        self.pid = int(pid)
-
-    def go(self) -> str:
-        out, _ = self.proc.communicate("go\n", timeout=60)
-        assert self.proc.returncode == 0
-        return out.strip()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def take_handler(seen: list[object]) -> UprobeConsumer:
@@ -93,7 +70,7 @@ def test_strings_and_buffers_read_at_the_hit(live: Path, arch: str) -> None:
     try:
         register_uprobe(take)
         register_uprobe(name)
-        assert t.go() == "strings 100"
+        assert t.go().strip() == "strings 100"
     finally:
         t.kill()
         unregister_uprobe(take)
@@ -178,21 +155,14 @@ def test_the_model_answers_the_same_calls(targets: Path) -> None:
 def test_trace_prints_strings_buffers_and_faults(live: Path) -> None:
     exe = (live / "x86_64" / "strings").resolve()
     t = Waiting(exe, 5)
-    try:
-        trace = start_trace(
-            "--json",
-            f"u:{exe}:take arg0 arg1:str arg1+2:buf4",
-            f"ur:{exe}:name_of retval:str",
-            "--pid",
-            str(t.pid),
-            probes=2,
-        )
-        assert t.go() == "strings 5"
-        trace.send_signal(2)
-        out, err = trace.communicate(timeout=30)
-    finally:
-        t.kill()
-    assert trace.returncode == 0, err
+    ran, out = trace_while(
+        t,
+        "--json",
+        f"u:{exe}:take arg0 arg1:str arg1+2:buf4",
+        f"ur:{exe}:name_of retval:str",
+        probes=2,
+    )
+    assert ran.strip() == "strings 5"
     objs = [json.loads(line) for line in out.splitlines()[:-1]]
     takes = [o["values"] for o in objs if o["probe"] == "u:strings:take"]
     assert takes[:5] == [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from kuprobe.insn import boundaries
 from kuprobe.regs import PtRegs
 from kuprobe.stacks import stack_trace_save_user, symbolize_user
 
+from .helpers import trace
+
 pytestmark = pytest.mark.live
-KUPROBE = Path(sys.executable).with_name("kuprobe")
 
 
 def after_prologue(exe: Path, func: str) -> int:
@@ -81,37 +81,8 @@ def test_trace_stack(live: Path) -> None:
     exe = (live / "x86_64" / "demo").resolve()
     demo = subprocess.Popen([str(exe), "60"])
     try:
-        out = subprocess.run(
-            [
-                str(KUPROBE),
-                "trace",
-                "--stack",
-                "--json",
-                f"u:{exe}:demo_hash",
-                "--pid",
-                str(demo.pid),
-                "-d",
-                "0.5",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        text = subprocess.run(
-            [
-                str(KUPROBE),
-                "trace",
-                "--stack",
-                f"u:{exe}:demo_hash",
-                "-p",
-                str(demo.pid),
-                "-d",
-                "0.3",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = trace("--stack", "--json", f"u:{exe}:demo_hash", "--pid", str(demo.pid), "-d", "0.5")
+        text = trace("--stack", f"u:{exe}:demo_hash", "-p", str(demo.pid), "-d", "0.3")
     finally:
         demo.kill()
         demo.wait()

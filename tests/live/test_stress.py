@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, random, signal, sys, threading, time
     from kuprobe import ProbeError, Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
+    from tests.live.helpers import bpf_fds  # the child runs in the root
     exe, seconds = sys.argv[1], float(sys.argv[2])
     signal.signal(signal.SIGUSR1, lambda s, f: None)  # interrupts system calls, nothing else
     done_probes = []
@@ -95,18 +96,13 @@ SCRIPT = textwrap.dedent(
             unregister_uprobe(up)
     b.closer.flush()  # uprobe links close in the background (kuprobe/live/closer.py)
     fds = []
-    for fd in os.listdir("/proc/self/fd"):
+    for fd, what in bpf_fds().items():
+        fds.append(what)
         try:
-            what = os.readlink(f"/proc/self/fd/{fd}")
+            info = open(f"/proc/self/fdinfo/{fd}").read().replace(chr(10), " ")
         except OSError:
-            continue
-        if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
-            fds.append(what)
-            try:
-                info = open(f"/proc/self/fdinfo/{fd}").read().replace(chr(10), " ")
-            except OSError:
-                info = ""
-            still.append(f"fd {fd}: {info}")
+            info = ""
+        still.append(f"fd {fd}: {info}")
     rows = [(up.hits, handled[0], up.handler_errors, up.lost, up.dropped, up.registered)
             for up, handled in done_probes]
     print(json.dumps({"interrupted": interrupted, "fds": fds, "rows": rows,
@@ -126,6 +122,7 @@ def test_register_unregister_under_load_and_signals(live: Path) -> None:
     load.proc.stdin.flush()
     p = subprocess.Popen(
         [PYTHON, "-c", SCRIPT, str(exe), "8"],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,7 +5,6 @@ in the kernel when the process dies right after, even by SIGKILL."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,22 +19,10 @@ from kuprobe.live import perf
 from kuprobe.live.api import backend
 from kuprobe.regs import PtRegs
 
-from .helpers import Target, run
+from .helpers import Target, bpf_fds, run
 
 pytestmark = pytest.mark.live
 N = 12
-
-
-def bpf_links() -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            what = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
-            out.append(what)
-    return out
 
 
 def test_one_by_one_unregister_under_load_keeps_the_promise(live: Path) -> None:
@@ -78,7 +65,7 @@ def test_one_by_one_unregister_under_load_keeps_the_promise(live: Path) -> None:
         assert len(calls[k]) == handled, "a handler ran after unregister returned"
         assert hits >= 100
         assert hits == handled + errors + lost + dropped, (hits, handled, errors, lost, dropped)
-    assert bpf_links() == []  # the links closed in the background, once flushed
+    assert bpf_fds() == {}  # the links closed in the background, once flushed
 
 
 def test_unregistered_slot_is_reused_only_after_its_link_closed(live: Path) -> None:

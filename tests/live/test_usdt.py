@@ -16,7 +16,7 @@ from kuprobe.regs import PtRegs
 from kuprobe.task import current
 from kuprobe.usdt import parse_arg, split_args
 
-from .helpers import KUPROBE, start_trace
+from .helpers import KUPROBE, Waiting, trace_while
 
 pytestmark = pytest.mark.live
 ARCHES = ["x86_64", "i386"]
@@ -27,28 +27,10 @@ def expected(i: int) -> list[int]:
     return [i, -3 * i, i - 5, (-i + 128) % 256 - 128, 7 * i]
 
 
-class Waiting:
-    """``usdt wait N``: started, prints its pid, runs when ``go()`` is called."""
-
-    def __init__(self, exe: Path, n: int) -> None:
-        self.proc = subprocess.Popen(
-            [str(exe), "wait", str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        ready, pid = self.proc.stdout.readline().split()
-        assert ready == "ready"
-        self.pid = int(pid)
-
-    def go(self) -> tuple[int, int]:
-        out, _ = self.proc.communicate("go\n", timeout=60)
-        assert self.proc.returncode == 0
-        _, n, guarded = out.split()
-        return int(n), int(guarded)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def rounds_of(out: str) -> tuple[int, int]:
+    """What a ``usdt wait N`` run printed: its rounds, and how many ran the guarded code."""
+    _, n, guarded = out.split()
+    return int(n), int(guarded)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -66,7 +48,7 @@ def test_usdt_arguments_decoded_at_every_hit(live: Path, arch: str) -> None:
     assert len(u.sites) >= 1 and len(u.sites[0].args) == 5
     try:
         register_usdt(u)
-        assert t.go()[0] == 200
+        assert rounds_of(t.go())[0] == 200
     finally:
         t.kill()
         unregister_usdt(u)
@@ -79,7 +61,8 @@ def test_semaphore_guarded_site_fires_only_while_traced(live: Path, arch: str) -
     exe = live / arch / "usdt"
     t = Waiting(exe, 50)
     try:
-        assert t.go() == (50, 0)  # untraced: the semaphore is 0, the guarded code is skipped
+        # untraced: the semaphore is 0, the guarded code is skipped
+        assert rounds_of(t.go()) == (50, 0)
     finally:
         t.kill()
     u = Usdt(str(exe), "kuprobe", "guarded", handler=lambda site, regs: 0)
@@ -87,14 +70,14 @@ def test_semaphore_guarded_site_fires_only_while_traced(live: Path, arch: str) -
     register_usdt(u)
     t = Waiting(exe, 50)
     try:
-        assert t.go() == (50, 50)  # the kernel raised the semaphore: every round ran it
+        assert rounds_of(t.go()) == (50, 50)  # the kernel raised the semaphore: every round ran it
     finally:
         t.kill()
         unregister_usdt(u)
     assert u.hits == 50
     t = Waiting(exe, 50)
     try:
-        assert t.go() == (50, 0)  # and lowered it again
+        assert rounds_of(t.go()) == (50, 0)  # and lowered it again
     finally:
         t.kill()
 
@@ -164,21 +147,14 @@ def test_usdt_in_the_model(targets: Path) -> None:
 def test_trace_usdt_spec_json(live: Path) -> None:
     exe = (live / "x86_64" / "usdt").resolve()
     t = Waiting(exe, 30)
-    try:
-        trace = start_trace(
-            "--json",
-            f"usdt:{exe}:kuprobe:round arg0 arg1 arg4",
-            f"usdt:{exe}:kuprobe:guarded",
-            "--pid",
-            str(t.pid),
-            probes=2,
-        )
-        assert t.go() == (30, 30)
-        trace.send_signal(2)
-        out, err = trace.communicate(timeout=30)
-    finally:
-        t.kill()
-    assert trace.returncode == 0, err
+    ran, out = trace_while(
+        t,
+        "--json",
+        f"usdt:{exe}:kuprobe:round arg0 arg1 arg4",
+        f"usdt:{exe}:kuprobe:guarded",
+        probes=2,
+    )
+    assert rounds_of(ran) == (30, 30)
     objs = [json.loads(line) for line in out.splitlines()]
     rounds = [o["values"] for o in objs if o.get("probe") == "usdt:usdt:kuprobe:round"]
     assert rounds == [{"arg0": i, "arg1": -3 * i, "arg4": 7 * i} for i in range(30)]
@@ -227,7 +203,7 @@ def test_string_argument_read_at_the_site(live: Path, arch: str) -> None:
     u = Usdt(str(exe), "kuprobe", "named", handler=handler, pid=t.pid, capture=(Capture("arg1"),))
     try:
         register_usdt(u)
-        t.go()
+        rounds_of(t.go())
     finally:
         t.kill()
         unregister_usdt(u)
@@ -240,19 +216,8 @@ def test_string_argument_read_at_the_site(live: Path, arch: str) -> None:
 def test_trace_usdt_string(live: Path) -> None:
     exe = (live / "x86_64" / "usdt").resolve()
     t = Waiting(exe, 10)
-    try:
-        trace = start_trace(
-            f"usdt:{exe}:kuprobe:named arg0 arg1:str",
-            "--pid",
-            str(t.pid),
-            probes=1,
-        )
-        t.go()
-        trace.send_signal(2)
-        out, err = trace.communicate(timeout=30)
-    finally:
-        t.kill()
-    assert trace.returncode == 0, err
+    ran, out = trace_while(t, f"usdt:{exe}:kuprobe:named arg0 arg1:str", probes=1)
+    rounds_of(ran)
     lines = [ln.split()[-2:] for ln in out.splitlines() if "usdt:usdt:kuprobe:named" in ln]
     assert lines == [[f"arg0={i}", f'arg1:str="round-{i}"'] for i in range(10)]
 

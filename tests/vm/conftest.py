@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from kuprobe.arch import host_arch
+from kuprobe.crosscheck._kprobes import tracefs_errno
 from kuprobe.live.events import LIVE_HOSTS
 
 TRACEFS = Path("/sys/kernel/tracing")
 KPROBES_DEBUGFS = Path("/sys/kernel/debug/kprobes")
-ORACLE_GROUP = "kuprobe_oracle"
 PROJECT = Path(__file__).resolve().parents[2]
 
 
@@ -209,23 +209,6 @@ def blacklisted_function(kallsyms: KernelSymbols) -> str:
         if name in kallsyms.by_name and kallsyms.kind(name) in "tT":
             return name
     pytest.skip("the kprobe blacklist names no function")
-
-
-def tracefs_errno(spec: str) -> int:
-    """The errno the kernel gives for a tracefs kprobe on `spec` (0: it registers).
-
-    The oracle for what register_kprobe() returns: trace_kprobe registers a real kprobe.
-    """
-    fd = os.open(TRACEFS / "kprobe_events", os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, f"p:{ORACLE_GROUP}/probe {spec}\n".encode())
-    except OSError as e:
-        return e.errno or errno.EIO
-    else:
-        os.write(fd, f"-:{ORACLE_GROUP}/probe\n".encode())
-        return 0
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture

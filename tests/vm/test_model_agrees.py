@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kuprobe import Kprobe, ProbeError, register_kprobe, unregister_kprobe
+from kuprobe.crosscheck._kmod import PAGE, ModuleImage
 from kuprobe.elf import ElfImage
 from kuprobe.insn import boundaries
 
@@ -40,39 +40,19 @@ FUNCTIONS = ("__x64_sys_getpgid", "do_sys_openat2")
 
 
 def function_elf(path: Path, name: str, addr: int, code: bytes) -> None:
-    """A minimal ELF64 (x86-64) whose only text is `code` at `addr`, named `name`.
+    """An ELF64 (x86-64) whose only text is `code` at `addr`, named `name`, the rest of its
+    pages zero (kuprobe.crosscheck._kmod.write_elf, which the kprobe scenarios load too).
 
     The guest's vmlinux comes out of the bzImage stripped; this gives the model the
     function's bytes and its symbol, exactly as the image has them.
     """
-    shstr = b"\0.text\0.symtab\0.strtab\0.shstrtab\0"
-    strtab = b"\0" + name.encode() + b"\0"
-    ehsize, phsize, shsize = 64, 56, 64
-    text_off = 0x1000 + (addr & 0xFFF)  # p_offset == p_vaddr modulo the page size
-    sym_off = text_off + len(code)
-    null_sym = b"\0" * 24
-    func_sym = struct.pack("<IBBHQQ", 1, 0x12, 0, 1, addr, len(code))  # GLOBAL FUNC, .text
-    symtab = null_sym + func_sym
-    str_off = sym_off + len(symtab)
-    shstr_off = str_off + len(strtab)
-    sh_off = (shstr_off + len(shstr) + 7) & ~7
-    header = struct.pack(
-        "<16sHHIQQQIHHHHHH",
-        b"\x7fELF\x02\x01\x01" + b"\0" * 9,
-        2, 62, 1, addr, ehsize, sh_off, 0, ehsize, phsize, 1, shsize, 5, 4,
-    )  # fmt: skip
-    phdr = struct.pack("<IIQQQQQQ", 1, 5, text_off, addr, addr, len(code), len(code), 0x1000)
-    sections = [
-        b"\0" * shsize,
-        struct.pack("<IIQQQQIIQQ", 1, 1, 6, addr, text_off, len(code), 0, 0, 16, 0),
-        struct.pack("<IIQQQQIIQQ", 7, 2, 0, 0, sym_off, len(symtab), 3, 1, 8, 24),
-        struct.pack("<IIQQQQIIQQ", 15, 3, 0, 0, str_off, len(strtab), 0, 0, 1, 0),
-        struct.pack("<IIQQQQIIQQ", 23, 3, 0, 0, shstr_off, len(shstr), 0, 0, 1, 0),
-    ]
-    body = bytearray(header + phdr)
-    body += b"\0" * (text_off - len(body)) + code + symtab + strtab + shstr
-    body += b"\0" * (sh_off - len(body)) + b"".join(sections)
-    path.write_bytes(bytes(body))
+    first = addr & ~(PAGE - 1)
+    text = bytes(addr - first) + code
+    text += bytes(-len(text) % PAGE)
+    image = ModuleImage(symbols={name: (addr, len(code))})
+    for off in range(0, len(text), PAGE):
+        image.pages[first + off] = (text[off : off + PAGE], 5)  # PF_R | PF_X
+    image.write_elf(path)
 
 
 def starts(code: bytes) -> set[int]:

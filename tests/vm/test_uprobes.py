@@ -4,7 +4,6 @@ arguments and return values by the arch's ABI, and recursion past the uretprobe 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,8 @@ from kuprobe.elf import ElfImage
 from kuprobe.insn import boundaries
 from kuprobe.regs import signed
 
+from ..live.helpers import Target
+
 pytestmark = pytest.mark.vm
 
 N = 20
@@ -30,30 +31,23 @@ N = 20
 MAX_URETPROBE_DEPTH = 64
 
 
-class Target:
-    """``target wait FUNC N ARG``: started, prints its pid, runs when ``go()`` is called."""
+GUEST_TIMEOUT = 120.0  # seconds a target's run may take in the guest (qemu, maybe TCG)
 
-    def __init__(self, exe: Path, func: str, n: int, arg: int = 0) -> None:
-        self.proc = subprocess.Popen(
-            [str(exe), "wait", func, str(n), str(arg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        assert line[0] == "ready", line
-        self.pid = int(line[1])
 
-    def go(self) -> str:
-        out, _ = self.proc.communicate("go\n", timeout=120)
-        assert self.proc.returncode == 0, out
-        return out
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def run_probed(
+    exe: Path, func: str, n: int, arg: int, consumer: UprobeConsumer
+) -> tuple[Uprobe, str]:
+    """``target wait FUNC N ARG`` run with a uprobe of ``consumer`` on FUNC (its pid only):
+    the probe, unregistered, and the target's output."""
+    target = Target(exe, func, n, arg, timeout=GUEST_TIMEOUT)
+    up = Uprobe(str(exe), symbol_name=func, pid=target.pid, consumer=consumer)
+    register_uprobe(up)
+    try:
+        out = target.go()
+    finally:
+        target.kill()
+        unregister_uprobe(up)
+    return up, out
 
 
 def function_code(exe: Path, name: str) -> bytes:
@@ -68,7 +62,7 @@ def test_counts_at_every_instruction_of_a_function(targets: Path, guest_arch: st
     exe = targets / "target-static"
     offsets = [off for off, _n in boundaries(guest_arch, function_code(exe, "add"))]
     assert len(offsets) >= 2
-    target = Target(exe, "add", N, 1)
+    target = Target(exe, "add", N, 1, timeout=GUEST_TIMEOUT)
     probes = [
         Uprobe(str(exe), symbol_name="add", offset=off, pid=target.pid,
                consumer=UprobeConsumer(handler=lambda uc, regs: 0))
@@ -103,19 +97,7 @@ def test_arguments_and_return_values(targets: Path) -> None:
         rets.append(signed(regs_return_value(regs), 64))
         return 0
 
-    target = Target(exe, "add", N, 5)
-    up = Uprobe(
-        str(exe),
-        symbol_name="add",
-        pid=target.pid,
-        consumer=UprobeConsumer(handler=handler, ret_handler=ret_handler),
-    )
-    register_uprobe(up)
-    try:
-        out = target.go()
-    finally:
-        target.kill()
-        unregister_uprobe(up)
+    up, out = run_probed(exe, "add", N, 5, UprobeConsumer(handler=handler, ret_handler=ret_handler))
     expected = [5 + i for i in range(N)]
     assert args == [(a, 2 * a) for a in expected]
     assert rets == [3 * a for a in expected]
@@ -138,19 +120,9 @@ def test_recursion_past_the_uretprobe_limit(targets: Path) -> None:
         returns.append(regs_return_value(regs))
         return 0
 
-    target = Target(exe, "rec", 1, 100)
-    up = Uprobe(
-        str(exe),
-        symbol_name="rec",
-        pid=target.pid,
-        consumer=UprobeConsumer(handler=handler, ret_handler=ret_handler),
+    up, _out = run_probed(
+        exe, "rec", 1, 100, UprobeConsumer(handler=handler, ret_handler=ret_handler)
     )
-    register_uprobe(up)
-    try:
-        target.go()
-    finally:
-        target.kill()
-        unregister_uprobe(up)
     assert entries == list(range(100, -1, -1))
     # The outermost 64 calls are rec(100)..rec(37), returning 100..37; they return last.
     assert returns == list(range(100 - MAX_URETPROBE_DEPTH + 1, 101))

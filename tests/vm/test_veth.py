@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pyroute2  # in the guest image: python3-pyroute2 (vagrant/provision.sh)
 import pytest
 
 from kuprobe import Kprobe, PtRegs, current, register_kprobe, unregister_kprobe
@@ -17,7 +18,6 @@ LINK_CREATION = "veth_newlink"
 
 
 def test_kprobe_counts_each_veth_pair_made_in_a_netns() -> None:
-    pyroute2 = pytest.importorskip("pyroute2")
     # veth is a module: load it first so its functions can be probed.
     subprocess.run(["modprobe", "veth"], check=True)
     ns = f"kuprobe-vm-{os.getpid()}"
