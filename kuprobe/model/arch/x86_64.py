@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask, Memory
+from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask
 from kuprobe.model.arch.x86 import (
     LEGACY_PREFIXES,
     UPROBE_FIX_RIP_BX,
@@ -21,7 +21,7 @@ from kuprobe.model.arch.x86 import (
     UPROBE_FIX_RIP_SI,
     X86,
 )
-from kuprobe.regs import PtRegs, signed
+from kuprobe.regs import PtRegs
 
 # arch/x86/kernel/uprobes.c: the scratch registers riprel_analyze() picks from, in its order
 # (si before bx: cmpxchg8b uses bx), by their modrm number and pt_regs field (scratch_reg())
@@ -69,9 +69,10 @@ def scratch_reg(auprobe: ArchSpecificInsn) -> str:
 
 
 class X86_64(X86):
+    """SysV calls: layout.user_args (di si dx cx r8 r9), then the stack (Arch.setup_call)."""
+
     name: ClassVar[str] = "x86_64"
     bits: ClassVar[int] = 64
-    is64: ClassVar[bool] = True
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_64) -> the CPU's registers
     uc_regs: ClassVar[dict[str, str | None]] = {
         "r15": "R15", "r14": "R14", "r13": "R13", "r12": "R12", "bp": "RBP", "bx": "RBX",
@@ -79,32 +80,9 @@ class X86_64(X86):
         "dx": "RDX", "si": "RSI", "di": "RDI", "orig_ax": None, "ip": "RIP", "cs": "CS",
         "flags": "EFLAGS", "sp": "RSP", "ss": "SS",
     }  # fmt: skip
-    reg_defaults: ClassVar[dict[str, int]] = {"orig_ax": (1 << 64) - 1}
     # arch/x86/include/asm/elf.h: ELF_ET_DYN_BASE, 2/3 of TASK_SIZE, page aligned (what a
     # PIE gets with randomisation off)
     ELF_ET_DYN_BASE: ClassVar[int] = 0x555555554000
-    # System V AMD64 ABI: integer arguments
-    ARG_REGS: ClassVar[tuple[str, ...]] = ("di", "si", "dx", "cx", "r8", "r9")
-
-    def setup_call(
-        self, mem: Memory, sp: int, args: tuple[int, ...], return_addr: int
-    ) -> dict[str, int]:
-        regs: dict[str, int] = {}
-        stack_args = args[len(self.ARG_REGS) :]
-        for name, value in zip(self.ARG_REGS, args, strict=False):
-            regs[name] = value & self.mask
-        # at the call instruction sp is 16-byte aligned; the call pushes 8 bytes
-        sp = (sp - 8 * len(stack_args)) & ~0xF
-        for i, value in enumerate(stack_args):
-            mem.write(sp + 8 * i, (value & self.mask).to_bytes(8, "little"))
-        sp -= 8
-        mem.write(sp, return_addr.to_bytes(8, "little"))
-        regs["sp"] = sp
-        regs["flags"] = 0x202
-        return regs
-
-    def call_result(self, regs: dict[str, int]) -> int:
-        return signed(regs["ax"], 64)
 
     # --- uprobes: %rip-relative operands (arch/x86/kernel/uprobes.c) ------------------------
 
