@@ -159,6 +159,8 @@ class Arm64(Arch):
         return self.semantics.arm64_kprobe_step == "hardware_step"
 
     def can_probe(self, code: bytes, offset: int) -> bool:
+        # fixed-size instructions: alignment is the whole test (arch_prepare_kprobe(): addr
+        # & 0x3), no decoding from the function's start as x86's can_probe() does
         return offset % AARCH64_INSN_SIZE == 0
 
     def kprobe_trap_addr(self, regs: PtRegs) -> int:
@@ -284,9 +286,9 @@ class Arm64(Arch):
         self.arch_simulate_insn(None, regs, int(regs.pc), auprobe)
         return True
 
-    # arch/arm64/kernel/probes/uprobes.c. Unlike x86 nothing is saved for post_xol: the step
-    # is the CPU's software step (here its stand-in BRK), not a flag in the user's pstate, and
-    # the sentinel lives in thread.fault_code, which the kernel does not restore.
+    # arch/arm64/kernel/probes/uprobes.c. Unlike x86's, these save and restore nothing
+    # (arm64's struct arch_uprobe_task is empty): user_enable/disable_single_step() arm and
+    # disarm the step, and thread.fault_code keeps the sentinel (or the fault) afterwards.
 
     def arch_uprobe_pre_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> None:
         current.thread.fault_code = UPROBE_INV_FAULT_CODE

@@ -40,6 +40,7 @@ from kuprobe.model.arch.x86_insn import (
     InsnOpcode,
     insn_opcode,
     insn_undecoded,
+    skip_prefixes,
 )
 from kuprobe.model.arch.x86_kprobe import kprobe_refuses, prepare_emulation
 from kuprobe.model.arch.x86_uprobe_emulate import is_nop_pattern, uprobe_emulation
@@ -57,6 +58,7 @@ __all__ = [
     "InsnOpcode",
     "insn_opcode",
     "insn_undecoded",
+    "skip_prefixes",
     "uprobe_refuses",
 ]  # fmt: skip
 
@@ -138,16 +140,6 @@ def uprobe_refuses(insn: bytes, is64: bool) -> str | None:
     if branch and 0x66 in op.prefixes:
         return "a branch with a 0x66 (16-bit) prefix"
     return None
-
-
-def skip_prefixes(insn: bytes, is64: bool) -> int:
-    """arch/x86/kernel/kprobes/core.c: skip_prefixes(): index of the opcode byte."""
-    i = 0
-    while i < len(insn) and insn[i] in LEGACY_PREFIXES:
-        i += 1
-    if is64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
-        i += 1
-    return i
 
 
 class X86(Arch):
@@ -347,13 +339,22 @@ class X86(Arch):
             tos = int.from_bytes(mem.read(sp, self.word), "little")
             tos = (tos & ~(X86_EFLAGS_TF | X86_EFLAGS_IF)) | kcb.old_flags
             mem.write(sp, tos.to_bytes(self.word, "little"))
-        if ainsn.fixups & UPROBE_FIX_CALL:
-            tos = int.from_bytes(mem.read(sp, self.word), "little")
-            mem.write(sp, ((addr + tos - slot) & self.mask).to_bytes(self.word, "little"))
-        if ainsn.fixups & UPROBE_FIX_IP:
-            r.ip = (int(r.ip) + addr - slot) & self.mask
+        self.fix_after_step(ainsn.fixups, regs, mem, addr, slot)
         # kprobe_debug_handler(): regs->flags |= kcb->kprobe_saved_flags
         r.flags = int(r.flags) | kcb.saved_flags
+
+    def fix_after_step(self, fixups: int, regs: PtRegs, mem: Memory, orig: int, copy: int) -> None:
+        """The fix-ups after the insn at ``orig`` ran as its copy at ``copy``, the same for a
+        kprobe's slot (resume_execution()) and a uprobe's XOL slot (the post_xol op): a call's
+        return address (UPROBE_FIX_CALL) and a relative ip (UPROBE_FIX_IP) moved by orig - copy."""
+        r: Any = regs
+        correction = orig - copy
+        if fixups & UPROBE_FIX_CALL:
+            sp = int(r.sp)
+            tos = int.from_bytes(mem.read(sp, self.word), "little")
+            mem.write(sp, ((tos + correction) & self.mask).to_bytes(self.word, "little"))
+        if fixups & UPROBE_FIX_IP:
+            r.ip = (int(r.ip) + correction) & self.mask
 
     def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
         # kprobe_fault_handler() (and the i386 fault-handling patch): ip back to the probe, TF
@@ -443,7 +444,7 @@ class X86(Arch):
     def arch_uprobe_post_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> bool:
         r: Any = regs
         utask, thread = current.utask, current.thread
-        autask, vaddr, xol_vaddr = utask.autask, utask.vaddr, utask.xol_vaddr
+        autask = utask.autask
         trapped = thread.trap_nr != UPROBE_TRAP_NR
         thread.trap_nr = autask.saved_trap_nr
         self.riprel_post_xol(auprobe, regs, autask)  # default_post_xol_op(), first of all
@@ -451,13 +452,7 @@ class X86(Arch):
             r.flags = int(r.flags) & ~X86_EFLAGS_TF
         if trapped:
             return False
-        mem = current.mm
-        if auprobe.fixups & UPROBE_FIX_CALL:
-            sp = int(r.sp)
-            tos = int.from_bytes(mem.read(sp, self.word), "little")
-            mem.write(sp, ((tos + vaddr - xol_vaddr) & self.mask).to_bytes(self.word, "little"))
-        if auprobe.fixups & UPROBE_FIX_IP:
-            r.ip = (int(r.ip) + vaddr - xol_vaddr) & self.mask
+        self.fix_after_step(auprobe.fixups, regs, current.mm, utask.vaddr, utask.xol_vaddr)
         return True
 
     def arch_uprobe_xol_was_trapped(self, t: Current) -> bool:

@@ -14,13 +14,13 @@ from typing import ClassVar
 
 from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask
 from kuprobe.model.arch.x86 import (
-    LEGACY_PREFIXES,
     UPROBE_FIX_RIP_BX,
     UPROBE_FIX_RIP_DI,
     UPROBE_FIX_RIP_MASK,
     UPROBE_FIX_RIP_SI,
     X86,
 )
+from kuprobe.model.arch.x86_insn import EVEX, VEX2, VEX3, skip_legacy_prefixes
 from kuprobe.regs import PtRegs
 
 # arch/x86/kernel/uprobes.c: the scratch registers riprel_analyze() picks from, in its order
@@ -30,7 +30,6 @@ RIPREL_SCRATCH: tuple[tuple[int, int, str], ...] = (
     (7, UPROBE_FIX_RIP_DI, "di"),
     (3, UPROBE_FIX_RIP_BX, "bx"),
 )
-VEX2, VEX3, EVEX = 0xC5, 0xC4, 0x62  # in 64-bit mode these bytes always start a VEX/EVEX
 
 
 def riprel_rewrite(insn: bytes, disp_off: int) -> tuple[bytes, int]:
@@ -42,13 +41,11 @@ def riprel_rewrite(insn: bytes, disp_off: int) -> tuple[bytes, int]:
     address.
     """
     ixol = bytearray(insn)
-    i = 0
-    while ixol[i] in LEGACY_PREFIXES:
-        i += 1
+    i = skip_legacy_prefixes(insn)
     vvvv = 0xFF  # no VEX: "reg2" comes out as 0 (ax), which no choice below clashes with
     if 0x40 <= ixol[i] <= 0x4F:
         ixol[i] &= 0xFE  # REX.B off: encode si/di/bx, not r14/r15/r11
-    elif ixol[i] in (VEX3, EVEX):
+    elif ixol[i] in (VEX3, EVEX):  # in 64-bit mode these bytes always start a VEX/EVEX
         ixol[i + 1] |= 0x60  # VEX3.B (inverted) on; EVEX.X, the 4th bit of rm, likewise
         vvvv = ixol[i + 2]
     elif ixol[i] == VEX2:
