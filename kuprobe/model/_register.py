@@ -27,15 +27,21 @@ class ProbeRegistration:
                 f"{what} need a Machine loaded with space={space!r} (this one is {self.space})",
             )
 
-    def register_kprobe(self, p: Kprobe) -> None:
+    def _kprobe_table(self) -> KprobeTable:
         self._need("kernel", "kprobes")
         assert self.kprobes is not None
-        self.kprobes.register(p)
+        return self.kprobes
+
+    def _kretprobe_core(self) -> KretprobeCore:
+        self._need("kernel", "kretprobes")
+        assert self.kretprobes is not None
+        return self.kretprobes
+
+    def register_kprobe(self, p: Kprobe) -> None:
+        self._kprobe_table().register(p)
 
     def unregister_kprobe(self, p: Kprobe) -> None:
-        self._need("kernel", "kprobes")
-        assert self.kprobes is not None
-        self.kprobes.unregister(p)
+        self._kprobe_table().unregister(p)
 
     def register_kprobes(self, ps: Sequence[Kprobe]) -> None:
         """All or none, as the kernel's register_kprobes()."""
@@ -46,24 +52,16 @@ class ProbeRegistration:
             self.unregister_kprobe(p)
 
     def enable_kprobe(self, p: Kprobe) -> None:
-        self._need("kernel", "kprobes")
-        assert self.kprobes is not None
-        self.kprobes.set_disabled(p, False)
+        self._kprobe_table().set_disabled(p, False)
 
     def disable_kprobe(self, p: Kprobe) -> None:
-        self._need("kernel", "kprobes")
-        assert self.kprobes is not None
-        self.kprobes.set_disabled(p, True)
+        self._kprobe_table().set_disabled(p, True)
 
     def register_kretprobe(self, rp: Kretprobe) -> None:
-        self._need("kernel", "kretprobes")
-        assert self.kretprobes is not None
-        self.kretprobes.register(rp)
+        self._kretprobe_core().register(rp)
 
     def unregister_kretprobe(self, rp: Kretprobe) -> None:
-        self._need("kernel", "kretprobes")
-        assert self.kretprobes is not None
-        self.kretprobes.unregister(rp)
+        self._kretprobe_core().unregister(rp)
 
     def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
         register_all_or_none(rps, self.register_kretprobe, self.unregister_kretprobe)

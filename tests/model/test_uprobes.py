@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -200,6 +201,19 @@ def test_handler_remove_with_a_filter_that_lets_go_today(funcs: str) -> None:
 # push %ebp is emulated since v4.15 ("uprobes/x86: Emulate push insns for uprobe on x86")
 STEPPED_OFFSET = {"i386": 1}
 
+
+def stepped_uprobe(m: Machine, path: str, func: str, handler: Callable[..., int]) -> Uprobe:
+    """A uprobe on ``func``'s first stepped instruction (STEPPED_OFFSET), registered in ``m``."""
+    up = Uprobe(
+        path,
+        symbol_name=func,
+        offset=STEPPED_OFFSET.get(m.arch, 0),
+        consumer=UprobeConsumer(handler=handler),
+    )
+    m.register_uprobe(up)
+    return up
+
+
 # --- the step: utask states, XOL area, skip-sstep -----------------------------------------
 
 
@@ -209,13 +223,7 @@ def test_utask_states(funcs: str, semantics: str, bp_hit: list[str]) -> None:
     since about v3.7 ("uprobes: Kill UTASK_BP_HIT state") the handlers run in RUNNING."""
     user = Machine.load(funcs, semantics=semantics)
     seen = []
-    up = Uprobe(
-        funcs,
-        symbol_name="loop_sum",
-        offset=STEPPED_OFFSET.get(user.arch, 0),
-        consumer=UprobeConsumer(handler=lambda uc, r: seen.append(user.utask_state) or 0),
-    )
-    user.register_uprobe(up)
+    up = stepped_uprobe(user, funcs, "loop_sum", lambda uc, r: seen.append(user.utask_state) or 0)
     user.call("loop_sum", 4)
     user.unregister_uprobe(up)
     assert seen == (bp_hit or ["RUNNING"])
@@ -274,13 +282,7 @@ def test_not_present_page_during_the_step(muser: Machine, mfuncs: str) -> None:
 def test_signal_during_the_step_is_deferred(user: Machine, funcs: str) -> None:
     delivered = []
     user.sigaction(signal.SIGUSR1, lambda m, s: delivered.append(m.utask_state))
-    up = Uprobe(
-        funcs,
-        symbol_name="add",
-        offset=STEPPED_OFFSET.get(user.arch, 0),
-        consumer=UprobeConsumer(handler=lambda uc, r: user.kill(signal.SIGUSR1) or 0),
-    )
-    user.register_uprobe(up)
+    up = stepped_uprobe(user, funcs, "add", lambda uc, r: user.kill(signal.SIGUSR1) or 0)
     assert user.call("add", 3, 4) == 7
     user.unregister_uprobe(up)
     assert delivered == ["RUNNING"]  # only once the step was done
@@ -292,13 +294,7 @@ def test_signal_during_the_step_is_deferred(user: Machine, funcs: str) -> None:
 
 def test_fatal_signal_during_the_step_aborts_xol(user: Machine, funcs: str) -> None:
     """A fatal signal while stepping: SSTEP_TRAPPED -> abort_xol (ip back), then death."""
-    up = Uprobe(
-        funcs,
-        symbol_name="add",
-        offset=STEPPED_OFFSET.get(user.arch, 0),
-        consumer=UprobeConsumer(handler=lambda uc, r: user.kill(signal.SIGKILL) or 0),
-    )
-    user.register_uprobe(up)
+    up = stepped_uprobe(user, funcs, "add", lambda uc, r: user.kill(signal.SIGKILL) or 0)
     with pytest.raises(ProcessSignalled) as e:
         user.call("add", 3, 4)
     user.unregister_uprobe(up)

@@ -47,10 +47,12 @@ from kuprobe.model.arch.base import (
     TRAP_SINGLESTEP,
     Arch,
     ArchSpecificInsn,
-    ArchUprobeTask,
+    ArchUprobe,
+    Current,
     Memory,
+    refuse_insn,
 )
-from kuprobe.regs import PtRegs, regs_class, signed
+from kuprobe.regs import PtRegs
 
 # arch/arm64/include/asm/brk-imm.h
 KPROBES_BRK_IMM = 0x004
@@ -124,32 +126,12 @@ class Arm64(Arch):
     # (load_elf_binary() also aligns it to the largest p_align, 64 KiB for arm64's
     # toolchain: a real PIE lands at 0xaaaaaaaa0000; the model keeps the page alignment)
     ELF_ET_DYN_BASE: ClassVar[int] = 0xAAAAAAAAA000
-    # AAPCS64: integer arguments
-    ARG_REGS: ClassVar[tuple[str, ...]] = tuple(f"x{i}" for i in range(8))
 
-    # --- registers and the ABI ------------------------------------------------------------
+    # --- registers and the ABI (AAPCS64: x0-x7, then the stack; kuprobe/arch.py) ------------
 
-    def regs_of(self, values: dict[str, int], stack: tuple[int, ...]) -> PtRegs:
-        cls = regs_class(self.name)
-        return cls([values.get(f, 0) for f in cls.layout.fields], stack)
-
-    def ip_field(self) -> str:
-        return "pc"
-
-    def setup_call(
-        self, mem: Memory, sp: int, args: tuple[int, ...], return_addr: int
-    ) -> dict[str, int]:
-        regs = {name: value & self.mask for name, value in zip(self.ARG_REGS, args, strict=False)}
-        stack_args = args[len(self.ARG_REGS) :]
-        sp = (sp - 8 * len(stack_args)) & ~0xF  # sp stays 16-byte aligned
-        for i, value in enumerate(stack_args):
-            mem.write(sp + 8 * i, (value & self.mask).to_bytes(8, "little"))
-        regs["sp"] = sp
-        regs["x30"] = return_addr  # bl leaves the return address in the link register
-        return regs
-
-    def call_result(self, regs: dict[str, int]) -> int:
-        return signed(regs["x0"], 64)
+    def call_return_address(self, mem: Memory, sp: int, return_addr: int) -> dict[str, int]:
+        # bl leaves the return address in the link register; sp stays 16-byte aligned
+        return {"sp": sp, "x30": return_addr}
 
     def trap_kind(self, intno: int, regs: PtRegs, mem: Memory) -> str:
         # arch/arm64/kernel/debug-monitors.c: brk_handler() dispatches on the immediate
@@ -177,6 +159,8 @@ class Arm64(Arch):
         return self.semantics.arm64_kprobe_step == "hardware_step"
 
     def can_probe(self, code: bytes, offset: int) -> bool:
+        # fixed-size instructions: alignment is the whole test (arch_prepare_kprobe(): addr
+        # & 0x3), no decoding from the function's start as x86's can_probe() does
         return offset % AARCH64_INSN_SIZE == 0
 
     def kprobe_trap_addr(self, regs: PtRegs) -> int:
@@ -191,11 +175,10 @@ class Arm64(Arch):
         decoded, handler = arm_kprobe_decode_insn(opcode, before)
         if decoded == INSN_REJECTED:
             atomic = arm_kprobe_decode_insn(opcode, b"")[0] != INSN_REJECTED
-            raise ProbeError(
+            raise refuse_insn(
                 errno.EINVAL,
                 f"arm64: kprobes cannot step or simulate {opcode:#010x} at {addr:#x}"
                 + (" (inside an exclusive load/store sequence)" if atomic else ""),
-                hint="probe another instruction of the function",
             )
         ainsn = ArchSpecificInsn(insn=code[:4], length=AARCH64_INSN_SIZE)
         if decoded == INSN_GOOD_NO_SLOT:  # arch_prepare_simulate(): no slot, restore 0
@@ -282,10 +265,8 @@ class Arm64(Arch):
         opcode = int.from_bytes(insn[:4], "little")
         decoded, handler = arm_probe_decode_insn(opcode)
         if decoded == INSN_REJECTED:
-            raise ProbeError(
-                errno.EINVAL,
-                f"arm64: uprobes cannot step or simulate {opcode:#010x} at {vaddr:#x}",
-                hint="probe another instruction of the function",
+            raise refuse_insn(
+                errno.EINVAL, f"arm64: uprobes cannot step or simulate {opcode:#010x} at {vaddr:#x}"
             )
         auprobe = ArchSpecificInsn(insn=insn[:4], length=AARCH64_INSN_SIZE)
         if decoded == INSN_GOOD_NO_SLOT:
@@ -305,44 +286,24 @@ class Arm64(Arch):
         self.arch_simulate_insn(None, regs, int(regs.pc), auprobe)
         return True
 
-    def arch_uprobe_pre_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        vaddr: int,
-        xol_vaddr: int,
-        thread: Any,
-    ) -> None:
-        thread.fault_code = UPROBE_INV_FAULT_CODE
-        regs.pc = xol_vaddr
+    # arch/arm64/kernel/probes/uprobes.c. Unlike x86's, these save and restore nothing
+    # (arm64's struct arch_uprobe_task is empty): user_enable/disable_single_step() arm and
+    # disarm the step, and thread.fault_code keeps the sentinel (or the fault) afterwards.
+
+    def arch_uprobe_pre_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> None:
+        current.thread.fault_code = UPROBE_INV_FAULT_CODE
+        regs.pc = current.utask.xol_vaddr
         # user_enable_single_step(): the stand-in BRK after the slot
 
-    def arch_uprobe_post_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        mem: Memory,
-        vaddr: int,
-        xol_vaddr: int,
-        thread: Any,
-    ) -> bool:
-        regs.pc = vaddr + AARCH64_INSN_SIZE
+    def arch_uprobe_post_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> bool:
+        regs.pc = current.utask.vaddr + AARCH64_INSN_SIZE
         return True
 
-    def arch_uprobe_xol_was_trapped(self, thread: Any) -> bool:
-        return bool(thread.fault_code != UPROBE_INV_FAULT_CODE)
+    def arch_uprobe_xol_was_trapped(self, t: Current) -> bool:
+        return bool(t.thread.fault_code != UPROBE_INV_FAULT_CODE)
 
-    def arch_uprobe_abort_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        vaddr: int,
-        thread: Any,
-    ) -> None:
-        regs.pc = vaddr
+    def arch_uprobe_abort_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> None:
+        regs.pc = current.utask.vaddr
 
     def arch_uretprobe_hijack_return_addr(self, mem: Memory, regs: PtRegs, trampoline: int) -> int:
         r: Any = regs

@@ -10,12 +10,14 @@ from __future__ import annotations
 import errno
 import signal
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Protocol
 
+from kuprobe.arch import RegLayout
 from kuprobe.errors import ProbeError
 from kuprobe.insn import is_boundary
 from kuprobe.model.semantics import TODAY, Semantics
-from kuprobe.regs import PtRegs
+from kuprobe.regs import PtRegs, regs_class, signed
 
 # What a CPU exception means to the kernel (notify_die(): DIE_INT3, DIE_DEBUG, or other)
 TRAP_BREAKPOINT = "breakpoint"
@@ -53,6 +55,10 @@ class ArchSpecificInsn:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# include/linux/uprobes.h: struct arch_uprobe (the uprobe side of the one record above)
+ArchUprobe = ArchSpecificInsn
+
+
 @dataclass
 class ArchUprobeTask:
     """``struct arch_uprobe_task``: what pre_xol saves for post_xol/abort_xol."""
@@ -60,6 +66,32 @@ class ArchUprobeTask:
     saved_trap_nr: int = 0
     saved_tf: bool = False
     saved_scratch_register: int = 0
+
+
+class UprobeTaskView(Protocol):
+    """The fields of ``struct uprobe_task`` the arch hooks read (current->utask)."""
+
+    vaddr: int
+    xol_vaddr: int
+    autask: ArchUprobeTask
+
+
+class Current(Protocol):
+    """``current`` as the kernel's arch_uprobe_*_xol() hooks see it: only ``(auprobe, regs)``
+    is passed, the rest they read from current->utask, current->thread (x86 ``trap_nr``,
+    arm64 ``fault_code``) and the task's memory (copy_to_user(), here ``mm``)."""
+
+    @property
+    def utask(self) -> UprobeTaskView: ...
+    @property
+    def thread(self) -> Any: ...
+    @property
+    def mm(self) -> Memory: ...
+
+
+def refuse_insn(err: int, message: str) -> ProbeError:
+    """The error of a probe on an instruction the arch cannot step or emulate."""
+    return ProbeError(err, message, hint="probe another instruction of the function")
 
 
 class Arch:
@@ -70,7 +102,6 @@ class Arch:
     # Unicorn names of this arch, for kuprobe.model.emu (data, no unicorn import here)
     uc_arch: ClassVar[str]
     uc_regs: ClassVar[dict[str, str | None]]  # pt_regs field -> Unicorn register name
-    reg_defaults: ClassVar[dict[str, int]] = {}  # fields the CPU has no register for
 
     # which of the kernel's designs this Machine runs (kuprobe.model.semantics)
     semantics: Semantics = TODAY
@@ -113,17 +144,39 @@ class Arch:
 
     # --- registers and the ABI ------------------------------------------------------------
 
-    def regs_of(self, values: dict[str, int], stack: tuple[int, ...]) -> PtRegs:
-        raise NotImplementedError
+    @cached_property
+    def layout(self) -> RegLayout:
+        """This arch's ``struct pt_regs`` and ABI registers (the record in kuprobe/arch.py)."""
+        return regs_class(self.name).layout
+
+    @property
+    def reg_defaults(self) -> dict[str, int]:
+        """The pt_regs fields the CPU has no register for, and their values (else 0)."""
+        return {}
 
     def setup_call(
         self, mem: Memory, sp: int, args: tuple[int, ...], return_addr: int
     ) -> dict[str, int]:
-        """Registers that make the next instruction the first of a call with ``args``."""
+        """Registers that make the next instruction the first of a call with ``args``: the
+        psABI's argument registers (layout.user_args), the rest on the stack from a 16-byte
+        aligned sp up, then the call instruction's part (:meth:`call_return_address`)."""
+        user_args = self.layout.user_args
+        regs = {name: value & self.mask for name, value in zip(user_args, args, strict=False)}
+        stack_args = args[len(user_args) :]
+        sp = (sp - self.word * len(stack_args)) & ~0xF
+        for i, value in enumerate(stack_args):
+            mem.write(sp + self.word * i, (value & self.mask).to_bytes(self.word, "little"))
+        regs.update(self.call_return_address(mem, sp, return_addr))
+        return regs
+
+    def call_return_address(self, mem: Memory, sp: int, return_addr: int) -> dict[str, int]:
+        """What the call instruction adds at ``sp`` (x86: call pushes the return address;
+        arm64: bl puts it in the link register)."""
         raise NotImplementedError
 
     def call_result(self, regs: dict[str, int]) -> int:
-        raise NotImplementedError
+        """The called function's return value (regs_return_value()), signed."""
+        return signed(regs[self.layout.retval], self.bits)
 
     def trap_kind(self, intno: int, regs: PtRegs, mem: Memory) -> str:
         """Which handler a CPU exception goes to. An arch whose single-step ends on a second
@@ -144,10 +197,10 @@ class Arch:
         raise NotImplementedError
 
     def stack_pointer_field(self) -> str:
-        return "sp"
+        return self.layout.sp
 
     def ip_field(self) -> str:
-        return "ip"
+        return self.layout.ip
 
     def handler_stack(self, sp: int) -> int:
         """Where code a handler calls may put its frames, below the trapped one."""
@@ -234,42 +287,22 @@ class Arch:
         (what analyze_insn left in ``slot``, else the original bytes)."""
         return auprobe.slot or auprobe.insn
 
-    def arch_uprobe_pre_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        vaddr: int,
-        xol_vaddr: int,
-        thread: Any,
-    ) -> None:
-        """Prepare the step at ``xol_vaddr`` of the insn probed at ``vaddr`` (utask->vaddr)."""
+    # arch_uprobe_pre_xol(), arch_uprobe_post_xol(), arch_uprobe_abort_xol(): the kernel's take
+    # (auprobe, regs) and read the rest from ``current`` (utask->vaddr, utask->xol_vaddr,
+    # utask->autask, current->thread), as these do.
+
+    def arch_uprobe_pre_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> None:
+        """Prepare the step at utask->xol_vaddr of the insn probed at utask->vaddr."""
         raise NotImplementedError
 
-    def arch_uprobe_post_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        mem: Memory,
-        vaddr: int,
-        xol_vaddr: int,
-        thread: Any,
-    ) -> bool:
+    def arch_uprobe_post_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> bool:
         """Fix up after the step; False: the step trapped (restart at vaddr, signal)."""
         raise NotImplementedError
 
-    def arch_uprobe_xol_was_trapped(self, thread: Any) -> bool:
+    def arch_uprobe_xol_was_trapped(self, t: Current) -> bool:
         raise NotImplementedError
 
-    def arch_uprobe_abort_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        vaddr: int,
-        thread: Any,
-    ) -> None:
+    def arch_uprobe_abort_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> None:
         raise NotImplementedError
 
     def arch_uprobe_skip_sstep(

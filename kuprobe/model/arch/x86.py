@@ -23,8 +23,11 @@ from kuprobe.model.arch.base import (
     RP_CHECK_CALL,
     Arch,
     ArchSpecificInsn,
+    ArchUprobe,
     ArchUprobeTask,
+    Current,
     Memory,
+    refuse_insn,
 )
 from kuprobe.model.arch.x86_insn import (
     EVEX,
@@ -37,10 +40,11 @@ from kuprobe.model.arch.x86_insn import (
     InsnOpcode,
     insn_opcode,
     insn_undecoded,
+    skip_prefixes,
 )
 from kuprobe.model.arch.x86_kprobe import kprobe_refuses, prepare_emulation
 from kuprobe.model.arch.x86_uprobe_emulate import is_nop_pattern, uprobe_emulation
-from kuprobe.regs import PtRegs, regs_class
+from kuprobe.regs import PtRegs
 
 __all__ = [
     "EVEX",
@@ -54,6 +58,7 @@ __all__ = [
     "InsnOpcode",
     "insn_opcode",
     "insn_undecoded",
+    "skip_prefixes",
     "uprobe_refuses",
 ]  # fmt: skip
 
@@ -137,16 +142,6 @@ def uprobe_refuses(insn: bytes, is64: bool) -> str | None:
     return None
 
 
-def skip_prefixes(insn: bytes, is64: bool) -> int:
-    """arch/x86/kernel/kprobes/core.c: skip_prefixes(): index of the opcode byte."""
-    i = 0
-    while i < len(insn) and insn[i] in LEGACY_PREFIXES:
-        i += 1
-    if is64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
-        i += 1
-    return i
-
-
 class X86(Arch):
     """The x86 hooks; x86_64 and i386 differ in registers, ABI and RIP-relative operands."""
 
@@ -164,16 +159,27 @@ class X86(Arch):
     MAX_INSN_SIZE: ClassVar[int] = 16
     MAX_UINSN_BYTES: ClassVar[int] = 16
     UPROBE_XOL_SLOT_BYTES: ClassVar[int] = 128
-    is64: ClassVar[bool]
+
+    @property
+    def is64(self) -> bool:
+        """Long mode: the decoder's REX prefixes, %rip-relative operands, 64-bit tables."""
+        return self.bits == 64
+
+    @property
+    def reg_defaults(self) -> dict[str, int]:
+        # orig_ax is no CPU register: -1 (no syscall), as the kernel's entry code leaves it
+        return {"orig_ax": self.mask}
 
     def trap_signal(self, trapnr: int) -> int:
         # arch/x86/kernel/traps.c: #DE -> SIGFPE, #UD -> SIGILL, #GP/#PF -> SIGSEGV
         return int({0: signal.SIGFPE, 6: signal.SIGILL, 13: signal.SIGSEGV}.get(
             trapnr, signal.SIGSEGV))  # fmt: skip
 
-    def regs_of(self, values: dict[str, int], stack: tuple[int, ...]) -> PtRegs:
-        cls = regs_class(self.name)
-        return cls([values.get(f, self.reg_defaults.get(f, 0)) for f in cls.layout.fields], stack)
+    def call_return_address(self, mem: Memory, sp: int, return_addr: int) -> dict[str, int]:
+        # call pushes the return address; IF set (0x202: IF and the always-one bit 1)
+        sp -= self.word
+        mem.write(sp, return_addr.to_bytes(self.word, "little"))
+        return {"sp": sp, "flags": 0x202}
 
     # --- decoding -------------------------------------------------------------------------
 
@@ -183,6 +189,11 @@ class X86(Arch):
         for insn in cs.disasm(code, addr, 1):
             return insn
         raise ProbeError(errno.EILSEQ, f"cannot decode the instruction at {addr:#x}")
+
+    @staticmethod
+    def _shown(insn: Any) -> str:
+        """A decoded instruction as an error names it: mnemonic and operands."""
+        return f"{insn.mnemonic} {insn.op_str}".strip()
 
     def _rip_disp(self, insn: Any) -> int | None:
         """Offset of the displacement of a %rip-relative operand, if any (x86_64 only)."""
@@ -263,11 +274,10 @@ class X86(Arch):
             code, self.is64, int3_step=self.int3_step(), sha512_vex=self.sha512_vex()
         )
         if refusal is not None:
-            raise ProbeError(
+            raise refuse_insn(
                 refusal.errno,
-                f"{self.name}: kprobes refuse {insn.mnemonic} {insn.op_str}".strip()
-                + f" at {addr:#x}: {refusal.why} ({refusal.function}())",
-                hint="probe another instruction of the function",
+                f"{self.name}: kprobes refuse {self._shown(insn)} at {addr:#x}: {refusal.why}"
+                f" ({refusal.function}())",
             )
         slot_bytes = self._relocate(raw, self._rip_disp(insn), addr, slot)
         i = skip_prefixes(raw, self.is64)
@@ -329,13 +339,22 @@ class X86(Arch):
             tos = int.from_bytes(mem.read(sp, self.word), "little")
             tos = (tos & ~(X86_EFLAGS_TF | X86_EFLAGS_IF)) | kcb.old_flags
             mem.write(sp, tos.to_bytes(self.word, "little"))
-        if ainsn.fixups & UPROBE_FIX_CALL:
-            tos = int.from_bytes(mem.read(sp, self.word), "little")
-            mem.write(sp, ((addr + tos - slot) & self.mask).to_bytes(self.word, "little"))
-        if ainsn.fixups & UPROBE_FIX_IP:
-            r.ip = (int(r.ip) + addr - slot) & self.mask
+        self.fix_after_step(ainsn.fixups, regs, mem, addr, slot)
         # kprobe_debug_handler(): regs->flags |= kcb->kprobe_saved_flags
         r.flags = int(r.flags) | kcb.saved_flags
+
+    def fix_after_step(self, fixups: int, regs: PtRegs, mem: Memory, orig: int, copy: int) -> None:
+        """The fix-ups after the insn at ``orig`` ran as its copy at ``copy``, the same for a
+        kprobe's slot (resume_execution()) and a uprobe's XOL slot (the post_xol op): a call's
+        return address (UPROBE_FIX_CALL) and a relative ip (UPROBE_FIX_IP) moved by orig - copy."""
+        r: Any = regs
+        correction = orig - copy
+        if fixups & UPROBE_FIX_CALL:
+            sp = int(r.sp)
+            tos = int.from_bytes(mem.read(sp, self.word), "little")
+            mem.write(sp, ((tos + correction) & self.mask).to_bytes(self.word, "little"))
+        if fixups & UPROBE_FIX_IP:
+            r.ip = (int(r.ip) + correction) & self.mask
 
     def singlestep_fault_fixup(self, kcb: Any, regs: PtRegs, addr: int) -> None:
         # kprobe_fault_handler() (and the i386 fault-handling patch): ip back to the probe, TF
@@ -360,19 +379,16 @@ class X86(Arch):
         dec = self.decode(insn, vaddr)
         raw = bytes(dec.bytes)
         if insn_undecoded(raw, self.is64, sha512_vex=self.sha512_vex()):
-            raise ProbeError(
+            raise refuse_insn(
                 errno.ENOEXEC,
                 f"{self.name}: the kernel's decoder does not know {dec.mnemonic} at {vaddr:#x}",
-                hint="probe another instruction of the function",
             )
         why = uprobe_refuses(raw, self.is64)
         if why is not None:
             # the kernel returns -ENOTSUPP (524, kernel-internal); EOPNOTSUPP is its user face
-            raise ProbeError(
+            raise refuse_insn(
                 errno.EOPNOTSUPP,
-                f"{self.name}: uprobes refuse {dec.mnemonic} {dec.op_str}".strip()
-                + f" at {vaddr:#x}: {why}",
-                hint="probe another instruction of the function",
+                f"{self.name}: uprobes refuse {self._shown(dec)} at {vaddr:#x}: {why}",
             )
         auprobe = ArchSpecificInsn(
             insn=raw,
@@ -415,34 +431,20 @@ class X86(Arch):
         op(mem, regs, int(regs.ip), self.word)
         return True
 
-    def arch_uprobe_pre_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        vaddr: int,
-        xol_vaddr: int,
-        thread: Any,
-    ) -> None:
+    def arch_uprobe_pre_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> None:
         r: Any = regs
-        autask.saved_trap_nr = thread.trap_nr
+        utask, thread = current.utask, current.thread
+        utask.autask.saved_trap_nr = thread.trap_nr
         thread.trap_nr = UPROBE_TRAP_NR
-        r.ip = xol_vaddr
-        autask.saved_tf = bool(int(r.flags) & X86_EFLAGS_TF)
+        r.ip = utask.xol_vaddr
+        utask.autask.saved_tf = bool(int(r.flags) & X86_EFLAGS_TF)
         r.flags = int(r.flags) | X86_EFLAGS_TF  # user_enable_single_step()
-        self.riprel_pre_xol(auprobe, regs, autask, vaddr)  # default_pre_xol_op()
+        self.riprel_pre_xol(auprobe, regs, utask.autask, utask.vaddr)  # default_pre_xol_op()
 
-    def arch_uprobe_post_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        mem: Memory,
-        vaddr: int,
-        xol_vaddr: int,
-        thread: Any,
-    ) -> bool:
+    def arch_uprobe_post_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> bool:
         r: Any = regs
+        utask, thread = current.utask, current.thread
+        autask = utask.autask
         trapped = thread.trap_nr != UPROBE_TRAP_NR
         thread.trap_nr = autask.saved_trap_nr
         self.riprel_post_xol(auprobe, regs, autask)  # default_post_xol_op(), first of all
@@ -450,29 +452,18 @@ class X86(Arch):
             r.flags = int(r.flags) & ~X86_EFLAGS_TF
         if trapped:
             return False
-        if auprobe.fixups & UPROBE_FIX_CALL:
-            sp = int(r.sp)
-            tos = int.from_bytes(mem.read(sp, self.word), "little")
-            mem.write(sp, ((tos + vaddr - xol_vaddr) & self.mask).to_bytes(self.word, "little"))
-        if auprobe.fixups & UPROBE_FIX_IP:
-            r.ip = (int(r.ip) + vaddr - xol_vaddr) & self.mask
+        self.fix_after_step(auprobe.fixups, regs, current.mm, utask.vaddr, utask.xol_vaddr)
         return True
 
-    def arch_uprobe_xol_was_trapped(self, thread: Any) -> bool:
-        return bool(thread.trap_nr != UPROBE_TRAP_NR)
+    def arch_uprobe_xol_was_trapped(self, t: Current) -> bool:
+        return bool(t.thread.trap_nr != UPROBE_TRAP_NR)
 
-    def arch_uprobe_abort_xol(
-        self,
-        auprobe: ArchSpecificInsn,
-        regs: PtRegs,
-        autask: ArchUprobeTask,
-        vaddr: int,
-        thread: Any,
-    ) -> None:
+    def arch_uprobe_abort_xol(self, auprobe: ArchUprobe, regs: PtRegs, current: Current) -> None:
         r: Any = regs
+        autask = current.utask.autask
         self.riprel_post_xol(auprobe, regs, autask)  # default_abort_op()
-        thread.trap_nr = autask.saved_trap_nr
-        r.ip = vaddr
+        current.thread.trap_nr = autask.saved_trap_nr
+        r.ip = current.utask.vaddr
         if not autask.saved_tf:
             r.flags = int(r.flags) & ~X86_EFLAGS_TF
 

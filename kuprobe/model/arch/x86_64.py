@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask, Memory
+from kuprobe.model.arch.base import ArchSpecificInsn, ArchUprobeTask
 from kuprobe.model.arch.x86 import (
-    LEGACY_PREFIXES,
     UPROBE_FIX_RIP_BX,
     UPROBE_FIX_RIP_DI,
     UPROBE_FIX_RIP_MASK,
     UPROBE_FIX_RIP_SI,
     X86,
 )
-from kuprobe.regs import PtRegs, signed
+from kuprobe.model.arch.x86_insn import EVEX, VEX2, VEX3, skip_legacy_prefixes
+from kuprobe.regs import PtRegs
 
 # arch/x86/kernel/uprobes.c: the scratch registers riprel_analyze() picks from, in its order
 # (si before bx: cmpxchg8b uses bx), by their modrm number and pt_regs field (scratch_reg())
@@ -30,7 +30,6 @@ RIPREL_SCRATCH: tuple[tuple[int, int, str], ...] = (
     (7, UPROBE_FIX_RIP_DI, "di"),
     (3, UPROBE_FIX_RIP_BX, "bx"),
 )
-VEX2, VEX3, EVEX = 0xC5, 0xC4, 0x62  # in 64-bit mode these bytes always start a VEX/EVEX
 
 
 def riprel_rewrite(insn: bytes, disp_off: int) -> tuple[bytes, int]:
@@ -42,13 +41,11 @@ def riprel_rewrite(insn: bytes, disp_off: int) -> tuple[bytes, int]:
     address.
     """
     ixol = bytearray(insn)
-    i = 0
-    while ixol[i] in LEGACY_PREFIXES:
-        i += 1
+    i = skip_legacy_prefixes(insn)
     vvvv = 0xFF  # no VEX: "reg2" comes out as 0 (ax), which no choice below clashes with
     if 0x40 <= ixol[i] <= 0x4F:
         ixol[i] &= 0xFE  # REX.B off: encode si/di/bx, not r14/r15/r11
-    elif ixol[i] in (VEX3, EVEX):
+    elif ixol[i] in (VEX3, EVEX):  # in 64-bit mode these bytes always start a VEX/EVEX
         ixol[i + 1] |= 0x60  # VEX3.B (inverted) on; EVEX.X, the 4th bit of rm, likewise
         vvvv = ixol[i + 2]
     elif ixol[i] == VEX2:
@@ -69,9 +66,10 @@ def scratch_reg(auprobe: ArchSpecificInsn) -> str:
 
 
 class X86_64(X86):
+    """SysV calls: layout.user_args (di si dx cx r8 r9), then the stack (Arch.setup_call)."""
+
     name: ClassVar[str] = "x86_64"
     bits: ClassVar[int] = 64
-    is64: ClassVar[bool] = True
     # arch/x86/include/asm/ptrace.h: struct pt_regs (CONFIG_X86_64) -> the CPU's registers
     uc_regs: ClassVar[dict[str, str | None]] = {
         "r15": "R15", "r14": "R14", "r13": "R13", "r12": "R12", "bp": "RBP", "bx": "RBX",
@@ -79,32 +77,9 @@ class X86_64(X86):
         "dx": "RDX", "si": "RSI", "di": "RDI", "orig_ax": None, "ip": "RIP", "cs": "CS",
         "flags": "EFLAGS", "sp": "RSP", "ss": "SS",
     }  # fmt: skip
-    reg_defaults: ClassVar[dict[str, int]] = {"orig_ax": (1 << 64) - 1}
     # arch/x86/include/asm/elf.h: ELF_ET_DYN_BASE, 2/3 of TASK_SIZE, page aligned (what a
     # PIE gets with randomisation off)
     ELF_ET_DYN_BASE: ClassVar[int] = 0x555555554000
-    # System V AMD64 ABI: integer arguments
-    ARG_REGS: ClassVar[tuple[str, ...]] = ("di", "si", "dx", "cx", "r8", "r9")
-
-    def setup_call(
-        self, mem: Memory, sp: int, args: tuple[int, ...], return_addr: int
-    ) -> dict[str, int]:
-        regs: dict[str, int] = {}
-        stack_args = args[len(self.ARG_REGS) :]
-        for name, value in zip(self.ARG_REGS, args, strict=False):
-            regs[name] = value & self.mask
-        # at the call instruction sp is 16-byte aligned; the call pushes 8 bytes
-        sp = (sp - 8 * len(stack_args)) & ~0xF
-        for i, value in enumerate(stack_args):
-            mem.write(sp + 8 * i, (value & self.mask).to_bytes(8, "little"))
-        sp -= 8
-        mem.write(sp, return_addr.to_bytes(8, "little"))
-        regs["sp"] = sp
-        regs["flags"] = 0x202
-        return regs
-
-    def call_result(self, regs: dict[str, int]) -> int:
-        return signed(regs["ax"], 64)
 
     # --- uprobes: %rip-relative operands (arch/x86/kernel/uprobes.c) ------------------------
 

@@ -29,14 +29,27 @@ class InsnOpcode:
     vex_map: int = 0  # a VEX/EVEX prefix's opcode map: 1 (0f), 2 (0f 38), 3 (0f 3a)
 
 
-def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
-    """arch/x86/lib/insn.c: insn_get_prefixes() then insn_get_opcode(), on raw bytes."""
+def skip_legacy_prefixes(insn: bytes) -> int:
+    """Index of the first byte of ``insn`` that is no legacy prefix (insn_get_prefixes())."""
     i = 0
     while i < len(insn) and insn[i] in LEGACY_PREFIXES:
         i += 1
-    prefixes = insn[:i]
+    return i
+
+
+def skip_prefixes(insn: bytes, is64: bool) -> int:
+    """arch/x86/kernel/kprobes/core.c: skip_prefixes(): index of the opcode byte (or of a
+    VEX/EVEX prefix): the legacy prefixes, then a REX prefix in 64-bit mode."""
+    i = skip_legacy_prefixes(insn)
     if is64 and i < len(insn) and 0x40 <= insn[i] <= 0x4F:
-        i += 1  # REX
+        i += 1
+    return i
+
+
+def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
+    """arch/x86/lib/insn.c: insn_get_prefixes() then insn_get_opcode(), on raw bytes."""
+    prefixes = insn[: skip_legacy_prefixes(insn)]
+    i = skip_prefixes(insn, is64)
     # in 32-bit mode c4/c5/62 start a VEX/EVEX prefix only when the next byte's top bits are
     # 11 (else they are les/lds/bound with a memory operand)
     vex = 0

@@ -66,6 +66,10 @@ class ProbePoint:
 
 @dataclass
 class PrevKprobe:
+    """``struct prev_kprobe``: what save_previous_kprobe() copies out of the kcb for a reentry.
+    The same fields as KprobeCtlblk's first ones, kept apart as the kernel keeps its two
+    structs (restore_previous_kprobe() copies them back)."""
+
     kp: ProbePoint | None = None
     status: int = 0
     old_flags: int = 0

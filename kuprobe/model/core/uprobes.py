@@ -249,6 +249,11 @@ class UprobeMm:
         self.utask = UprobeTask()
         self.thread = Thread()
 
+    @property
+    def mm(self) -> MachineLike:
+        """The task's memory, for the arch hooks (kuprobe.model.arch.base.Current)."""
+        return self.m
+
     # --- breakpoints ---------------------------------------------------------------------
 
     def vaddr_of(self, entry: UprobeEntry) -> int:
@@ -336,9 +341,7 @@ class UprobeMm:
         )
         utask.vaddr = bp_vaddr
         before = regs.values() if m.trace_enabled else None
-        arch.arch_uprobe_pre_xol(
-            entry.arch, regs, utask.autask, bp_vaddr, utask.xol_vaddr, self.thread
-        )
+        arch.arch_uprobe_pre_xol(entry.arch, regs, self)
         if before is not None:
             m.record("pre_xol", bp_vaddr, detail=regs_changed(before, regs))
         utask.active_uprobe = entry
@@ -401,15 +404,13 @@ class UprobeMm:
         assert entry is not None
         before = regs.values() if m.trace_enabled else None
         if utask.state == UTASK_SSTEP_ACK:
-            ok = m.hooks.arch_uprobe_post_xol(
-                entry.arch, regs, utask.autask, m, utask.vaddr, utask.xol_vaddr, self.thread
-            )
+            ok = m.hooks.arch_uprobe_post_xol(entry.arch, regs, self)
             if not ok:  # the step trapped: restart the probed insn
                 setattr(regs, m.hooks.ip_field(), utask.vaddr)
             if before is not None:
                 m.record("post_xol", utask.vaddr, detail=regs_changed(before, regs))
         elif utask.state == UTASK_SSTEP_TRAPPED:
-            m.hooks.arch_uprobe_abort_xol(entry.arch, regs, utask.autask, utask.vaddr, self.thread)
+            m.hooks.arch_uprobe_abort_xol(entry.arch, regs, self)
             if before is not None:
                 changed = regs_changed(before, regs)
                 m.record("abort_xol", utask.vaddr, detail=f"ip back to the probe: {changed}")
@@ -423,7 +424,7 @@ class UprobeMm:
         utask = self.utask
         if utask.active_uprobe is None:
             return False
-        if fatal or self.m.hooks.arch_uprobe_xol_was_trapped(self.thread):
+        if fatal or self.m.hooks.arch_uprobe_xol_was_trapped(self):
             self.set_state(UTASK_SSTEP_TRAPPED, utask.vaddr)
         return True
 
