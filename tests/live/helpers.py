@@ -126,11 +126,15 @@ def trace_while(t: Waiting, *args: str, probes: int) -> tuple[str, str]:
     Ctrl-C after: ``t``'s output and the trace's (which exited 0)."""
     try:
         trace = start_trace(*args, "--pid", str(t.pid), probes=probes)
+    except BaseException:
+        t.kill()
+        raise
+    try:
         ran = t.go()
+    finally:  # the trace stops even when the target failed
+        t.kill()
         trace.send_signal(signal.SIGINT)
         out, err = trace.communicate(timeout=30)
-    finally:
-        t.kill()
     assert trace.returncode == 0, err
     return ran, out
 
