@@ -125,6 +125,16 @@ def _private_view() -> str:
     return "private"
 
 
+def view_here() -> str:
+    """The view a compile would take on this machine (``kuprobe doctor``), tried on a
+    throwaway thread: nothing is compiled, and the thread's namespace goes with it."""
+    views: list[str] = []
+    thread = threading.Thread(target=lambda: views.append(_private_view()), daemon=True)
+    thread.start()
+    thread.join()
+    return views[0]
+
+
 def compile_module(text: str, cflags: list[str]) -> Any:
     """Compile one BPF module, on a thread made for it (``_private_view``). Raises
     ProbeError with the compiler's message on failure."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kuprobe.arch import host_arch, host_machine
 from kuprobe.live import perf
-from kuprobe.live._bcc import kernel_build_tree
+from kuprobe.live._bcc import kernel_build_tree, view_here
 from kuprobe.live.events import LIVE_HOSTS
 
 
@@ -42,6 +42,7 @@ def checks() -> list[Check]:
     tfs = perf.tracefs()
     bcc_ok, ver = _bcc_importable()
     tree, how = kernel_build_tree()
+    view = view_here()  # kuprobe/live/_bcc.py: how each compile sees the file system
     return [
         _check("root", root, "euid 0", f"euid {os.geteuid()}",
                "run with sudo: live probes need CAP_BPF and CAP_PERFMON"),
@@ -65,6 +66,11 @@ def checks() -> list[Check]:
         _check("kernel headers", tree is not None, f"{tree} ({how})",
                f"none for {os.uname().release}",
                "./run setup (installs linux-headers and lays out a build tree)"),
+        _check("BCC compile view", view == "private",
+               "private: own cwd; BCC's /proc/kallsyms read answered (faster arming)",
+               f"{view}: BCC reads all of /proc/kallsyms on each compile (~0.2 s more arming)",
+               "root with CAP_SYS_ADMIN (a mount namespace per compile); only speed depends "
+               "on it"),
     ]  # fmt: skip
 
 

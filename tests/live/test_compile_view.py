@@ -88,7 +88,7 @@ def test_private_view_compiles_the_same_program(live: Path) -> None:
 def test_without_cap_sys_admin_the_compile_reads_kallsyms(live: Path) -> None:
     """No CAP_SYS_ADMIN (really dropped, by setpriv): no mount namespace, so BCC reads the
     real /proc/kallsyms; the thread still has its own working directory and the compile
-    works (CAP_BPF and CAP_PERFMON suffice for it)."""
+    works (CAP_BPF and CAP_PERFMON suffice for it); ``kuprobe doctor``'s row says which."""
     script = textwrap.dedent(
         f"""
         import sys
@@ -100,6 +100,8 @@ def test_without_cap_sys_admin_the_compile_reads_kallsyms(live: Path) -> None:
                           sp_index=host_sp_index())
         m = _bcc.compile_module(src.text, list(src.cflags))
         print(_bcc.last_view)
+        from kuprobe.live.checks import checks
+        print([c.ok for c in checks() if c.name == "BCC compile view"])
         """
     )
     out = subprocess.run(
@@ -108,4 +110,11 @@ def test_without_cap_sys_admin_the_compile_reads_kallsyms(live: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["own-cwd"]
+    assert out.stdout.split() == ["own-cwd", "[False]"]  # and `kuprobe doctor` says so
+
+
+def test_doctor_shows_the_private_view(live: Path) -> None:
+    from kuprobe.live.checks import checks
+
+    (row,) = [c for c in checks() if c.name == "BCC compile view"]
+    assert row.ok and row.detail.startswith("private"), row
