@@ -225,68 +225,76 @@ def twenty_offsets() -> list[tuple[str, int]]:
 
 # Both arm scripts time from before BCC is imported (kuprobe imports it on first register).
 ARM_SCRIPT = """
-import sys, time
+import resource, sys, time
 sys.path.insert(0, {root!r})
 from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
 from kuprobe.live.api import unregister_uprobes
 probes = [Uprobe({exe!r}, symbol_name=s, offset=o,
                  consumer=UprobeConsumer(handler=lambda uc, r: 0)) for s, o in {offs!r}]
+c1 = resource.getrusage(resource.RUSAGE_SELF)
 t1 = time.perf_counter()
 for p in probes:
     register_uprobe(p)
 t2 = time.perf_counter()
+c2 = resource.getrusage(resource.RUSAGE_SELF)
 if {batch!r}:
     unregister_uprobes(probes)
 else:
     for p in probes:
         unregister_uprobe(p)
 t3 = time.perf_counter()
-print(t2 - t1, t3 - t2)
+print(t2 - t1, t3 - t2, c2.ru_utime - c1.ru_utime + c2.ru_stime - c1.ru_stime)
 """
 
 # What `kuprobe trace/top/demo` do on Ctrl-C: Session.unregister() (one batch), against the
 # same 20 watches removed one by one.
 SESSION_SCRIPT = """
-import sys, time
+import resource, sys, time
 sys.path.insert(0, {root!r})
 from kuprobe.cli.session import Session, Watch
 from kuprobe.cli.spec import parse_spec
 from kuprobe.live.api import backend
 s = Session([Watch(parse_spec("u:%s:%s+%d" % ({exe!r}, n, o))) for n, o in {offs!r}])
+c1 = resource.getrusage(resource.RUSAGE_SELF)
 t1 = time.perf_counter()
 s.register()
 t2 = time.perf_counter()
+c2 = resource.getrusage(resource.RUSAGE_SELF)
 if {batch!r}:
     s.unregister()
 else:
     for w in reversed(s.watches):
         backend().unregister_uprobe(w.probe)
 t3 = time.perf_counter()
-print(t2 - t1, t3 - t2)
+print(t2 - t1, t3 - t2, c2.ru_utime - c1.ru_utime + c2.ru_stime - c1.ru_stime)
 """
 
 BCC_ARM_SCRIPT = """
-import sys, time
+import resource, sys, time
 offs = {offs!r}
 text = "".join("int f%d(struct pt_regs *ctx) {{ return 0; }}\\n" % i for i in range(len(offs)))
+c1 = resource.getrusage(resource.RUSAGE_SELF)
 t1 = time.perf_counter()
 from bcc import BPF
 b = BPF(text=text)
 for i, (s, o) in enumerate(offs):
     b.attach_uprobe(name={exe!r}, sym=s, sym_off=o, fn_name="f%d" % i)
 t2 = time.perf_counter()
+c2 = resource.getrusage(resource.RUSAGE_SELF)
 b.cleanup()
 t3 = time.perf_counter()
-print(t2 - t1, t3 - t2)
+print(t2 - t1, t3 - t2, c2.ru_utime - c1.ru_utime + c2.ru_stime - c1.ru_stime)
 """
 
 
-def arm_remove(script: str, **kw: object) -> tuple[float, float]:
+def arm_remove(script: str, **kw: object) -> tuple[float, float, float]:
+    """(seconds to arm, seconds to remove, CPU seconds the process spent arming, its threads
+    included): wall time is what a user waits, CPU time the steadier figure on a busy machine."""
     exe = str(ROOT / "tests/targets/build/x86_64/target")
     code = script.format(root=str(ROOT), exe=exe, offs=twenty_offsets(), **kw)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    a, r = out.stdout.split()
-    return float(a), float(r)
+    a, r, c = out.stdout.split()
+    return float(a), float(r), float(c)
 
 
 def arm_remove_bpftrace() -> tuple[float, float]:
@@ -423,26 +431,27 @@ def main() -> int:
     print(f"  kuprobe: {handled:,} handled, {lost:,} lost (reported)")
     print(f"  raw BCC: {bgot:,} handled, {blost:,} lost (BCC reports none of them)")
 
-    print("3. arm and remove 20 uprobes, fresh process (median of 3)")
+    print(f"3. arm and remove 20 uprobes, fresh process (median of {runs}, taken in turn)")
     # How kuprobe's compile saw the file system (kuprobe/live/_bcc.py): "private" skips BCC's
     # read of /proc/kallsyms, which raw BCC pays on every compile.
     print(f"  kuprobe's compile view: {_bcc.last_view}")
-    ours = [arm_remove(ARM_SCRIPT, batch=False) for _ in range(3)]
-    batch = [arm_remove(ARM_SCRIPT, batch=True) for _ in range(3)]
-    bcc20 = [arm_remove(BCC_ARM_SCRIPT) for _ in range(3)]
-    arm = statistics.median(a for a, _ in ours)
-    rem = statistics.median(r for _, r in ours)
-    rem_b = statistics.median(r for _, r in batch)
-    row("arm 20 (s) vs raw BCC (one module)", arm, statistics.median(a for a, _ in bcc20), "s")
-    row("remove 20 one by one (s) vs raw BCC", rem, statistics.median(r for _, r in bcc20), "s")
-    row("remove 20 batched (s) vs raw BCC", rem_b, statistics.median(r for _, r in bcc20), "s")
+    ours, batch, bcc20 = [], [], []
+    for _ in range(runs):  # in turn, so drift in the machine hits all alike
+        ours.append(arm_remove(ARM_SCRIPT, batch=False))
+        bcc20.append(arm_remove(BCC_ARM_SCRIPT))
+        batch.append(arm_remove(ARM_SCRIPT, batch=True))
+
+    def mid(runs_: list[tuple[float, float, float]], i: int) -> float:
+        return statistics.median(r[i] for r in runs_)
+
+    arm, rem, rem_b = mid(ours, 0), mid(ours, 1), mid(batch, 1)
+    row("arm 20 (s) vs raw BCC (one module)", arm, mid(bcc20, 0), "s")
+    row("arm 20, CPU time (s) vs raw BCC", mid(ours, 2), mid(bcc20, 2), "s")
+    row("remove 20 one by one (s) vs raw BCC", rem, mid(bcc20, 1), "s")
+    row("remove 20 batched (s) vs raw BCC", rem_b, mid(bcc20, 1), "s")
     row("remove 20 batched (s) vs one by one", rem_b, rem, "s")
-    s_one = statistics.median(
-        r for _, r in (arm_remove(SESSION_SCRIPT, batch=False) for _ in range(3))
-    )
-    s_batch = statistics.median(
-        r for _, r in (arm_remove(SESSION_SCRIPT, batch=True) for _ in range(3))
-    )
+    s_one = statistics.median(arm_remove(SESSION_SCRIPT, batch=False)[1] for _ in range(3))
+    s_batch = statistics.median(arm_remove(SESSION_SCRIPT, batch=True)[1] for _ in range(3))
     row("trace/top: Session.unregister 20 vs one by one", s_batch, s_one, "s")
     if have_bpftrace:
         try:
