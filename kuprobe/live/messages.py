@@ -44,10 +44,27 @@ _ERRNO_TEXT = {
 }
 
 
+# A uprobe at a checked instruction boundary: kernel/events/uprobes.c: alloc_uprobe() keeps one
+# struct uprobe per (inode, offset), and a second ref_ctr_offset for it is refused
+# (ref_ctr_mismatch_warn(): "ref_ctr_offset mismatch" in dmesg). Since Linux 4.20, "Uprobes/sdt:
+# Prevent multiple reference counter for same uprobe".
+_UPROBE_EINVAL = (
+    "the kernel refused this place: most likely a uprobe already there (this process's or "
+    "another tool's, perhaps still being removed) has another ref_ctr_offset (a USDT "
+    "semaphore, or none); dmesg says 'ref_ctr_offset mismatch'"
+)
+_UPROBE_EINVAL_HINT = (
+    "remove the other probe at this place first, or give both the same ref_ctr_offset "
+    "(BCC 0.26's attach_uprobe() passes a stray one: iovisor/bcc issue 5236)"
+)
+
+
 def attach_error(e: OSError, probe: object, where: str) -> ProbeError:
     if isinstance(e, ProbeError):
         return e
     code = e.errno or errno.EIO
+    if code == errno.EINVAL and isinstance(probe, Uprobe):
+        return ProbeError(code, f"{where}: {_UPROBE_EINVAL}", probe=probe, hint=_UPROBE_EINVAL_HINT)
     text = _ERRNO_TEXT.get(code, os.strerror(code))
     if code == ENOTSUPP:
         code = errno.EOPNOTSUPP

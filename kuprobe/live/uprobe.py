@@ -50,8 +50,9 @@ class UprobeOps(BackendCore):
         if not isinstance(up, Uprobe):
             raise TypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")
         self.prepare_pool()  # the compile overlaps the resolving below
-        # A uprobe registered while another at the same place is still being removed can fail
-        # with EINVAL (measured on 6.18, nop5 sites): links of earlier unregisters close first.
+        # Links of earlier unregisters close first: a uprobe at a place whose old uprobe is
+        # still being removed, with another ref_ctr_offset (a USDT site probed plainly, or the
+        # other way round), gets EINVAL from alloc_uprobe() until that uprobe is gone.
         self.closer.flush()
         with self._lock:
             self._claim(up)

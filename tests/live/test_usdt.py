@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from kuprobe import Usdt, UsdtSite, register_usdt, unregister_usdt
+from kuprobe import (
+    Uprobe,
+    UprobeConsumer,
+    Usdt,
+    UsdtSite,
+    register_uprobe,
+    register_usdt,
+    unregister_uprobe,
+    unregister_usdt,
+)
 from kuprobe.errors import ProbeError
 from kuprobe.regs import PtRegs
 from kuprobe.task import current
@@ -266,3 +275,31 @@ def test_python_import_probe_by_program_name(live: Path) -> None:
     assert out.strip() == "done"
     assert b"json" in seen and b"decimal" in seen
     assert sum(p.handler_errors for p in u.uprobes) == 0
+
+
+def test_a_plain_uprobe_at_a_semaphore_site_is_refused_clearly(live: Path) -> None:
+    """The kernel keeps one uprobe per (inode, offset) and refuses a second ref_ctr_offset for
+    it (kernel/events/uprobes.c: alloc_uprobe()): a plain uprobe at a USDT site whose
+    semaphore is in use gets EINVAL, said as such; the USDT probe keeps working, and once it
+    is removed the plain uprobe registers."""
+    exe = live / "x86_64" / "usdt"
+    u = Usdt(str(exe), "kuprobe", "guarded", handler=lambda site, regs: 0)
+    site = u.sites[0]
+    plain = Uprobe(u.file, offset=site.offset, consumer=UprobeConsumer(handler=lambda uc, r: 0))
+    register_usdt(u)
+    try:
+        with pytest.raises(ProbeError) as e:
+            register_uprobe(plain)
+        assert e.value.errno == errno.EINVAL
+        assert "ref_ctr_offset" in str(e.value) and "remove the other probe" in (e.value.hint or "")
+        assert not plain.registered
+        t = Waiting(exe, 20)
+        try:
+            assert rounds_of(t.go()) == (20, 20)  # the USDT probe still raises its semaphore
+        finally:
+            t.kill()
+    finally:
+        unregister_usdt(u)
+    assert u.hits == 20
+    register_uprobe(plain)
+    unregister_uprobe(plain)
