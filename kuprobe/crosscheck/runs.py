@@ -43,6 +43,9 @@ class Planned:
         return self.reason is None
 
 
+NO_KPROBES = "this host's kernel has no kprobes (no kprobe PMU)"
+
+
 def why_not(
     scenario: Scenario,
     side: str,
@@ -58,7 +61,7 @@ def why_not(
         if arch not in host_arches:
             return f"this host runs {' and '.join(host_arches) or 'no'} programs only"
         if needs_kprobes and not (kprobes_here() if kprobes is None else kprobes):
-            return "this host's kernel has no kprobes (no kprobe PMU)"
+            return NO_KPROBES
         return None
     if arch not in GUEST_ARCHES:
         return f"no guest runs {arch} programs (the x86_64 guest has no 32-bit C library)"
@@ -156,9 +159,7 @@ def run_json(run: Run) -> dict[str, Any]:
 # --- the README's table ---------------------------------------------------------------------
 
 COLUMNS = (("host", X86_64.name), ("host", I386.name), ("vm", X86_64.name), ("vm", ARM64.name))
-_SHORT = {
-    "this host's kernel has no kprobes (no kprobe_events in tracefs)": "no kprobes",
-}
+_SHORT = {NO_KPROBES: "no kprobes"}
 
 
 def markdown_table(scenarios: Sequence[Scenario]) -> str:
