@@ -225,12 +225,12 @@ class Machine(ProbeRegistration, SignalDelivery):
 
     def _kprobe_handler_fault(self, addr: int, valid: bool) -> None:
         """The rule of the patch "Kprobes- robust fault handling for i386":
-        fault_handler first (nonzero: retry), else nmissed++ and abandon; since v5.14 only
-        nmissed++ (the row kprobe_fault_handler of kuprobe.model.semantics)."""
+        fault_handler first (nonzero: retry), else nmissed++ and abandon; since v5.14 the
+        ordinary fixup only (the row kprobe_fault_handler of kuprobe.model.semantics)."""
         k = self.kprobes
         assert k is not None
         if self.semantics.kprobe_fault_handler == "no":
-            # v5.14 on (kuprobe.model.semantics): nmissed++, then the ordinary fault path
+            # v5.14 on (kuprobe.model.semantics): the ordinary fault path only
             k.handler_fault(self.hooks.PAGE_FAULT_TRAPNR)
             return
         for _ in range(MAX_FAULT_RETRIES):

@@ -139,9 +139,10 @@ ROWS: tuple[Row, ...] = (
                 "5.14",
                 "no",
                 "struct kprobe has no fault_handler (register_kprobe() refuses one: "
-                "EOPNOTSUPP, as kuprobe's live side); a fault in a handler counts nmissed "
-                "and is fixed up like any kernel fault, the handler goes on",
-                '"kprobes: Remove kprobe::fault_handler"; arch/x86/kernel/kprobes/core.c '
+                "EOPNOTSUPP, as kuprobe's live side); a fault in a handler is fixed up "
+                "like any kernel fault, nmissed unchanged, and the handler goes on",
+                '"kprobes: Remove kprobe::fault_handler" and "kprobes: Do not increment '
+                'probe miss count in the fault handler"; arch/x86/kernel/kprobes/core.c '
                 "kprobe_fault_handler()",
             ),
         ),

@@ -508,7 +508,8 @@ class KprobeTable:
 
         The probe's fault_handler runs first; nonzero means handled (the access is retried).
         Otherwise nmissed++, status HIT_FAULT, and the handler is abandoned (the caller
-        raises HandlerAbandoned once the system fault handler has run).
+        raises HandlerAbandoned once the system fault handler has run). Since v5.14: nothing
+        but the ordinary fixup (the row kprobe_fault_handler of kuprobe.model.semantics).
         """
         kcb = self.kcb
         cur = kcb.current
@@ -517,11 +518,11 @@ class KprobeTable:
         inst = kcb.instance
         owner = inst if inst is not None else (cur.probes[0] if cur.probes else None)
         if self.m.semantics.kprobe_fault_handler == "no":
-            # kprobe_fault_handler() (v5.14 on): nmissed++ "for accounting"; the fault is fixed
-            # up as any kernel fault and the handler goes on
-            self.kprobes_inc_nmissed_count(cur)
+            # kprobe_fault_handler() (v5.14 on) leaves a fault in a pre/post handler alone:
+            # "kprobes: Do not increment probe miss count in the fault handler" removed its
+            # nmissed++; the fault is fixed up as any kernel fault and the handler goes on
             self.m.record("fault", cur.addr, self.status_name(), probe=owner,
-                          detail=f"trap {trapnr} in handler: nmissed++, fixed up")  # fmt: skip
+                          detail=f"trap {trapnr} in handler: fixed up")  # fmt: skip
             return False
         if owner is not None and owner.fault_handler is not None and regs is not None:
             ret = call_handler(self.m, owner, owner.fault_handler, owner, regs, trapnr)
