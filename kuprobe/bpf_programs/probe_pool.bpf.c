@@ -22,12 +22,12 @@ BPF_RINGBUF_OUTPUT(kuprobe_events, KUPROBE_RINGBUF_PAGES);
  * slot's sum to reach 0: every run that missed the flag has then finished its event. */
 BPF_PERCPU_ARRAY(kuprobe_inflight, __s64, KUPROBE_NSLOTS);
 
-/* The probe-read helpers under our own names. BCC's front end (0.26) rereads all of
- * /proc/kallsyms for every call it sees to bpf_probe_read_{kernel,user}[_str], to fall back to
- * bpf_probe_read on kernels before 5.5: ~40 ms each, most of a compile here. The pool needs
- * 5.8+ anyway (the ring buffer, checked before the compile). The compile's private view
- * (kuprobe/live/_bcc.py) answers that question from a small file; these names keep the
- * compile fast where that view is refused. */
+/* The probe-read helpers under our own names. BCC's front end (0.26) looks each call it sees
+ * to bpf_probe_read_{kernel,user}[_str] up in /proc/kallsyms (check_bpf_probe_read_user()),
+ * to fall back to bpf_probe_read on kernels before 5.5; the pool needs 5.8+ anyway (the ring
+ * buffer, checked before the compile). The compile's private view (kuprobe/live/_bcc.py)
+ * answers BCC's kallsyms questions from a small file; these names keep them from being asked
+ * where that view is refused. */
 static long (*kuprobe_read_kernel)(void *dst, __u32 size, const void *src) =
 	(void *)BPF_FUNC_probe_read_kernel;
 static long (*kuprobe_read_user)(void *dst, __u32 size, const void *src) =

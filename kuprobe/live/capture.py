@@ -8,7 +8,7 @@ import errno
 import re
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from kuprobe.arch import ARCHES
 from kuprobe.errors import ProbeError
@@ -29,7 +29,7 @@ from kuprobe.live.events import (
     KUPROBE_STACK_BYTES,
     live_host,
 )
-from kuprobe.probes import Capture
+from kuprobe.probes import Capture, Kprobe, Kretprobe, Uprobe
 from kuprobe.stacks import StacksAtHit, set_stacks
 from kuprobe.uaccess import CapturedMemory, set_memory
 
@@ -133,3 +133,17 @@ def _stack_reader(
         return stack_of(stack_id)
 
     return read
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+def captured_for(
+    probe: Uprobe | Kprobe | Kretprobe, fn: _Handler, stack_of: Callable[[int], list[int]]
+) -> _Handler:
+    """``fn``, with the memory and stacks ``probe`` recorded at the hit current while it runs
+    (with_captured(), which keeps the arguments); ``fn`` itself if the probe asks for none.
+    ``stack_of``: the pool's stack map reader."""
+    if probe.capture or probe.stack:
+        return cast(_Handler, with_captured(fn, probe.capture, stack_of if probe.stack else None))
+    return fn

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from kuprobe.backend import register_all_or_none
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
-from kuprobe.live.capture import capture_cfg, with_captured
+from kuprobe.live.capture import capture_cfg, captured_for
 from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
@@ -91,8 +91,8 @@ class KprobeOps(BackendCore):
         pre = kp.pre_handler
         captures = check_captures(kp.capture, kp)
         cfgs = [capture_cfg(c, live_host().name, kernel=True) for c in captures]
-        if pre is not None and (cfgs or kp.stack):
-            pre = with_captured(pre, captures, pool.stack if kp.stack else None)
+        if pre is not None:
+            pre = captured_for(kp, pre, pool.stack)
         extra = (KUPROBE_CFG_CAPTURE if cfgs else 0) | (KUPROBE_CFG_STACK if kp.stack else 0)
         handler: SlotHandler | None = None
         if pre is not None:
@@ -206,8 +206,8 @@ class KprobeOps(BackendCore):
         in_flight: dict[int, list[KretprobeInstance | None]] = {}
         report = self._reporter(rp)
         entry_handler, handler = rp.entry_handler, rp.handler
-        if handler is not None and (rp.capture or rp.stack):
-            handler = with_captured(handler, rp.capture, pool.stack if rp.stack else None)
+        if handler is not None:
+            handler = captured_for(rp, handler, pool.stack)
 
         def on_entry(chunk: memoryview, off: int, ts: int, ip: int, task: Task) -> None:
             ri: KretprobeInstance | None = KretprobeInstance(rp, bytearray(rp.data_size), 0, task)

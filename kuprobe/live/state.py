@@ -39,7 +39,7 @@ class Registration:
     attaches: list[Attach] = field(default_factory=list)
     tracefs_event: str | None = None  # kept after removal: kprobe_profile is read by name
     tracefs_removed: bool = False
-    detached: bool = False  # no program of it records any more; it waits in BackendCore._closing
+    detached: bool = False  # no program of it records any more; it waits in BackendState._closing
     dropping: bool = False  # its slots' handlers only count what is left, in dropped
     final: bool = False  # counters final, slots released, the probe's _owner cleared
     profile: dict[str, tuple[int, int]] = field(default_factory=dict)

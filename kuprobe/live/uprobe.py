@@ -8,11 +8,11 @@ import errno
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from kuprobe.errors import ProbeError
 from kuprobe.live import perf
-from kuprobe.live.capture import capture_cfg, with_captured
+from kuprobe.live.capture import capture_cfg, captured_for
 from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
@@ -38,7 +38,6 @@ from kuprobe.probes import (
 from kuprobe.task import Task
 
 log = logging.getLogger("kuprobe")
-_Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
 
 class UprobeOps(BackendCore):
@@ -164,7 +163,7 @@ class UprobeOps(BackendCore):
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.handler is not None
-        handler, filt = _captured(up, pool, uc.handler), uc.filter
+        handler, filt = captured_for(up, uc.handler, pool.stack), uc.filter
         report = self._reporter(up)
         removed: set[int] = set()
         warned: list[int] = []
@@ -207,7 +206,7 @@ class UprobeOps(BackendCore):
     ) -> SlotHandler:
         uc = up.consumer
         assert uc is not None and uc.ret_handler is not None
-        ret_handler, filt = _captured(up, pool, uc.ret_handler), uc.filter
+        ret_handler, filt = captured_for(up, uc.ret_handler, pool.stack), uc.filter
         report = self._reporter(up)
 
         def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
@@ -219,11 +218,3 @@ class UprobeOps(BackendCore):
                 report(e)
 
         return on_ret
-
-
-def _captured(up: Uprobe, pool: ProbePool, fn: _Handler) -> _Handler:
-    """``fn``, with the memory and stacks recorded at the hit current while it runs if ``up``
-    asks for any (kuprobe/live/capture.py: with_captured(), which keeps the arguments)."""
-    if up.capture or up.stack:
-        return cast(_Handler, with_captured(fn, up.capture, pool.stack if up.stack else None))
-    return fn

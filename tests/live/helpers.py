@@ -134,7 +134,12 @@ def trace_while(t: Waiting, *args: str, probes: int) -> tuple[str, str]:
     finally:  # the trace stops even when the target failed
         t.kill()
         trace.send_signal(signal.SIGINT)
-        out, err = trace.communicate(timeout=30)
+        try:
+            out, err = trace.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            trace.kill()
+            trace.communicate()
+            raise
     assert trace.returncode == 0, err
     return ran, out
 

@@ -212,7 +212,7 @@ def test_string_argument_read_at_the_site(live: Path, arch: str) -> None:
     u = Usdt(str(exe), "kuprobe", "named", handler=handler, pid=t.pid, capture=(Capture("arg1"),))
     try:
         register_usdt(u)
-        rounds_of(t.go())
+        assert rounds_of(t.go())[0] == 20
     finally:
         t.kill()
         unregister_usdt(u)
@@ -226,7 +226,7 @@ def test_trace_usdt_string(live: Path) -> None:
     exe = (live / "x86_64" / "usdt").resolve()
     t = Waiting(exe, 10)
     ran, out = trace_while(t, f"usdt:{exe}:kuprobe:named arg0 arg1:str", probes=1)
-    rounds_of(ran)
+    assert rounds_of(ran)[0] == 10
     lines = [ln.split()[-2:] for ln in out.splitlines() if "usdt:usdt:kuprobe:named" in ln]
     assert lines == [[f"arg0={i}", f'arg1:str="round-{i}"'] for i in range(10)]
 
