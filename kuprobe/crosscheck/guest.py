@@ -14,11 +14,11 @@ model takes 3-8 s here; ``kuprobe crosscheck --side vm --arch arm64`` in all ~4 
 the guest (boot ~10-20 s, then the live side: the first scenario ~27 s with BCC's import and
 compile, the others 0.5-6 s each) is ~2-3.5 min. The same model run under qemu's user-mode TCG
 (``qemu-x86_64-static``, a stand-in for Unicorn inside a TCG guest) took 13x as long (8
-scenarios: 2.1 s natively, 27.8 s under TCG), and the guest image's Python cannot run it at all:
-Debian 12's python3-unicorn is 2.0.1 (kuprobe needs 2.1's ``reg_read_batch``) and imports
-distutils, which the image lacks; a pip wheel would mean rebuilding the images. So the guest
+scenarios: 2.1 s natively, 27.8 s under TCG). The x86_64 guest's Debian unicorn 2.0.1 runs the
+model (one register at a time where 2.0 has no batch read: kuprobe/model/emu.py), which the
+kprobe scenarios use; the arm64 image's imports distutils, which that image lacks. So the guest
 sends back only its live observations. ``--model`` below runs the model in the guest as well,
-where a Unicorn 2.1 imports.
+where Unicorn imports.
 """
 
 from __future__ import annotations
@@ -162,8 +162,8 @@ def predict(
 ) -> dict[str, Any]:
     """The model's observations of each scenario on the ARCH programs in ``targets/ARCH/``,
     with the semantics of kernel ``release``: what a guest running that kernel must observe.
-    (A VM test compares the guest's live side with these, since the guest's Python has no
-    working Unicorn: Debian 12's python3-unicorn is 2.0.1 and needs distutils.)"""
+    (A VM test compares the guest's live side with these: the model is kept on the host,
+    faster there, and the arm64 image's unicorn does not import, for want of distutils.)"""
     semantics = model_semantics(release)
     return {
         "release": release,

@@ -51,7 +51,7 @@ def test_uprobe_and_uretprobe_timeline(targets: Path, arch: str) -> None:
     assert [r[1:5] for r in rows[hit + 1 : hit + 3]] == [
         ["uprobe", "add", "ur:target-static:add", "RUNNING"],
         ["uprobe", "add", "u:target-static:add", "RUNNING"],
-    ][: len(rows[hit + 1 : hit + 3])]
+    ]
     assert "uretprobe" in kinds and kinds.index("uretprobe") > hit
     assert after == [
         "What the handlers printed, in order:",

@@ -3,11 +3,11 @@
 Every uprobe scenario the ``vm`` side runs on the guest's arch (``kuprobe.crosscheck.runs.plan``:
 arm64, x86_64) runs here on the guest's kernel (uprobes on tests/targets/build/ARCH/scenarios,
 limited to the driven process) and must observe exactly what the model predicted for this
-kernel. The model does not run here: the guest's Python has no working Unicorn (and under TCG
-it would be slow), so its predictions come from the host, in crosscheck-ARCH.json beside this
-file, which tests/unit/test_crosscheck_predictions.py keeps equal to what the model says now.
-``kuprobe crosscheck --side vm`` does the same from the host in one command. (Kprobe scenarios
-have their own VM tests.)
+kernel. The model does not run here (under TCG it would be slow, and the arm64 image's unicorn
+does not import, for want of distutils), so its predictions come from the host, in
+crosscheck-ARCH.json beside this file, which tests/unit/test_crosscheck_predictions.py keeps
+equal to what the model says now. ``kuprobe crosscheck --side vm`` does the same from the host
+in one command. (Kprobe scenarios have their own VM tests.)
 """
 
 from __future__ import annotations
