@@ -43,7 +43,7 @@ from kuprobe.model.arch.x86_insn import (
     skip_prefixes,
 )
 from kuprobe.model.arch.x86_kprobe import kprobe_refuses, prepare_emulation
-from kuprobe.model.arch.x86_uprobe_emulate import is_nop_pattern, uprobe_emulation
+from kuprobe.model.arch.x86_uprobe_emulate import uprobe_emulation
 from kuprobe.regs import PtRegs
 
 __all__ = [
@@ -394,7 +394,6 @@ class X86(Arch):
             insn=raw,
             length=len(raw),
             fixups=self._fixups(raw),
-            skip_sstep=is_nop_pattern(raw),
         )
         self.riprel_analyze(auprobe, self._rip_disp(dec))
         return auprobe

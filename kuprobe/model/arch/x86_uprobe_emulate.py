@@ -32,7 +32,6 @@ X86_NOPS = (
 # pt_regs fields by register number (push_setup_xol_ops(): reg_offset)
 PUSH_REGS = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
-RULES = ("nop_pattern", "emulate_branches", "emulate_push", "emulate_nops")
 
 # (mem, regs, vaddr, word size) -> None; regs.ip ends where the instruction goes
 UprobeEmulate = Callable[[Any, Any, int, int], None]

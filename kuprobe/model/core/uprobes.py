@@ -358,7 +358,6 @@ class UprobeMm:
         task = m.task
         rule = m.semantics.uprobe_filter
         remove = rule != "at_hit"
-        called = False
         need_prep = False
         for up in list(entry.consumers):
             if not consumer_wants(up, task):
@@ -372,13 +371,12 @@ class UprobeMm:
             m.record("uprobe", bp_vaddr, self.utask.state, probe=up)
             if uc is not None and uc.handler is not None:
                 rc = call_handler(m, up, uc.handler, uc, regs)
-                called = True
                 remove = remove and rc == UPROBE_HANDLER_REMOVE
             else:
                 remove = False
             if uc is not None and uc.ret_handler is not None:
                 need_prep = True
-        if need_prep and not (called and remove):
+        if need_prep and not remove:  # handler_chain(): a consumer without a handler keeps it
             self.prepare_uretprobe(entry, regs, bp_vaddr)
         if rule == "per_mm_recheck" and remove and self.filter_chain(entry):
             # "re-check that removal is still required": a consumer still wants this process
