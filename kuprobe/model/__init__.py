@@ -21,8 +21,23 @@ trampoline", merged with arm64 kprobes in v4.10) or ``"kprobe"`` (the earlier de
 kprobe on the trampoline runs the handlers).
 """
 
+from typing import TYPE_CHECKING
+
 from kuprobe.model.arch import ARCHES
 from kuprobe.model.core.common import ModelError, ProcessSignalled, TraceEvent
-from kuprobe.model.machine import Machine
+
+if TYPE_CHECKING:
+    from kuprobe.model.machine import Machine
 
 __all__ = ["ARCHES", "Machine", "ModelError", "ProcessSignalled", "TraceEvent"]
+
+
+def __getattr__(name: str) -> object:
+    """``Machine`` on first use: it imports Unicorn (kuprobe/model/emu.py), the rest of the
+    package does not, so a Python without a working Unicorn still reads a kernel's rules
+    (kuprobe.model.semantics: the cross-check's live side in the arm64 guest does)."""
+    if name == "Machine":
+        from kuprobe.model.machine import Machine
+
+        return Machine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
