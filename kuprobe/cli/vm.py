@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from kuprobe.vm._host import VmError, say
+from kuprobe.errors import KuprobeError
+from kuprobe.targets import TargetError
+from kuprobe.vm._host import Stopwatch, say
 from kuprobe.vm.boot import run_in_guest
 from kuprobe.vm.guests import DEFAULT_ARCH, GUESTS
-from kuprobe.vm.image import PROJECT_ROOT, cache_dir, ensure_image
+from kuprobe.vm.image import PROJECT_ROOT, Image, cache_dir, ensure_image
 
 DEFAULT_TIMEOUT = 600
 DEFAULT_JUNIT = PROJECT_ROOT / "build" / "vm" / "junit.xml"  # junit-arm64.xml for arm64
@@ -103,7 +106,7 @@ def _strip_dashes(args: list[str]) -> list[str]:
 def _guarded(body: Any) -> int:
     try:
         return int(body())
-    except VmError as exc:
+    except KuprobeError as exc:  # VmError, TargetError
         print(f"kuprobe vm: error: {exc}", file=sys.stderr)
         return 1
 
@@ -161,6 +164,7 @@ def _test(args: argparse.Namespace) -> int:
             image,
             command,
             cwd=PROJECT_ROOT,
+            env=predictions_env(image, DEFAULT_JUNIT.parent),
             timeout=args.timeout,
             verbose=args.verbose,
             outputs={"junit.xml": junit},
@@ -172,3 +176,22 @@ def _test(args: argparse.Namespace) -> int:
         return result.status
 
     return _guarded(body)
+
+
+def predictions_env(image: Image, out_dir: Path) -> dict[str, str]:
+    """The model's predictions for the guest's uprobe scenarios, computed here for the kernel
+    the image boots, into ``out_dir``; the guest's environment naming them
+    (tests/vm/test_crosscheck_guest.py compares its live side with them). So nothing checked
+    in names the kernel ABI of an image, and a new one in Debian's archive needs nothing
+    regenerated."""
+    from kuprobe.crosscheck.guest import PREDICTIONS_ENV, write_predictions
+
+    targets = PROJECT_ROOT / "tests" / "targets"
+    built = subprocess.run(["bash", str(targets / "build.sh")], capture_output=True, text=True)
+    if built.returncode != 0:
+        raise TargetError(f"tests/targets/build.sh failed:\n{built.stdout}{built.stderr}")
+    out = out_dir / f"predictions-{image.arch}.json"
+    clock = Stopwatch()
+    write_predictions(image.arch, image.kernel_release, targets / "build", out)
+    say(f"the model's predictions for {image.kernel_release} ({clock}): {out}")
+    return {PREDICTIONS_ENV: str(out)}

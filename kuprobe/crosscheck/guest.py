@@ -179,11 +179,9 @@ def predict(
 
 
 def dump_predictions(data: dict[str, Any]) -> str:
-    """Predictions as the file keeps them: says it is generated on its first line, one
-    scenario a line (readable diffs)."""
+    """Predictions as JSON, one scenario a line (a person can read and diff two runs')."""
     head = {k: v for k, v in data.items() if k != "scenarios"}
-    lines = [f'{{"generated": {json.dumps(PREDICTIONS_NOTE)},']
-    lines += [f"{json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    lines = ["{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()) + ","]
     lines.append('"scenarios": {')
     items = list(data["scenarios"].items())
     lines += [
@@ -194,10 +192,25 @@ def dump_predictions(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-PREDICTIONS_NOTE = (
-    "by `python -m kuprobe.crosscheck.guest --predict RELEASE --arch ARCH --targets "
-    "tests/targets/build --out FILE`; tests/unit/test_crosscheck_predictions.py keeps it current"
-)
+# The variable that names the predictions file to the guest's tests (test_crosscheck_guest.py).
+PREDICTIONS_ENV = "KUPROBE_PREDICTIONS"
+
+
+def write_predictions(arch: str, release: str, targets: Path, out: Path) -> Path:
+    """The model's predictions for the ARCH guest's uprobe scenarios, for the kernel
+    ``release`` that guest boots, written to ``out``: computed when a guest's suite is about
+    to run (``kuprobe vm test``), from the image's own kernel, so no checked-in file names a
+    kernel ABI that Debian's archive may retire. ~2.5 s of the model here."""
+    specs = [s for s in (_spec(n) for n in vm_scenarios(arch, uprobes_only=True)) if s]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_predictions(predict(specs, arch, targets, release)))
+    return out
+
+
+def _spec(name: str) -> ScenarioSpec | None:
+    from kuprobe.crosscheck.scenarios import SCENARIOS
+
+    return SCENARIOS[name].spec
 
 
 # --- on the host ----------------------------------------------------------------------------
@@ -310,13 +323,6 @@ def vm_scenarios(arch: str, *, uprobes_only: bool = False) -> list[str]:
         for p in plan(SCENARIOS.values(), [arch], ["vm"])
         if p.runs and not (uprobes_only and SCENARIOS[p.scenario].needs == NEEDS_KPROBES)
     ]
-
-
-def predictions_path(arch: str) -> Path:
-    """Where the tests keep the model's predictions for the ARCH guest's uprobe scenarios."""
-    from kuprobe.vm.image import PROJECT_ROOT
-
-    return PROJECT_ROOT / "tests" / "vm" / f"crosscheck-{arch}.json"
 
 
 if __name__ == "__main__":
