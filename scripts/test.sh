@@ -31,59 +31,7 @@ if [ $rc -ne 0 ]; then
 fi
 
 step "live tests skipped on a capable machine?"
-$py - "$junit" <<'PY'
-import os, sys
-import xml.etree.ElementTree as ET
-from kuprobe.live.checks import live_uprobes_possible
-
-ok, why = live_uprobes_possible()
-root = ET.parse(sys.argv[1]).getroot()
-skipped_live = []
-ran_live = 0
-for case in root.iter("testcase"):
-    props = {p.get("name"): p.get("value") for p in case.iter("property")}
-    if props.get("live") != "1":
-        continue
-    if case.find("skipped") is not None:
-        skipped_live.append(f'{case.get("classname")}::{case.get("name")}')
-    else:
-        ran_live += 1
-print(f"    live tests run: {ran_live}, skipped: {len(skipped_live)}")
-if ok and skipped_live:
-    print("error: this machine can run live tests, yet these were skipped:", file=sys.stderr)
-    for name in skipped_live:
-        print(f"    {name}", file=sys.stderr)
-    sys.exit(1)
-if ok and ran_live == 0:
-    print("error: this machine can run live tests, yet none ran", file=sys.stderr)
-    sys.exit(1)
-if not ok:
-    print(f"    (live tests cannot run here: {why})")
-PY
-
-# A VM suite in which every test was skipped, or none ran, fails the run: the guest exists to
-# run them. (status 0 from pytest with only skips would otherwise pass silently.)
-vm_ran() { # vm_ran JUNIT LABEL
-	$py - "$1" "$2" <<'PY'
-import sys
-import xml.etree.ElementTree as ET
-
-path, label = sys.argv[1], sys.argv[2]
-try:
-    root = ET.parse(path).getroot()
-except (OSError, ET.ParseError) as e:
-    sys.exit(f"error: {label}: no JUnit XML from the guest ({e})")
-cases = list(root.iter("testcase"))
-skipped = [c for c in cases if c.find("skipped") is not None]
-print(f"    {label}: {len(cases)} tests, {len(skipped)} skipped")
-if not cases:
-    sys.exit(f"error: {label}: no test ran")
-if len(skipped) == len(cases):
-    why = skipped[0].find("skipped")
-    reason = why.get("message", "") if why is not None else ""
-    sys.exit(f"error: {label}: every test was skipped ({reason})")
-PY
-}
+$py -m tests.gate live "$junit"
 
 if [ $vm_here = 0 ]; then
 	for arch in x86_64 arm64; do
@@ -93,6 +41,6 @@ if [ $vm_here = 0 ]; then
 		# the x86_64 kprobe crosscheck and opcode map (tests/vm/test_crosscheck_kprobes.py) take
 		# 4-7 minutes of the guest on their own: more than the default 600 s for the whole run
 		.venv/bin/kuprobe vm test --arch "$arch" --timeout 1500 --junitxml "$junit_vm"
-		vm_ran "$junit_vm" "$arch guest"
+		$py -m tests.gate guest "$junit_vm" "$arch guest"
 	done
 fi
