@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kuprobe.elf import ElfImage
+from kuprobe.live import perf
 from kuprobe.probes import UprobeConsumer, UprobeHandler
 from kuprobe.regs import PtRegs
 
@@ -164,3 +165,17 @@ def bpf_fds(pid: int | str = "self") -> dict[int, str]:
         if what in ("anon_inode:bpf_link", "anon_inode:[perf_event]"):
             out[int(fd)] = what
     return out
+
+
+def without_kprobes(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``argv`` as on a kernel built without kprobes: where this kernel has them, in a mount
+    namespace of its own with a tmpfs over the kprobe PMU's sysfs directory, so the lookup
+    kuprobe makes (``kuprobe.live.perf.pmu_type``) finds none. Needs root there."""
+    hide = ""
+    if perf.pmu_type("kprobe") is not None:
+        hide = f'mount -t tmpfs none "$(readlink -f {perf.PMU_DIR / "kprobe"})" && '
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide + 'exec "$@"', "sh",
+         *argv],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
