@@ -9,9 +9,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from kuprobe.arch import host_arch
 from kuprobe.errors import KuprobeError
 from kuprobe.targets import TargetError
-from kuprobe.vm._host import Stopwatch, say
+from kuprobe.vm._host import Stopwatch, VmError, say
 from kuprobe.vm.boot import run_in_guest
 from kuprobe.vm.guests import DEFAULT_ARCH, GUESTS
 from kuprobe.vm.image import PROJECT_ROOT, Image, cache_dir, ensure_image
@@ -19,6 +20,8 @@ from kuprobe.vm.image import PROJECT_ROOT, Image, cache_dir, ensure_image
 DEFAULT_TIMEOUT = 600
 DEFAULT_JUNIT = PROJECT_ROOT / "build" / "vm" / "junit.xml"  # junit-arm64.xml for arm64
 DEFAULT_TESTS = ("tests/vm",)
+HOST_SUITE_TESTS = ("tests/live", "tests/cli")
+VENV_PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -45,6 +48,13 @@ def add_parser(subparsers: Any) -> None:
         "project (default: tests/vm); JUnit XML comes back to the host.",
     )
     _boot_options(test)
+    test.add_argument(
+        "--host-suite",
+        action="store_true",
+        help="run the host's tests instead (`pytest -m 'not vm'`, default: tests/live "
+        "tests/cli) with the checkout's .venv, as on a user's machine whose kernel has kprobes "
+        "(a guest of this host's arch only: the venv is the host's)",
+    )
     test.add_argument(
         "--junitxml",
         type=Path,
@@ -149,13 +159,25 @@ def junit_summary(path: Path) -> str:
 
 
 def _test(args: argparse.Namespace) -> int:
-    pytest_args = _strip_dashes(list(args.pytest_args)) or list(DEFAULT_TESTS)
+    pytest_args = _strip_dashes(list(args.pytest_args))
+    if args.host_suite:
+        python, marker = str(VENV_PYTHON), "not vm"
+        pytest_args = pytest_args or list(HOST_SUITE_TESTS)
+    else:
+        python, marker = "python3", "vm"
+        pytest_args = pytest_args or list(DEFAULT_TESTS)
     command = [
-        "python3", "-m", "pytest", "-m", "vm", "-p", "no:cacheprovider",
+        python, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider",
         "--junitxml=/run/kuprobe/junit.xml", *pytest_args,
     ]  # fmt: skip
 
     def body() -> int:
+        here = host_arch()
+        if args.host_suite and (here is None or here.name != args.arch):
+            raise VmError(f"--host-suite runs with the checkout's .venv, so in the guest of "
+                          f"this host's arch, not the {args.arch} one")  # fmt: skip
+        if args.host_suite and not VENV_PYTHON.exists():
+            raise VmError(f"no {VENV_PYTHON}: run `sudo ./run setup` first")
         image = ensure_image(arch=args.arch)
         default = DEFAULT_JUNIT.with_name(f"junit-{args.arch}.xml")
         junit: Path = args.junitxml or (DEFAULT_JUNIT if args.arch == DEFAULT_ARCH else default)
@@ -164,7 +186,7 @@ def _test(args: argparse.Namespace) -> int:
             image,
             command,
             cwd=PROJECT_ROOT,
-            env=predictions_env(image, DEFAULT_JUNIT.parent),
+            env={} if args.host_suite else predictions_env(image, DEFAULT_JUNIT.parent),
             timeout=args.timeout,
             verbose=args.verbose,
             outputs={"junit.xml": junit},
