@@ -8,7 +8,7 @@ recording each trap in ``m.trace``. Arches: x86_64, i386 and arm64 (``ARCHES``).
 Where the documented designs (the patches the model grew from) and today's kernels differ, a
 Machine does either: ``semantics="today"`` (the default: the newest kernels, what the
 cross-check runs against), ``"seed"`` (the patches' designs), a kernel release
-(``semantics="6.1.0-56-amd64"``: the rules of that kernel, as the guests run it) or a
+(``semantics=os.uname().release``, ``"6.1"``: the rules of that kernel) or a
 ``kuprobe.model.semantics.Semantics`` record. ``kuprobe.model.semantics.ROWS`` is the table of
 differences (NOP skip-sstep and the emulated branches and pushes, consumer filters and
 UPROBE_HANDLER_REMOVE, UTASK_BP_HIT, kprobe fault_handler, the kretprobe handler's ip, the x86

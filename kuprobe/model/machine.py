@@ -122,7 +122,7 @@ class Machine(ProbeRegistration, SignalDelivery):
         kprobes, kretprobes). ``trace``: record ``m.trace``. ``max_insns``: the bound of one
         call. ``strict``: a handler that raises fails the call (default: counted, logged).
         ``semantics``: "today" (today's kernels, what the cross-check runs against), "seed"
-        (the designs of the patches the model grew from), a kernel release ("6.1.0-56-amd64":
+        (the designs of the patches the model grew from), a kernel release ("6.1", `uname -r`:
         that release's rules) or a ``kuprobe.model.semantics.Semantics``, where they differ
         (docs/semantics.md lists every difference).
         ``kretprobe_trampoline``: "direct" (the trampoline calls the handlers itself) or

@@ -6,7 +6,7 @@ single stepping support"); the kernels we run (the guests' 6.1, this host's 6.18
 things differently. Each difference is a :class:`Row`: what it is, the seed's behaviour, and
 each change since with the kernel version and the commit subject or kernel function it comes
 from. A :class:`Semantics` record has one field per row; ``SEED`` has the seed's values,
-``TODAY`` the newest, ``for_kernel("6.1.0-56-amd64")`` those of that release.
+``TODAY`` the newest, ``for_kernel("6.1")`` (or ``uname -r``) those of that release.
 ``docs/semantics.md`` is generated from ``ROWS`` (``python -m kuprobe.model.semantics``).
 """
 
@@ -289,7 +289,7 @@ TODAY = Semantics(**{r.field: r.changes[-1].value for r in ROWS}, name="today")
 
 
 def for_kernel(release: str) -> Semantics:
-    """The rules of kernel ``release`` (``uname -r``: "6.1.0-56-amd64", "6.18.0"): each row's
+    """The rules of kernel ``release`` (``uname -r``, or "6.1", "6.18.0"): each row's
     newest change at or before it, or the seed's behaviour before the first change."""
     v = _version(release)
     values = {}
@@ -332,7 +332,7 @@ def markdown() -> str:
         "The model ([kuprobe/model](../kuprobe/model/__init__.py)) follows either the designs "
         'of the patches it grew from (`Machine(semantics="seed")`), today\'s kernels '
         '(`"today"`, the default), or the rules of one release '
-        '(`semantics=for_kernel("6.1.0-56-amd64")`, or the release string itself). One row '
+        '(`semantics=for_kernel("6.1")`, `uname -r` or any release string). One row '
         "per difference; `field = value` is the `Semantics` record's.",
         "",
         "| what | arches | seed | changed in | then | source |",
@@ -354,7 +354,7 @@ def markdown() -> str:
             first = False
     out += [
         "",
-        'The guests run 6.1 (`for_kernel("6.1.0-56-amd64")`): '
+        'The default guests run 6.1 (`for_kernel("6.1")`): '
         + ", ".join(
             f"`{f.name} = {getattr(for_kernel('6.1.0'), f.name)}`"
             for f in fields(Semantics)

@@ -63,8 +63,8 @@ def cache_dir() -> Path:
 class ImageInputs:
     """Everything an image is made from; its hash is the image's key."""
 
-    kernel_release: str  # e.g. 6.1.0-56-amd64 (uname -r in the guest)
-    kernel_version: str  # the Debian package version, e.g. 6.1.192-2
+    kernel_release: str  # uname -r in the guest, from the apt lists (its ABI moves)
+    kernel_version: str  # the Debian package version of that kernel
     suite: str
     sources: str  # the apt sources the guest is built from
     provision_sha256: str

@@ -125,5 +125,5 @@ def test_the_sha512_vex_forms_by_kernel() -> None:
     assert kprobe_refuses(code, True, sha512_vex=False) is None
     refusal = kprobe_refuses(code, True, sha512_vex=True)
     assert refusal is not None and refusal.errno == errno.EINVAL
-    assert for_kernel("6.1.0-56-amd64").x86_sha512_vex == "unknown"
+    assert for_kernel("6.1").x86_sha512_vex == "unknown"
     assert for_kernel("6.18.44").x86_sha512_vex == "vex_only"
