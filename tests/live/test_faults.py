@@ -4,6 +4,8 @@ waits that a caller, exit and a signal can bound."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from kuprobe.live.api import backend, unregister_uprobes
 from kuprobe.probes import UPROBE_HANDLER_REMOVE
 from kuprobe.regs import PtRegs
 
-from .helpers import Target, bpf_fds, counting
+from .helpers import Target, bpf_fds, counting, wait_until
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +62,15 @@ def test_handler_raising_systemexit_or_keyboardinterrupt_is_counted(live: Path) 
     assert len(seen) == 5
 
 
-def test_full_removed_map_does_not_stop_dispatch(live: Path) -> None:
+def map_fdinfo(fd: int) -> dict[str, str]:
+    """The kernel's view of a BPF map (/proc/self/fdinfo: map_type, max_entries …)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_full_removed_map_does_not_stop_dispatch(
+    live: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """UPROBE_HANDLER_REMOVE when the kernel's per-process removal map is full: the process is
     still filtered out in Python, and every other probe keeps delivering."""
     exe = live / "x86_64" / "target"
@@ -78,13 +88,27 @@ def test_full_removed_map_does_not_stop_dispatch(live: Path) -> None:
     try:
         att = backend()._regs[id(up)].attaches[0]
         other_slot = backend()._regs[id(other)].attaches[0].slot
+        full = None
         for tgid in range(1, 5000):  # the map holds 4,096 entries: fill it with no process
             try:
                 att.pool.mark_removed(other_slot, 0x7FFF0000 + tgid)
-            except (OSError, KeyError):
+            except OSError as e:
+                full = e
                 break
+        # full, as the kernel sees it: an update failed with E2BIG, and BCC's walk of the
+        # map (bpf(BPF_MAP_GET_NEXT_KEY)) finds max_entries keys, all of the fill
+        removed_map = att.pool.bpf[b"kuprobe_removed"]
+        assert full is not None and full.errno == errno.E2BIG, full
+        assert map_fdinfo(removed_map.map_fd)["max_entries"] == "4096"
+        keys = list(removed_map.keys())
+        assert len(keys) == 4096 and {k.slot for k in keys} == {other_slot}
         t = Target(exe, "add", 30, 1)
-        t.go()
+        with caplog.at_level(logging.WARNING, logger="kuprobe"):
+            t.go()
+            wait_until(lambda: removing, "the removing handler ran")
+        # the target could not be added: it is filtered in Python, as the warning says
+        assert t.pid not in {k.tgid for k in removed_map}
+        assert "the kernel's removal map is full" in caplog.text
     finally:
         unregister_uprobes([up, other])
     assert len(removing) == 1
