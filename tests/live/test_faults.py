@@ -125,8 +125,11 @@ def test_handler_registering_while_another_thread_unregisters(live: Path) -> Non
 
     def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
         if not inner_done:
-            entering.wait(10)
-            time.sleep(0.2)  # the other thread is inside unregister_uprobe() by now
+            assert entering.wait(60)
+            # the other thread is inside unregister_uprobe(): it has detached up (which is
+            # no longer among the registered) and waits for this dispatcher
+            wait_until(lambda: all(p is not up for p in backend().registered()),
+                       "unregister_uprobe() detached the probe")  # fmt: skip
             inner = Uprobe(str(exe), symbol_name="sw", consumer=UprobeConsumer(lambda u, r: 0))
             register_uprobe(inner)
             unregister_uprobe(inner)
@@ -154,11 +157,12 @@ def test_handler_unregistering_its_probe_mid_batch_loses_nothing(live: Path) -> 
     """Every event recorded before unregister is handled or counted: hits adds up."""
     exe = live / "x86_64" / "target"
     calls: list[int] = []
+    recorded = threading.Event()
 
     def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
         calls.append(1)
         if len(calls) == 1:
-            time.sleep(0.3)  # the other 1,999 are recorded meanwhile
+            assert recorded.wait(60)  # the other 1,999 are recorded meanwhile
         if len(calls) == 10:
             unregister_uprobe(up)
         return 0
@@ -166,11 +170,9 @@ def test_handler_unregistering_its_probe_mid_batch_loses_nothing(live: Path) -> 
     up = Uprobe(str(exe), symbol_name="add", consumer=UprobeConsumer(handler=handler))
     t = Target(exe, "add", 2000, 1)
     register_uprobe(up)
-    t.go()  # all 2,000 recorded before the dispatcher's first batch is handled
-    deadline = time.monotonic() + 20
-    while up.registered and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not up.registered
+    t.go()  # the target exited: all 2,000 recorded while the first handler call waits
+    recorded.set()
+    wait_until(lambda: not up.registered, "the unregister from the handler finished")
     assert up.hits == len(calls) + up.dropped + up.lost + up.handler_errors
     assert up.hits == 2000 and up.dropped > 0 and len(calls) == 10
 
