@@ -259,7 +259,7 @@ def test_exit_and_signals_do_not_wait_for_the_queue(live: Path, how: str, handle
 
 SCRIPT_SIGINT_LOOP = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
     from tests.live.helpers import bpf_fds  # the child runs in the root
     exe = sys.argv[1]
@@ -276,6 +276,9 @@ SCRIPT_SIGINT_LOOP = textwrap.dedent(
     while True:
         try:
             if time.monotonic() > end:
+                # from here on the parent's signals (it may still be sending) are ignored; one
+                # that arrived before this is caught below, and the loop comes back here
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 break
             register_uprobe(up)
             unregister_uprobe(up, timeout=2.0)  # a full ring of 1 ms handlers is 47 s
@@ -286,9 +289,6 @@ SCRIPT_SIGINT_LOOP = textwrap.dedent(
                     unregister_uprobe(up, timeout=2.0)
             except KeyboardInterrupt:
                 interrupted += 1
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    time.sleep(0.5)  # the parent has stopped sending
     if up.registered:
         unregister_uprobe(up, timeout=2.0)
     work.kill()
