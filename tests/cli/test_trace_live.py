@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from ..live.helpers import KUPROBE, trace
+from ..live.helpers import KUPROBE, Lines, trace
 
 pytestmark = pytest.mark.live
 
@@ -32,12 +31,20 @@ def test_trace_prints_events_and_a_summary_on_ctrl_c(live: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert trace.stdout is not None
+        assert trace.stdout is not None and trace.stderr is not None
         header = trace.stdout.readline()  # printed once the probes are registered
         assert header.split() == ["TIME(s)", "PID/TID", "COMM", "PROBE"]
-        time.sleep(1)
+        printed, errors = Lines(trace.stdout), Lines(trace.stderr)
+
+        def enough(lines: list[str]) -> bool:  # what the assertions below need, and one more
+            entries = sum(" u:demo:demo_handle " in ln for ln in lines)
+            timed = sum(" ur:demo:demo_hash " in ln and ln.rstrip().endswith("s)") for ln in lines)
+            return entries > 101 and timed > 101
+
+        printed.wait_for(enough, "over 100 entries and timed returns traced")
         trace.send_signal(signal.SIGINT)
-        out, err = trace.communicate(timeout=30)
+        trace.wait(timeout=30)
+        out, err = header + printed.all(), errors.all()
     finally:
         demo.kill()
         demo.wait()
