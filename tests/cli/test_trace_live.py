@@ -79,6 +79,9 @@ def test_demo_without_a_terminal(live: Path) -> None:
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
+    # the last summary (those every --interval are counted in test_dashboard.py: here a
+    # loaded host may run the whole --duration before the first tick)
+    assert "kuprobe demo  ·  5 probes" in run.stdout, run.stdout
     final = run.stdout.split("kuprobe demo  ·  5 probes")[-1]
     rows = {ln.split()[0]: ln.split() for ln in final.splitlines() if ln.startswith(("u:", "ur:"))}
     assert set(rows) == {
@@ -90,7 +93,6 @@ def test_demo_without_a_terminal(live: Path) -> None:
     }
     for label, row in rows.items():
         assert int(row[1].replace(",", "")) > 0, (label, final)
-    assert run.stdout.count("kuprobe demo  ·  5 probes") >= 3  # every second, and at the end
     assert "µs" in rows["ur:x86_64/demo:demo_hash"][-1]  # a latency
 
 
