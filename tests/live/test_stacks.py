@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from kuprobe.insn import boundaries
 from kuprobe.regs import PtRegs
 from kuprobe.stacks import stack_trace_save_user, symbolize_user
 
-from .helpers import trace
+from .helpers import trace, wait_until
 
 pytestmark = pytest.mark.live
 
@@ -52,7 +51,7 @@ def frames_of(exe: Path, func: str, offset: int, *, stack: bool) -> tuple[Uprobe
     )
     try:
         register_uprobe(up)
-        time.sleep(0.3)
+        wait_until(lambda: len(seen) > 10, "over 10 hits handled")  # what the tests need
     finally:
         unregister_uprobe(up)  # handlers run while the process still lives
         demo.kill()
