@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from ..live.helpers import KUPROBE, Lines, trace
+from ..live.helpers import KUPROBE, trace, trace_until
 
 pytestmark = pytest.mark.live
 
@@ -17,39 +16,29 @@ pytestmark = pytest.mark.live
 def test_trace_prints_events_and_a_summary_on_ctrl_c(live: Path) -> None:
     exe = (live / "i386" / "demo").resolve()  # a 32-bit process: cdecl arguments
     demo = subprocess.Popen([str(exe), "60"])
+
+    def enough(lines: list[str]) -> bool:  # what the assertions below need, and one more
+        entries = sum(" u:demo:demo_handle " in ln for ln in lines)
+        timed = sum(" ur:demo:demo_hash " in ln and ln.rstrip().endswith("s)") for ln in lines)
+        return entries > 101 and timed > 101
+
     try:
-        trace = subprocess.Popen(
-            [
-                str(KUPROBE),
-                "trace",
-                f"u:{exe}:demo_handle arg0",
-                f"ur:{exe}:demo_hash retval:x",
-                "--pid",
-                str(demo.pid),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        run = trace_until(
+            f"u:{exe}:demo_handle arg0",
+            f"ur:{exe}:demo_hash retval:x",
+            "--pid",
+            str(demo.pid),
+            probes=2,
+            enough=enough,
+            what="over 100 entries and timed returns traced",
         )
-        assert trace.stdout is not None and trace.stderr is not None
-        header = trace.stdout.readline()  # printed once the probes are registered
-        assert header.split() == ["TIME(s)", "PID/TID", "COMM", "PROBE"]
-        printed, errors = Lines(trace.stdout), Lines(trace.stderr)
-
-        def enough(lines: list[str]) -> bool:  # what the assertions below need, and one more
-            entries = sum(" u:demo:demo_handle " in ln for ln in lines)
-            timed = sum(" ur:demo:demo_hash " in ln and ln.rstrip().endswith("s)") for ln in lines)
-            return entries > 101 and timed > 101
-
-        printed.wait_for(enough, "over 100 entries and timed returns traced")
-        trace.send_signal(signal.SIGINT)
-        trace.wait(timeout=30)
-        out, err = header + printed.all(), errors.all()
     finally:
         demo.kill()
         demo.wait()
-    assert trace.returncode == 0, err
+    out, err = run.stdout, run.stderr
+    assert run.returncode == 0, err
     lines = out.splitlines()
+    assert lines[0].split() == ["TIME(s)", "PID/TID", "COMM", "PROBE"]  # then the events
     entries = [ln.split() for ln in lines if " u:demo:demo_handle " in ln]
     returns = [ln.split() for ln in lines if " ur:demo:demo_hash " in ln]
     assert len(entries) > 100 and len(returns) > 100
@@ -105,16 +94,24 @@ def test_trace_json_lines_parse(live: Path) -> None:
     """--format json: one object per event with numbers, then the counters."""
     exe = (live / "x86_64" / "demo").resolve()
     demo = subprocess.Popen([str(exe), "60"])
+
+    def enough(lines: list[str]) -> bool:  # what the assertions below need, and one more
+        entries = sum('"probe":"u:demo:demo_handle"' in ln for ln in lines)
+        timed = sum('"probe":"ur:demo:demo_hash"' in ln and '"latency":null' not in ln
+                    for ln in lines)  # fmt: skip
+        return entries > 101 and timed > 101
+
     try:
-        out = trace(
+        out = trace_until(
             "--format",
             "json",
             f"u:{exe}:demo_handle arg0",
             f"ur:{exe}:demo_hash retval:x",
             "--pid",
             str(demo.pid),
-            "-d",
-            "1",
+            probes=2,
+            enough=enough,
+            what="over 100 entries and timed returns traced",
         )
     finally:
         demo.kill()

@@ -184,6 +184,26 @@ def start_trace(*args: str, probes: int) -> subprocess.Popen[str]:
     return trace
 
 
+def trace_until(
+    *args: str, probes: int, enough: Callable[[list[str]], bool], what: str
+) -> subprocess.CompletedProcess[str]:
+    """``kuprobe trace ARGS``, stopped with Ctrl-C once the lines it printed satisfy
+    ``enough`` (what the test needs, ``what`` in words): everything it printed after the
+    registration, and its exit status."""
+    trace = start_trace(*args, probes=probes)
+    assert trace.stdout is not None and trace.stderr is not None
+    out, err = Lines(trace.stdout), Lines(trace.stderr)
+    try:
+        out.wait_for(enough, what)
+        trace.send_signal(signal.SIGINT)
+        trace.wait(timeout=EVENT_TIMEOUT)
+    finally:
+        if trace.poll() is None:
+            trace.kill()
+            trace.wait()
+    return subprocess.CompletedProcess(trace.args, trace.returncode, out.all(), err.all())
+
+
 def trace_while(t: Waiting, *args: str, probes: int) -> tuple[str, str]:
     """``kuprobe trace ARGS --pid PID`` on the waiting ``t`` while ``t`` runs, stopped with
     Ctrl-C after: ``t``'s output and the trace's (which exited 0)."""
