@@ -9,7 +9,6 @@ import pytest
 
 from kuprobe import Kprobe, Kretprobe, KretprobeInstance, ProbeError, regs_return_value
 from kuprobe.model import Machine, ModelError
-from kuprobe.probes import KRETPROBE_MAX_DATA_SIZE
 from kuprobe.regs import PtRegs, signed
 
 from .archfacts import NESTED_HARDWARE_STEP
@@ -97,10 +96,12 @@ def test_kprobes_hit_inside_a_kretprobe_handler_are_missed(kernel: Machine) -> N
     assert (kp.hits, kp.nmissed) == (1, 1)
 
 
+# include/linux/kprobes.h: KRETPROBE_MAX_DATA_SIZE 4096; register_kretprobe(): a larger
+# data_size is -E2BIG
 @pytest.mark.parametrize(
     ("kw", "code"),
     [({"symbol_name": "add", "offset": 1}, errno.EINVAL),
-     ({"symbol_name": "add", "data_size": KRETPROBE_MAX_DATA_SIZE + 1}, errno.E2BIG),
+     ({"symbol_name": "add", "data_size": 4097}, errno.E2BIG),
      ({"symbol_name": "nope"}, errno.ENOENT),
      ({"symbol_name": "add", "maxactive": -1}, errno.EINVAL)],
 )  # fmt: skip
@@ -108,6 +109,17 @@ def test_bad_kretprobes(kernel: Machine, kw: dict[str, object], code: int) -> No
     with pytest.raises(ProbeError) as e:
         kernel.register_kretprobe(Kretprobe(**kw))  # type: ignore[arg-type]
     assert e.value.errno == code
+
+
+def test_the_largest_data_size_is_accepted(kernel: Machine) -> None:
+    """KRETPROBE_MAX_DATA_SIZE (4096) itself is allowed: each instance gets its bytes."""
+    sizes = []
+    rp = Kretprobe(symbol_name="add", handler=lambda ri, r: sizes.append(len(ri.data)) or 0,
+                   data_size=4096)  # fmt: skip
+    kernel.register_kretprobe(rp)
+    assert kernel.call("add", 1, 2) == 3
+    kernel.unregister_kretprobe(rp)
+    assert sizes == [4096]
 
 
 def test_unregister_with_an_instance_in_flight(kernel: Machine) -> None:
