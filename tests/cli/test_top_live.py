@@ -12,13 +12,14 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kuprobe.elf import ElfImage
+
+from ..live.helpers import wait_until
 
 pytestmark = pytest.mark.live
 KUPROBE = Path(sys.executable).with_name("kuprobe")
@@ -38,8 +39,9 @@ def perf_event_holders() -> set[int]:
     return holders
 
 
-def code_address(pid: int, exe: Path, symbol: str) -> tuple[int, bytes]:
-    """Where ``symbol`` is mapped in ``pid``, and its first byte in the file."""
+def code_address(pid: int, exe: Path, symbol: str) -> tuple[int, bytes] | None:
+    """Where ``symbol`` is mapped in ``pid``, and its first byte in the file (None while
+    ``exe`` is not mapped executable there)."""
     with ElfImage(str(exe)) as elf:
         file_off = elf.vaddr_to_offset(elf.symbol(symbol).value)
         first = elf.read(file_off, 1)
@@ -51,7 +53,7 @@ def code_address(pid: int, exe: Path, symbol: str) -> tuple[int, bytes]:
                 off = int(f[2], 16)
                 if off <= file_off < off + end - start:
                     return start + file_off - off, first
-    raise AssertionError(f"{exe} is not mapped executable in {pid}")
+    return None
 
 
 def read_byte(pid: int, addr: int) -> bytes:
@@ -82,8 +84,9 @@ def test_top_in_tmux(live: Path, tmux_session: str, tmp_path: Path) -> None:
     exe = (live / "x86_64" / "demo").resolve()
     demo = subprocess.Popen([str(exe), "120"])
     try:
-        time.sleep(0.2)
-        addr, original = code_address(demo.pid, exe, "demo_handle")
+        addr, original = wait_until(
+            lambda: code_address(demo.pid, exe, "demo_handle"), f"{exe} mapped in {demo.pid}"
+        )
         before = perf_event_holders()
         status = tmp_path / "status"
         command = (
@@ -95,27 +98,23 @@ def test_top_in_tmux(live: Path, tmux_session: str, tmp_path: Path) -> None:
         def screen() -> str:
             return tmux("capture-pane", "-p", "-t", tmux_session)
 
-        deadline = time.monotonic() + 60
-        first = None
-        while time.monotonic() < deadline:
-            first = hits(screen(), "u:demo:demo_handle")
-            if first:
-                break
-            time.sleep(0.3)
-        assert first, f"no hits on screen within 60s:\n{screen()}"
+        first = wait_until(lambda: hits(screen(), "u:demo:demo_handle"), "hits on the screen")
         assert read_byte(demo.pid, addr) == b"\xcc"  # armed: the breakpoint is in
-        time.sleep(1.5)
-        shown = screen()
-        assert hits(shown, "u:demo:demo_handle") > first, shown  # type: ignore[operator]
-        assert (hits(shown, "ur:demo:demo_hash") or 0) > 0, shown
+
+        def risen() -> str | None:  # a later refresh: the count goes up, returns are counted
+            shown = screen()
+            now, returns = hits(shown, "u:demo:demo_handle"), hits(shown, "ur:demo:demo_hash")
+            return shown if now and now > first and returns else None
+
+        shown = wait_until(risen, "the entry hits rise and returns are counted")
         assert "Top tasks" in shown and "latency entry→return" in shown
         assert f"{demo.pid}   demo" in shown
 
         tmux("send-keys", "-t", tmux_session, "q")
-        deadline = time.monotonic() + 30
-        while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert status.read_text().strip() == "0", screen()
+        code = wait_until(
+            lambda: status.exists() and status.read_text().strip(), "kuprobe top quit on q"
+        )
+        assert code == "0"
 
         assert read_byte(demo.pid, addr) == original  # disarmed
         events = (TRACEFS / "uprobe_events").read_text() if TRACEFS.exists() else ""

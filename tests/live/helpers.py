@@ -6,12 +6,74 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, TypeVar
 
 from kuprobe.elf import ElfImage
 from kuprobe.live import perf
 from kuprobe.probes import UprobeConsumer, UprobeHandler
 from kuprobe.regs import PtRegs
+
+T = TypeVar("T")
+# How long a test waits for an event before it fails: generous, for a loaded 2-core host or
+# a qemu guest; a wait that succeeds returns as soon as its event happened.
+EVENT_TIMEOUT = 60.0
+
+
+def wait_until(cond: Callable[[], T | None], what: str, *, timeout: float = EVENT_TIMEOUT) -> T:
+    """Poll ``cond`` until it returns something true, and return that; fail naming ``what``
+    if it has not after ``timeout`` seconds. A wait for an event, never a guessed sleep."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while not (got := cond()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    return got
+
+
+class Lines:
+    """A process's output stream read line by line on a thread, so a test can wait for the
+    lines it needs (``wait_for``) while the process runs, then take them all (``all``)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._eof = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def wait_for(
+        self, cond: Callable[[list[str]], bool], what: str, *, timeout: float = EVENT_TIMEOUT
+    ) -> None:
+        """Until ``cond(lines so far)`` holds; fails naming ``what`` at the end of the stream
+        or after ``timeout`` seconds."""
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self._eof or cond(self._lines), timeout)
+            if not ok or not cond(self._lines):
+                tail = "".join(self._lines[-5:])
+                end = "the output ended" if self._eof else f"not within {timeout:g} s"
+                raise AssertionError(f"{end}: {what}; its last lines:\n{tail}")
+
+    def all(self, *, timeout: float = EVENT_TIMEOUT) -> str:
+        """Everything, once the stream has ended (the process exited or closed it)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the output did not end within {timeout:g} s"
+        return "".join(self._lines)
 
 
 class Waiting:
@@ -120,6 +182,26 @@ def start_trace(*args: str, probes: int) -> subprocess.Popen[str]:
     line = trace.stderr.readline()
     assert line.startswith(f"Tracing {probes} probe(s)"), line + trace.stderr.read()
     return trace
+
+
+def trace_until(
+    *args: str, probes: int, enough: Callable[[list[str]], bool], what: str
+) -> subprocess.CompletedProcess[str]:
+    """``kuprobe trace ARGS``, stopped with Ctrl-C once the lines it printed satisfy
+    ``enough`` (what the test needs, ``what`` in words): everything it printed after the
+    registration, and its exit status."""
+    trace = start_trace(*args, probes=probes)
+    assert trace.stdout is not None and trace.stderr is not None
+    out, err = Lines(trace.stdout), Lines(trace.stderr)
+    try:
+        out.wait_for(enough, what)
+        trace.send_signal(signal.SIGINT)
+        trace.wait(timeout=EVENT_TIMEOUT)
+    finally:
+        if trace.poll() is None:
+            trace.kill()
+            trace.wait()
+    return subprocess.CompletedProcess(trace.args, trace.returncode, out.all(), err.all())
 
 
 def trace_while(t: Waiting, *args: str, probes: int) -> tuple[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from kuprobe.insn import boundaries
 from kuprobe.regs import PtRegs
 from kuprobe.stacks import stack_trace_save_user, symbolize_user
 
-from .helpers import trace
+from .helpers import trace_until, wait_until
 
 pytestmark = pytest.mark.live
 
@@ -52,7 +51,7 @@ def frames_of(exe: Path, func: str, offset: int, *, stack: bool) -> tuple[Uprobe
     )
     try:
         register_uprobe(up)
-        time.sleep(0.3)
+        wait_until(lambda: len(seen) > 10, "over 10 hits handled")  # what the tests need
     finally:
         unregister_uprobe(up)  # handlers run while the process still lives
         demo.kill()
@@ -80,9 +79,16 @@ def test_no_stack_unless_asked(live: Path) -> None:
 def test_trace_stack(live: Path) -> None:
     exe = (live / "x86_64" / "demo").resolve()
     demo = subprocess.Popen([str(exe), "60"])
+
+    def stacked(lines: list[str]) -> bool:  # an event, and the two frames after it
+        return any("u:demo:demo_hash" in ln for ln in lines[:-2])
+
     try:
-        out = trace("--stack", "--json", f"u:{exe}:demo_hash", "--pid", str(demo.pid), "-d", "0.5")
-        text = trace("--stack", f"u:{exe}:demo_hash", "-p", str(demo.pid), "-d", "0.3")
+        out = trace_until("--stack", "--json", f"u:{exe}:demo_hash", "--pid", str(demo.pid),
+                          probes=1, enough=lambda lines: len(lines) > 11,
+                          what="over 10 events")  # fmt: skip
+        text = trace_until("--stack", f"u:{exe}:demo_hash", "-p", str(demo.pid), probes=1,
+                           enough=stacked, what="an event with its stack")  # fmt: skip
     finally:
         demo.kill()
         demo.wait()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from kuprobe.live import perf
 from kuprobe.live.api import backend
 from kuprobe.regs import PtRegs
 
-from .helpers import Target, bpf_fds, run
+from .helpers import Target, bpf_fds, run, wait_until
 
 pytestmark = pytest.mark.live
 N = 12
@@ -44,10 +43,13 @@ def test_one_by_one_unregister_under_load_keeps_the_promise(live: Path) -> None:
         assert load.proc.stdin is not None
         load.proc.stdin.write("go\n")
         load.proc.stdin.flush()
-        while min(p.hits for p in probes) < 100:  # every probe fires; the load goes on
-            time.sleep(0.01)
+
+        def every_probe_fired() -> bool:  # 100 times each; the load goes on
             for p in probes:
                 backend().sync_counters(p)
+            return min(p.hits for p in probes) >= 100
+
+        wait_until(every_probe_fired, "each probe hit 100 times")
         at_return = []
         for k, p in enumerate(probes):
             unregister_uprobe(p)

@@ -26,6 +26,10 @@ TRAP_PC_AFTER_BREAKPOINT = {"x86_64": True, "i386": True, "arm64": False}
 # Whether a hardware single-step can run inside a debug exception: x86's int3 and TF nest;
 # AArch64 masks debug exceptions (PSTATE.D) while one is handled
 NESTED_HARDWARE_STEP = {"x86_64": True, "i386": True, "arm64": False}
+# The kprobe states in which a hit is the kernel's BUG(), not a miss: reenter_kprobe() in
+# arch/x86/kernel/kprobes/core.c (case KPROBE_REENTER: "Unrecoverable kprobe detected") and
+# arch/arm64/kernel/probes/kprobes.c (case KPROBE_HIT_SS, case KPROBE_REENTER)
+REENTER_BUG = {"x86_64": {"REENTER"}, "i386": {"REENTER"}, "arm64": {"HIT_SS", "REENTER"}}
 # The x86 family: rules of arch/x86 only (TF/IF, pushf, the NOP pattern, %rip-relative)
 X86_ARCHES = sorted(a for a in ARCHES if a in ("x86_64", "i386"))
 ARM64_ARCHES = sorted(a for a in ARCHES if a == "arm64")

@@ -199,10 +199,25 @@ def test_refused_instructions(mkernel: Machine, muser: Machine, mfuncs: str, lab
 
 
 def test_mrs_of_another_register_is_stepped(mkernel: Machine) -> None:
-    """aarch64_insn_is_steppable(): mrs is refused only when it reads DAIF."""
-    kp = Kprobe(symbol_name="model_refused_mrs_ok")
+    """aarch64_insn_is_steppable(): mrs is refused only when it reads DAIF; `mrs x9, nzcv` is
+    stepped out of line (not simulated) and reads the flags the trapped task had."""
+    # model_refused_mrs_ok: `mrs x9, nzcv; ret` (x0, the argument, is returned untouched)
+    nv = 0x90000000  # PSTATE.N and PSTATE.V (the Arm ARM's NZCV: N bit 31 … V bit 28)
+    seen: list[int] = []
+
+    def pre(p: Kprobe, regs: PtRegs) -> int:
+        regs.pstate = (int(regs.pstate) & ~0xF0000000) | nv
+        return 0
+
+    kp = Kprobe(symbol_name="model_refused_mrs_ok", pre_handler=pre,
+                post_handler=lambda p, r, f: seen.append(int(r.x9)))  # fmt: skip
     mkernel.register_kprobe(kp)
+    mkernel.trace.clear()
+    assert mkernel.call("model_refused_mrs_ok", 7) == 7
     mkernel.unregister_kprobe(kp)
+    assert (kp.hits, kp.nmissed, seen) == (1, 0, [nv])
+    kinds = [e.kind for e in mkernel.trace]
+    assert "singlestep" in kinds and "simulate" not in kinds
 
 
 def test_no_kprobe_inside_an_exclusive_sequence(mkernel: Machine, muser: Machine,
