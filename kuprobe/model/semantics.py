@@ -280,7 +280,7 @@ class Semantics:
 def _version(text: str) -> tuple[int, ...]:
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     if m is None:
-        raise ValueError(f"not a kernel release: {text!r} (e.g. 6.1.0-56-amd64)")
+        raise ValueError(f"not a kernel release: {text!r} (e.g. 6.1, or `uname -r`)")
     return tuple(int(g or 0) for g in m.groups())
 
 

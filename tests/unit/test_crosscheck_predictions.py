@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ from kuprobe.crosscheck.guest import PREDICTIONS_ENV, vm_scenarios
 from kuprobe.crosscheck.runs import GUEST_ARCHES
 from kuprobe.vm import image as vm_image
 from kuprobe.vm.guests import guest
+
+ROOT = Path(__file__).resolve().parents[2]
+# A Debian kernel release: upstream version, ABI number, flavour (as `uname -r` shows it).
+DEBIAN_RELEASE = re.compile(
+    r"\b\d+\.\d+\.\d+-\d+-(?:amd64|arm64|686|686-pae|cloud-amd64|rt-[a-z0-9]+)\b"
+)
 
 
 def fake_apt(monkeypatch: pytest.MonkeyPatch, abi: int) -> None:
@@ -66,6 +73,31 @@ def test_an_abi_bump_changes_the_image_and_its_predictions(
         any(isinstance(v, int) and v for v in obs.values())
         for obs in predictions["scenarios"].values()
     )
+
+
+def test_nothing_checked_in_names_a_debian_kernel_abi() -> None:
+    """What Debian's archive retires (a kernel ABI) is computed when the suite runs, never
+    written in kuprobe/ or tests/ (a test of release parsing builds its examples from parts)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "kuprobe", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
+    if tracked.returncode != 0:
+        pytest.fail(f"git ls-files failed: {tracked.stderr}")
+    found = []
+    for name in tracked.stdout.splitlines():
+        path = ROOT / name
+        if not path.is_file() or path.suffix in (".ko", ".o"):
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        found += [
+            f"{name}:{n}: {m.group(0)}"
+            for n, line in enumerate(text.splitlines(), 1)
+            for m in DEBIAN_RELEASE.finditer(line)
+        ]
+    assert found == []
 
 
 def test_the_guests_live_side_needs_no_unicorn() -> None:
