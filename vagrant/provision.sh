@@ -12,6 +12,9 @@
 #   provision.sh kernel          Vagrant, first: the newest Debian 12 kernel (then reboot)
 #   provision.sh [vagrant]       Vagrant: install packages for the running kernel, configure
 #   provision.sh packages KVER   print the Debian packages the guest needs, one per line
+#   provision.sh dev-packages    print what an amd64 guest adds to run the host's own tests
+#                                there (`kuprobe vm test --host-suite`): the compilers and
+#                                tools `./run setup` installs on a host, 32-bit libc included
 #   provision.sh pip-requirements  print the pip requirements `configure` installs
 #   provision.sh configure       inside the guest root: pip wheels, mount points, settings
 #
@@ -39,6 +42,21 @@ kmod
 mount
 iproute2
 procps
+EOF
+}
+
+# What scripts/setup.sh installs on a host for the tests, less what only the host needs (the
+# arm64 cross compiler and bpftrace are for building targets and benchmarks): so the host's
+# live and CLI tests run in an amd64 guest whose kernel has kprobes as on a user's machine.
+dev_packages() {
+    cat <<EOF
+gcc
+libc6-dev
+lib32gcc-12-dev
+libc6-dev-i386
+systemtap-sdt-dev
+git
+tmux
 EOF
 }
 
@@ -72,7 +90,7 @@ vagrant() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     # shellcheck disable=SC2046
-    apt-get install -y -q --no-install-recommends $(packages "$kver")
+    apt-get install -y -q --no-install-recommends $(packages "$kver") $(dev_packages)
     configure
     # systemd mounts tracefs and debugfs; bpffs is mounted here for BCC's pinned maps.
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
@@ -90,12 +108,14 @@ say() { printf '[provision] %s\n' "$*" >&2; }
 
 case "${1:-vagrant}" in
     packages) packages "$2" ;;
+    dev-packages) dev_packages ;;
     pip-requirements) echo "$PIP_REQUIREMENTS" ;;
     configure) configure ;;
     kernel) kernel ;;
     vagrant) vagrant ;;
     *)
-        say "unknown command: $1 (packages KVER | pip-requirements | configure | kernel | vagrant)"
+        say "unknown command: $1 (packages KVER | dev-packages | pip-requirements | configure |" \
+            "kernel | vagrant)"
         exit 2
         ;;
 esac

@@ -22,6 +22,8 @@ DEFAULT_JUNIT = PROJECT_ROOT / "build" / "vm" / "junit.xml"  # junit-arm64.xml f
 DEFAULT_TESTS = ("tests/vm",)
 HOST_SUITE_TESTS = ("tests/live", "tests/cli")
 VENV_PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
+# The guest's root is read-only: targets a test builds on demand go to its tmpfs.
+HOST_SUITE_ENV = {"KUPROBE_TARGET_CACHE": "/tmp/kuprobe-targets"}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -186,7 +188,7 @@ def _test(args: argparse.Namespace) -> int:
             image,
             command,
             cwd=PROJECT_ROOT,
-            env={} if args.host_suite else predictions_env(image, DEFAULT_JUNIT.parent),
+            env=HOST_SUITE_ENV if args.host_suite else predictions_env(image, DEFAULT_JUNIT.parent),
             timeout=args.timeout,
             verbose=args.verbose,
             outputs={"junit.xml": junit},

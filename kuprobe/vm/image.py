@@ -312,6 +312,8 @@ def _mmdebstrap(inputs: ImageInputs, root: Path, work: Path, log: Path) -> None:
     if g.foreign:
         drop = {_headers_package(inputs.kernel_release), *NATIVE_ONLY}
         packages = [p for p in packages if p not in drop]
+    else:  # the host's own tests run in the native guest too (kuprobe vm test --host-suite)
+        packages += capture(["sh", str(PROVISION), "dev-packages"]).split()
     sources = work / "guest.sources"
     sources.write_text(inputs.sources)
     if g.foreign:
