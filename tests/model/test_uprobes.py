@@ -439,3 +439,16 @@ def test_frames_abandoned_by_longjmp_are_dropped(muser: Machine, mfuncs: str) ->
     assert muser.uprobes is not None and muser.uprobes.utask.depth == 0
     dropped = [e for e in muser.trace if e.kind == "uretprobe" and "dropped" in e.detail]
     assert len(dropped) == 4
+
+
+def test_the_trampoline_with_no_return_instance_is_sigill(user: Machine) -> None:
+    """kernel/events/uprobes.c handle_trampoline(): a task reaching the uretprobe trampoline
+    with no return instance gets SIGILL ("handle uretprobe, sending SIGILL.")."""
+    assert user.uprobes is not None
+    trampoline = user.uprobes.get_xol_area().vaddr
+    with pytest.raises(ProcessSignalled, match="no return instance") as e:
+        user.call(trampoline)
+    assert e.value.signo == signal.SIGILL
+    warned = [x for x in user.trace if x.kind == "uretprobe" and "SIGILL" in x.detail]
+    assert [x.addr for x in warned] == [trampoline]
+    assert user.call("add", 3, 4) == 7  # a new process image: it runs again

@@ -12,6 +12,7 @@ handle_trampoline, MAX_URETPROBE_DEPTH, arch_uretprobe_is_alive).
 from __future__ import annotations
 
 import errno
+import signal
 import weakref
 from dataclasses import dataclass, field
 from itertools import compress
@@ -454,7 +455,12 @@ class UprobeMm:
         m = self.m
         utask = self.utask
         if not utask.return_instances:
-            raise RuntimeError("uretprobe trampoline hit with no return instance (SIGILL)")
+            # handle_trampoline(): "goto sigill": uprobe_warn(current, "handle uretprobe,
+            # sending SIGILL."); force_sig(SIGILL)
+            trampoline = self.get_xol_area().vaddr
+            m.record("uretprobe", trampoline, detail="no return instance: SIGILL")
+            m.force_sig(signal.SIGILL, "(a uretprobe trampoline hit with no return instance)")
+            return
         ris = utask.return_instances
         while True:
             # find_next_ret_chain(): this chain is the newest instance and those chained to it
