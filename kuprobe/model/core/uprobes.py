@@ -481,8 +481,8 @@ class UprobeMm:
                     m.record("uretprobe", ri.func, detail="dropped: its frame is gone (longjmp)")
             if valid:
                 return
-            if not ris:
-                raise RuntimeError("uretprobe trampoline hit with no live return instance")
+            # not valid means n > 0: an older chain is left for the next round, as the
+            # kernel's valid = !next || arch_uretprobe_is_alive(next, RP_CHECK_RET, regs)
 
     def handle_uretprobe_chain(self, ri: ReturnInstance, regs: PtRegs) -> None:
         m = self.m
