@@ -12,7 +12,7 @@ import pytest
 
 from kuprobe import ProbeError, Uprobe, UprobeConsumer, regs_return_value
 from kuprobe.insn import boundaries
-from kuprobe.model import Machine, ProcessSignalled
+from kuprobe.model import Machine, ModelError, ProcessSignalled
 from kuprobe.model.core.uprobes import MAX_URETPROBE_DEPTH, REGISTRY
 from kuprobe.probes import UPROBE_HANDLER_REMOVE
 from kuprobe.regs import PtRegs, instruction_pointer
@@ -232,6 +232,26 @@ def test_utask_states(funcs: str, semantics: str, bp_hit: list[str]) -> None:
     xol = user.uprobes.xol if user.uprobes else None
     assert xol is not None and xol.vaddr == user.hooks.XOL_AREA
     assert user.present(xol.vaddr)
+
+
+def test_no_free_xol_slot_is_a_model_error(user: Machine, funcs: str) -> None:
+    """xol_take_insn_slot() sleeps until another task frees a slot. With every slot held
+    (taken by hand here), the task could only wait forever: a ModelError, not a hang."""
+    assert user.uprobes is not None
+    expected = user.call("loop_sum", 4)
+    xol = user.uprobes.get_xol_area()
+    held = []
+    while xol.free:
+        held.append(xol.get_slot())
+    up = stepped_uprobe(user, funcs, "loop_sum", lambda uc, r: 0)
+    try:
+        with pytest.raises(ModelError, match="no free slot"):
+            user.call("loop_sum", 4)
+        for vaddr in held:
+            xol.free_slot(vaddr)
+        assert user.call("loop_sum", 4) == expected
+    finally:
+        user.unregister_uprobe(up)
 
 
 @pytest.mark.parametrize("arch", X86_ARCHES)

@@ -28,7 +28,7 @@ from kuprobe.model.arch.base import (
     ArchSpecificInsn,
     ArchUprobeTask,
 )
-from kuprobe.model.core.common import MachineLike, call_handler
+from kuprobe.model.core.common import MachineLike, ModelError, call_handler
 from kuprobe.probes import UPROBE_HANDLER_REMOVE, Uprobe
 from kuprobe.regs import PtRegs
 from kuprobe.resolve import resolve_uprobe
@@ -122,7 +122,12 @@ class XolArea:
 
     def get_slot(self) -> int:
         if not self.free:
-            raise RuntimeError("XOL area exhausted")
+            # xol_take_insn_slot(): wait_event(area->wq, ...) until another task frees one;
+            # the model's tasks are this Machine's nested calls, none of which can go on
+            raise ModelError(
+                "the XOL area has no free slot: xol_take_insn_slot() would wait for a task "
+                "to free one, and no task here can"
+            )
         return self.vaddr + self.free.pop() * self.slot_size
 
     def free_slot(self, vaddr: int) -> None:
