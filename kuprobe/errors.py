@@ -2,7 +2,7 @@
 
 Catch ``KuprobeError`` to catch anything kuprobe raised. Each subsystem's own errors derive
 from it (``kuprobe.cli.spec.SpecError``, ``kuprobe.model.ModelError``, ``kuprobe.vm.VmError``,
-``kuprobe.crosscheck.TargetError``); a probe the kernel would refuse is a ``ProbeError``.
+``kuprobe.targets.TargetError``); a probe the kernel would refuse is a ``ProbeError``.
 """
 
 from __future__ import annotations
