@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kuprobe import ProbeError, Uprobe, register_uprobe
+from kuprobe.errors import KuprobeValueError
 from kuprobe.live.codegen import BPF_DIR, render_pool
 from kuprobe.resolve import check_symbol_name
 
@@ -48,7 +49,7 @@ def test_parameters_must_be_ints(kwargs: dict[str, object]) -> None:
     ],
 )
 def test_parameters_are_range_checked(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(KuprobeValueError):
         render_pool(**kwargs)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from kuprobe.errors import ProbeError
+from kuprobe.errors import KuprobeValueError, ProbeError
 from kuprobe.model.core.common import MachineLike, ModelError, call_handler
 from kuprobe.model.core.kprobes import KprobeTable
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, check_kretprobe_fields
@@ -99,7 +99,7 @@ class KretprobeCore:
 
     def __init__(self, m: MachineLike, table: KprobeTable, design: str = "direct") -> None:
         if design not in TRAMPOLINE_DESIGNS:
-            raise ValueError(
+            raise KuprobeValueError(
                 f"kretprobe_trampoline must be one of {', '.join(TRAMPOLINE_DESIGNS)}, "
                 f"not {design!r}"
             )
