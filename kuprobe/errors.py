@@ -21,6 +21,10 @@ class KuprobeValueError(KuprobeError, ValueError):
     """A value kuprobe cannot use (an unknown arch, a number out of range); a ValueError too."""
 
 
+class KuprobeTypeError(KuprobeError, TypeError):
+    """An argument of a type kuprobe does not take (a Uprobe given to register_kprobe())."""
+
+
 class ProbeError(KuprobeError, OSError):
     """A probe was refused: ``errno`` is what the kernel would return, ``hint`` what to do."""
 

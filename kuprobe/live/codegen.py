@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kuprobe.errors import KuprobeValueError
+from kuprobe.errors import KuprobeTypeError, KuprobeValueError
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf_programs"  # package data
 POOL_TEMPLATE = "probe_pool.bpf.c"
@@ -34,7 +34,7 @@ class PoolSource:
 
 def _checked_int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        raise KuprobeTypeError(f"{name} must be an int, not {type(value).__name__}")
     if not lo <= value <= hi:
         raise KuprobeValueError(f"{name}={value} is outside {lo}..{hi}")
     return value
