@@ -25,6 +25,10 @@ class KuprobeTypeError(KuprobeError, TypeError):
     """An argument of a type kuprobe does not take (a Uprobe given to register_kprobe())."""
 
 
+class OutsideHandlerError(KuprobeError, RuntimeError):
+    """current(), copy_from_user() or a friend called outside a probe handler."""
+
+
 class ProbeError(KuprobeError, OSError):
     """A probe was refused: ``errno`` is what the kernel would return, ``hint`` what to do."""
 

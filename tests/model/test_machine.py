@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from kuprobe import Kprobe, ProbeError, current
-from kuprobe.errors import KuprobeValueError
+from kuprobe.errors import KuprobeValueError, OutsideHandlerError
 from kuprobe.model import Machine, ModelError
 from kuprobe.model.arch import get_arch
 from kuprobe.regs import PtRegs
@@ -77,7 +77,7 @@ def test_current_inside_a_handler_is_the_machines_task(kernel: Machine) -> None:
     kernel.call("add", 1, 1)
     kernel.unregister_kprobe(kp)
     assert seen == [kernel.task]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OutsideHandlerError, match="only defined inside a probe handler"):
         current()
 
 
