@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from kuprobe.errors import KuprobeValueError
+
 
 @dataclass(frozen=True)
 class RegLayout:
@@ -172,11 +174,11 @@ ARCHES: Mapping[str, ArchInfo] = MappingProxyType({a.name: a for a in (X86_64, I
 
 
 def arch_info(name: str) -> ArchInfo:
-    """The record for ``name``; ValueError naming the known arches otherwise."""
+    """The record for ``name``; KuprobeValueError naming the known arches otherwise."""
     try:
         return ARCHES[name]
     except KeyError:
-        raise ValueError(f"unknown arch {name!r}; known: {', '.join(ARCHES)}") from None
+        raise KuprobeValueError(f"unknown arch {name!r}; known: {', '.join(ARCHES)}") from None
 
 
 def arch_of_machine(machine: str) -> ArchInfo | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
+from kuprobe.errors import KuprobeTypeError
 from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 
 AnyProbe = Kprobe | Kretprobe | Uprobe
@@ -44,7 +45,7 @@ def _verbs(backend: Backend, probe: AnyProbe) -> tuple[Callable[..., None], Call
         return backend.register_kretprobe, backend.unregister_kretprobe
     if isinstance(probe, Uprobe):
         return backend.register_uprobe, backend.unregister_uprobe
-    raise TypeError(f"not a probe: {type(probe).__name__}")
+    raise KuprobeTypeError(f"not a probe: {type(probe).__name__}")
 
 
 def register_probe(backend: Backend, probe: AnyProbe) -> None:

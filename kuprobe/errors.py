@@ -2,7 +2,9 @@
 
 Catch ``KuprobeError`` to catch anything kuprobe raised. Each subsystem's own errors derive
 from it (``kuprobe.cli.spec.SpecError``, ``kuprobe.model.ModelError``, ``kuprobe.vm.VmError``,
-``kuprobe.crosscheck.TargetError``); a probe the kernel would refuse is a ``ProbeError``.
+``kuprobe.targets.TargetError``); a probe the kernel would refuse is a ``ProbeError``. Where
+Python's convention is a built-in exception, kuprobe's derives from it too
+(``KuprobeValueError`` is a ``ValueError``), so code that catches the built-in still works.
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ from typing import Any
 
 class KuprobeError(Exception):
     """Anything kuprobe raises on purpose."""
+
+
+class KuprobeValueError(KuprobeError, ValueError):
+    """A value kuprobe cannot use (an unknown arch, a number out of range); a ValueError too."""
+
+
+class KuprobeTypeError(KuprobeError, TypeError):
+    """An argument of a type kuprobe does not take (a Uprobe given to register_kprobe())."""
+
+
+class OutsideHandlerError(KuprobeError, RuntimeError):
+    """current(), copy_from_user() or a friend called outside a probe handler."""
 
 
 class ProbeError(KuprobeError, OSError):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kuprobe.arch import ARCHES, ARM64, ArchInfo, RegLayout, arch_info
+from kuprobe.errors import KuprobeValueError
 
 STACK_WORDS = 16
 
@@ -40,7 +41,7 @@ class PtRegs:
         n = len(self.layout.fields)
         vals = [0] * n if values is None else [int(v) for v in values]
         if len(vals) != n:
-            raise ValueError(f"{self.info.name} pt_regs has {n} fields, got {len(vals)}")
+            raise KuprobeValueError(f"{self.info.name} pt_regs has {n} fields, got {len(vals)}")
         self._vals = vals
         self._stack = tuple(int(w) for w in stack)
         self._ts = 0
@@ -172,7 +173,7 @@ _CLASSES: dict[str, type[PtRegs]] = {
 
 
 def regs_class(arch: str) -> type[PtRegs]:
-    """The PtRegs subclass for ``arch``; ValueError naming the known arches otherwise."""
+    """The PtRegs subclass for ``arch``; KuprobeValueError naming the known arches otherwise."""
     return _CLASSES[arch_info(arch).name]
 
 

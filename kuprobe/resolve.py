@@ -82,9 +82,9 @@ def open_image(path: str) -> ElfImage:
         raise ProbeError(errno.EINVAL, f"{_short(path)}: not a regular file")
     try:
         return _image(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    except ProbeError:
+        raise  # ElfImage's own refusal (no such file, not an ELF …)
     except OSError as e:
-        if isinstance(e, ProbeError):
-            raise
         raise ProbeError(e.errno or errno.EIO, f"{_short(path)}: {e.strerror}") from None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from kuprobe.errors import OutsideHandlerError
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -27,11 +29,11 @@ def current() -> Task:
     """The task whose trap is being handled (the kernel's ``current``).
 
     Valid inside a handler: in live mode the task the event came from, in the model the
-    Machine's task. Outside a handler it raises ``RuntimeError``.
+    Machine's task. Outside a handler it raises ``OutsideHandlerError`` (a RuntimeError).
     """
     task = _state.task
     if task is None:
-        raise RuntimeError("current() is only defined inside a probe handler")
+        raise OutsideHandlerError("current() is only defined inside a probe handler")
     return task
 
 

@@ -20,7 +20,7 @@ import errno
 import threading
 from typing import Protocol
 
-from kuprobe.errors import ProbeError
+from kuprobe.errors import OutsideHandlerError, ProbeError
 
 
 class MemoryAtHit(Protocol):
@@ -50,7 +50,9 @@ def _memory() -> MemoryAtHit:
         from kuprobe.task import _state
 
         if _state.task is None:
-            raise RuntimeError("copy_from_user() and friends work only inside a probe handler")
+            raise OutsideHandlerError(
+                "copy_from_user() and friends work only inside a probe handler"
+            )
         raise ProbeError(
             errno.EFAULT,
             "this probe captured no memory at the hit",

@@ -142,12 +142,14 @@ class DashboardState:
 
 def format_ns(ns: float) -> str:
     """512ns, 1.5µs, 20ms, 3s: at most two significant figures below 10, none above."""
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3), ("ns", 1.0)):
-        if ns >= scale or unit == "ns":
-            value = ns / scale
-            text = f"{value:.1f}" if value < 10 else f"{value:.0f}"
-            return text.removesuffix(".0") + unit
-    raise AssertionError("unreachable")
+    unit, scale = "ns", 1.0
+    for bigger, factor in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= factor:
+            unit, scale = bigger, factor
+            break
+    value = ns / scale
+    text = f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    return text.removesuffix(".0") + unit
 
 
 def bucket_range(b: int) -> tuple[int, int | None]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from kuprobe.errors import ProbeError
 from kuprobe.insn import disassembler
 from kuprobe.probes import Uprobe
+from kuprobe.targets import TargetError
 
 FILL = bytes(15)  # operand bytes after an opcode: modrm 00 (a register-indirect operand), 0s
 
@@ -180,7 +181,7 @@ def measure(arch: str) -> list[Verdict]:
         try:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{exe} did not start")
+                raise TargetError(f"{exe} did not start")
             out = []
             for i, (code, text) in enumerate(insns):
                 m = Uprobe(str(exe), symbol_name=f"insn_{i}")

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kuprobe.errors import KuprobeTypeError, KuprobeValueError
+
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf_programs"  # package data
 POOL_TEMPLATE = "probe_pool.bpf.c"
 PROGRAM = "kuprobe_probe"  # the program every slot attaches
@@ -32,9 +34,9 @@ class PoolSource:
 
 def _checked_int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        raise KuprobeTypeError(f"{name} must be an int, not {type(value).__name__}")
     if not lo <= value <= hi:
-        raise ValueError(f"{name}={value} is outside {lo}..{hi}")
+        raise KuprobeValueError(f"{name}={value} is outside {lo}..{hi}")
     return value
 
 
@@ -44,7 +46,7 @@ def render_pool(*, nslots: int, ringbuf_pages: int, nregs: int, sp_index: int) -
     nslots = _checked_int("nslots", nslots, 1, MAX_SLOTS)
     ringbuf_pages = _checked_int("ringbuf_pages", ringbuf_pages, 1, 1 << 16)
     if ringbuf_pages & (ringbuf_pages - 1):
-        raise ValueError(f"ringbuf_pages={ringbuf_pages} must be a power of two")
+        raise KuprobeValueError(f"ringbuf_pages={ringbuf_pages} must be a power of two")
     nregs = _checked_int("nregs", nregs, 1, 64)
     sp_index = _checked_int("sp_index", sp_index, 0, nregs - 1)
     bpf_dir = _bpf_dir()

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kuprobe.backend import register_all_or_none
-from kuprobe.errors import ProbeError
+from kuprobe.errors import KuprobeTypeError, ProbeError
 from kuprobe.live import perf
 from kuprobe.live.capture import capture_cfg, captured_for
 from kuprobe.live.core import BackendCore, perf_link
@@ -61,7 +61,7 @@ class KprobeOps(BackendCore):
             raise ProbeError(errno.EINVAL, "the same probe object appears twice in the batch")
         for p in probes:
             if not isinstance(p, kind):
-                raise TypeError(f"expected {kind.__name__}, not {type(p).__name__}")
+                raise KuprobeTypeError(f"expected {kind.__name__}, not {type(p).__name__}")
             self._claim(p)
             if isinstance(p, Kprobe):
                 check_handlers(p, pre_handler=p.pre_handler, post_handler=p.post_handler)
@@ -71,7 +71,7 @@ class KprobeOps(BackendCore):
 
     def _register_kprobe(self, kp: Kprobe) -> None:
         if not isinstance(kp, Kprobe):
-            raise TypeError(f"register_kprobe() takes a Kprobe, not {type(kp).__name__}")
+            raise KuprobeTypeError(f"register_kprobe() takes a Kprobe, not {type(kp).__name__}")
         self._claim(kp)
         sym, off = check_kprobe_target(kp)
         for name in ("post_handler", "fault_handler"):
@@ -135,7 +135,9 @@ class KprobeOps(BackendCore):
 
     def _register_kretprobe(self, rp: Kretprobe) -> None:
         if not isinstance(rp, Kretprobe):
-            raise TypeError(f"register_kretprobe() takes a Kretprobe, not {type(rp).__name__}")
+            raise KuprobeTypeError(
+                f"register_kretprobe() takes a Kretprobe, not {type(rp).__name__}"
+            )
         self._claim(rp)
         sym, off = check_kprobe_target(rp)
         check_kretprobe_fields(rp)

@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kuprobe.errors import KuprobeValueError
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -304,7 +306,7 @@ def _write_events(line: str) -> None:
 def create_kretprobe_event(name: str, target: str, maxactive: int) -> int:
     """Create ``r<maxactive>:kuprobe/<name> <target>``; returns its tracepoint id."""
     if not _EVENT_NAME.match(name):
-        raise ValueError(f"bad event name {name!r}")
+        raise KuprobeValueError(f"bad event name {name!r}")
     _write_events(f"r{maxactive}:{TRACEFS_GROUP}/{name} {target}")
     root = tracefs()
     assert root is not None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import mmap
 from collections.abc import Collection
 
+from kuprobe.errors import KuprobeValueError
+
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
 BPF_RINGBUF_HDR_SZ = 8
@@ -21,7 +23,7 @@ class RingBufReader:
 
     def __init__(self, map_fd: int, size: int) -> None:
         if size <= 0 or size & (size - 1):
-            raise ValueError(f"ring buffer size {size} is not a power of two")
+            raise KuprobeValueError(f"ring buffer size {size} is not a power of two")
         page = mmap.PAGESIZE
         self.size = size
         self._mask = size - 1
@@ -61,7 +63,9 @@ class RingBufReader:
         if headers.count(record_len) != n:
             n = next(i for i, h in enumerate(headers) if h != record_len)
             if n == 0 and not headers[0] & BPF_RINGBUF_BUSY_BIT:
-                raise ValueError(f"ring buffer record of {headers[0]:#x} bytes, not {record_len}")
+                raise KuprobeValueError(
+                    f"ring buffer record of {headers[0]:#x} bytes, not {record_len}"
+                )
         end = cons + n * stride
         self._cons_word[0] = end
         self.consumer_pos = end
@@ -78,7 +82,9 @@ class RingBufReader:
         if first & BPF_RINGBUF_BUSY_BIT:
             return memoryview(b""), 0, 0
         if first not in record_lens:
-            raise ValueError(f"ring buffer record of {first:#x} bytes, not one of {record_lens}")
+            raise KuprobeValueError(
+                f"ring buffer record of {first:#x} bytes, not one of {record_lens}"
+            )
         chunk, n = self.read(first)
         return chunk, n, first
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from kuprobe.errors import ProbeError
+from kuprobe.errors import KuprobeTypeError, ProbeError
 from kuprobe.live import perf
 from kuprobe.live.capture import capture_cfg, captured_for
 from kuprobe.live.core import BackendCore, perf_link
@@ -47,7 +47,7 @@ class UprobeOps(BackendCore):
         from kuprobe.resolve import check_offset, resolve_uprobe
 
         if not isinstance(up, Uprobe):
-            raise TypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")
+            raise KuprobeTypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")
         self.prepare_pool()  # the compile overlaps the resolving below
         # Links of earlier unregisters close first: a uprobe at a place whose old uprobe is
         # still being removed, with another ref_ctr_offset (a USDT site probed plainly, or the

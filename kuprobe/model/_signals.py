@@ -41,6 +41,11 @@ class SignalDelivery:
         """send_sig(): make ``signo`` pending for this task (delivered on return to user)."""
         self._send_signal(signo)
 
+    def force_sig(self, signo: int, why: str = "") -> None:
+        """force_sig(): the kernel's own signal for this task (``why`` ends up in the
+        ProcessSignalled message); a handler, if one is installed, still runs."""
+        self._send_signal(signo, why)
+
     def sigaction(self, signo: int, handler: SignalHandler | None) -> None:
         """Install a (Python) signal handler, or None for the default action."""
         if handler is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from kuprobe.arch import arch_info
 from kuprobe.elf import ElfImage
-from kuprobe.errors import ProbeError
+from kuprobe.errors import KuprobeValueError, ProbeError
 from kuprobe.model._register import ProbeRegistration
 from kuprobe.model._signals import SignalDelivery, SignalHandler
 from kuprobe.model.arch import get_arch
@@ -66,7 +66,7 @@ class Machine(ProbeRegistration, SignalDelivery):
         semantics: str | Semantics = "today", kretprobe_trampoline: str = "direct",
     ) -> None:  # fmt: skip
         if space not in ("user", "kernel"):
-            raise ValueError(f"space must be 'user' or 'kernel', not {space!r}")
+            raise KuprobeValueError(f"space must be 'user' or 'kernel', not {space!r}")
         self.image = image
         self.space = space
         self.hooks = get_arch(image.arch)

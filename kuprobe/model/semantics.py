@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields, replace
 
+from kuprobe.errors import KuprobeValueError
+
 
 @dataclass(frozen=True)
 class Change:
@@ -280,7 +282,7 @@ class Semantics:
 def _version(text: str) -> tuple[int, ...]:
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     if m is None:
-        raise ValueError(f"not a kernel release: {text!r} (e.g. 6.1, or `uname -r`)")
+        raise KuprobeValueError(f"not a kernel release: {text!r} (e.g. 6.1, or `uname -r`)")
     return tuple(int(g or 0) for g in m.groups())
 
 
@@ -311,7 +313,7 @@ def resolve(semantics: str | Semantics) -> Semantics:
         return SEED
     if isinstance(semantics, str) and re.match(r"\d+\.\d+", semantics):
         return for_kernel(semantics)
-    raise ValueError(
+    raise KuprobeValueError(
         f"semantics must be 'today', 'seed', a kernel release or a Semantics, not {semantics!r}"
     )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kuprobe.errors import KuprobeValueError
+
 DEFAULT_ARCH = "x86_64"
 
 
@@ -78,4 +80,4 @@ def guest(arch: str | None) -> Guest:
         return GUESTS[name]
     except KeyError:
         known = ", ".join(GUESTS)
-        raise ValueError(f"no VM guest for arch {arch!r} (known: {known})") from None
+        raise KuprobeValueError(f"no VM guest for arch {arch!r} (known: {known})") from None

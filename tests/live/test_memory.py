@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
-from kuprobe.errors import ProbeError
+from kuprobe.errors import OutsideHandlerError, ProbeError
 from kuprobe.probes import Capture
 from kuprobe.regs import PtRegs, regs_return_value, user_argument
 from kuprobe.uaccess import copy_from_user, strncpy_from_user
@@ -129,7 +129,7 @@ def test_a_read_of_what_was_not_captured_is_an_error(live: Path) -> None:
     assert len(errors) == 8  # 4 calls, two reads each beyond the 16 captured bytes
     assert all(e.startswith(f"{errno.EFAULT} ") and "not captured" in e for e in errors[:6])
     assert len(bare_errors) == 4 and all("captured no memory" in e for e in bare_errors)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OutsideHandlerError):
         copy_from_user(0x1000, 1)  # outside a handler
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from kuprobe import Kprobe, Kretprobe, ProbeError, Uprobe, UprobeConsumer
 from kuprobe.insn import disassembler
-from kuprobe.model import Machine
+from kuprobe.model import Machine, ModelError
 from kuprobe.model.arch.arm64_insn import arm_kprobe_decode_insn, arm_probe_decode_insn
 from kuprobe.regs import PtRegs
 
@@ -93,6 +93,21 @@ def test_kprobe_step_out_of_line(mfuncs: str, semantics: str) -> None:
     assert kinds[i + 1 : i + 4] == ["debug", "ssdone", "post"]
     slot = k.trace[i + 1].addr - 4
     assert k.trace[i].detail == f"slot {slot:#x}"
+
+
+def test_a_step_done_brk_off_the_slot_is_a_kernel_oops(mkernel: Machine) -> None:
+    """kprobe_breakpoint_ss_handler(): a step-done BRK #6 anywhere but after the current
+    kprobe's slot is "not ours" (DBG_HOOK_ERROR), and brk_handler() dies ("Oops - BRK"). Here
+    a pre_handler calls a function whose first instruction is such a BRK."""
+    stray = mkernel.symbol_address("model_load")
+    mkernel.write(stray, brk(0x006))
+    kp = Kprobe(symbol_name="add", pre_handler=lambda p, r: mkernel.call(stray, 0) and 0)
+    mkernel.register_kprobe(kp)
+    try:
+        with pytest.raises(ModelError, match=f"debug trap at {stray:#x} with no kprobe stepping"):
+            mkernel.call("add", 2, 3)
+    finally:
+        mkernel.unregister_kprobe(kp)
 
 
 def test_kprobe_step_masks_daif_today_and_unmasks_debug_with_hardware_step(mfuncs: str) -> None:

@@ -222,3 +222,12 @@ def test_kprobe_trampoline_nests_debug_exceptions(mfuncs: str, arch: str) -> Non
     inner2, rp2 = _kretprobe_calling_a_kprobed_function(today)
     assert today.call("model_kprobe_target", 9) == 3
     assert (rp2.hits, inner2.hits, inner2.nmissed) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("design", ["direct", "kprobe"])
+def test_the_trampoline_with_no_instance_is_a_kernel_oops(funcs: str, design: str) -> None:
+    """__kretprobe_trampoline_handler(): no instance for this frame is BUG_ON(1) ("Return
+    address not found ... Maybe there is a bug in the kernel.")."""
+    m = Machine.load(funcs, space="kernel", kretprobe_trampoline=design)
+    with pytest.raises(ModelError, match="kernel oops: the kretprobe trampoline"):
+        m.call(m.hooks.KRETPROBE_TRAMPOLINE)

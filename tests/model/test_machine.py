@@ -7,7 +7,9 @@ import errno
 import pytest
 
 from kuprobe import Kprobe, ProbeError, current
+from kuprobe.errors import KuprobeValueError, OutsideHandlerError
 from kuprobe.model import Machine, ModelError
+from kuprobe.model.arch import get_arch
 from kuprobe.regs import PtRegs
 
 from .bare import count_insns
@@ -75,7 +77,7 @@ def test_current_inside_a_handler_is_the_machines_task(kernel: Machine) -> None:
     kernel.call("add", 1, 1)
     kernel.unregister_kprobe(kp)
     assert seen == [kernel.task]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OutsideHandlerError, match="only defined inside a probe handler"):
         current()
 
 
@@ -169,3 +171,12 @@ def test_a_pie_runs_at_elf_et_dyn_base(targets: object, arch: str) -> None:
     assert m.call("calls", 5) == static.call("calls", 5) == 101
     m.unregister_uprobe(up)
     assert up.hits == 1  # another file (another inode): the static Machine is not probed
+
+
+def test_bad_arguments_are_kuprobe_value_errors(funcs: str) -> None:
+    with pytest.raises(KuprobeValueError, match="space must be"):
+        Machine.load(funcs, space="hypervisor")
+    with pytest.raises(KuprobeValueError, match="kretprobe_trampoline must be"):
+        Machine.load(funcs, space="kernel", kretprobe_trampoline="none")
+    with pytest.raises(KuprobeValueError, match="the model has no mips arch"):
+        get_arch("mips")

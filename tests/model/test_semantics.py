@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kuprobe import Kprobe, Kretprobe, ProbeError, Uprobe, UprobeConsumer
+from kuprobe.errors import KuprobeValueError
 from kuprobe.insn import disassembler
 from kuprobe.model import Machine
 from kuprobe.model.semantics import ROWS, SEED, TODAY, Semantics, for_kernel, markdown, with_
@@ -85,7 +86,7 @@ def test_a_debian_release_has_the_rules_of_its_upstream_version(flavour: str) ->
 
 
 def test_for_kernel_refuses_what_is_not_a_release() -> None:
-    with pytest.raises(ValueError, match="kernel release"):
+    with pytest.raises(KuprobeValueError, match="kernel release"):
         for_kernel("linux")
 
 
@@ -97,7 +98,7 @@ def test_machines_take_strings_releases_and_records(funcs: str, arch: str) -> No
     assert m.semantics == for_kernel("6.1.0").for_arch(arch)
     rec = with_(TODAY, utask_bp_hit="yes")
     assert Machine(Machine.load(funcs).image, semantics=rec).semantics.utask_bp_hit == "yes"
-    with pytest.raises(ValueError, match="semantics must be"):
+    with pytest.raises(KuprobeValueError, match="semantics must be"):
         Machine.load(funcs, semantics="yesterday")
 
 

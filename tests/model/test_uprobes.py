@@ -12,7 +12,7 @@ import pytest
 
 from kuprobe import ProbeError, Uprobe, UprobeConsumer, regs_return_value
 from kuprobe.insn import boundaries
-from kuprobe.model import Machine, ProcessSignalled
+from kuprobe.model import Machine, ModelError, ProcessSignalled
 from kuprobe.model.core.uprobes import MAX_URETPROBE_DEPTH, REGISTRY
 from kuprobe.probes import UPROBE_HANDLER_REMOVE
 from kuprobe.regs import PtRegs, instruction_pointer
@@ -234,6 +234,26 @@ def test_utask_states(funcs: str, semantics: str, bp_hit: list[str]) -> None:
     assert user.present(xol.vaddr)
 
 
+def test_no_free_xol_slot_is_a_model_error(user: Machine, funcs: str) -> None:
+    """xol_take_insn_slot() sleeps until another task frees a slot. With every slot held
+    (taken by hand here), the task could only wait forever: a ModelError, not a hang."""
+    assert user.uprobes is not None
+    expected = user.call("loop_sum", 4)
+    xol = user.uprobes.get_xol_area()
+    held = []
+    while xol.free:
+        held.append(xol.get_slot())
+    up = stepped_uprobe(user, funcs, "loop_sum", lambda uc, r: 0)
+    try:
+        with pytest.raises(ModelError, match="no free slot"):
+            user.call("loop_sum", 4)
+        for vaddr in held:
+            xol.free_slot(vaddr)
+        assert user.call("loop_sum", 4) == expected
+    finally:
+        user.unregister_uprobe(up)
+
+
 @pytest.mark.parametrize("arch", X86_ARCHES)
 def test_nop_pattern_is_skipped_not_stepped(user: Machine, funcs: str) -> None:
     """arch_uprobe_skip_sstep(): 0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0} is
@@ -439,3 +459,16 @@ def test_frames_abandoned_by_longjmp_are_dropped(muser: Machine, mfuncs: str) ->
     assert muser.uprobes is not None and muser.uprobes.utask.depth == 0
     dropped = [e for e in muser.trace if e.kind == "uretprobe" and "dropped" in e.detail]
     assert len(dropped) == 4
+
+
+def test_the_trampoline_with_no_return_instance_is_sigill(user: Machine) -> None:
+    """kernel/events/uprobes.c handle_trampoline(): a task reaching the uretprobe trampoline
+    with no return instance gets SIGILL ("handle uretprobe, sending SIGILL.")."""
+    assert user.uprobes is not None
+    trampoline = user.uprobes.get_xol_area().vaddr
+    with pytest.raises(ProcessSignalled, match="no return instance") as e:
+        user.call(trampoline)
+    assert e.value.signo == signal.SIGILL
+    warned = [x for x in user.trace if x.kind == "uretprobe" and "SIGILL" in x.detail]
+    assert [x.addr for x in warned] == [trampoline]
+    assert user.call("add", 3, 4) == 7  # a new process image: it runs again

@@ -18,9 +18,12 @@ from kuprobe import (
     PtRegs,
     Uprobe,
     UprobeConsumer,
+    register_kprobe,
+    register_uprobe,
     regs_return_value,
 )
-from kuprobe.backend import Backend
+from kuprobe.backend import Backend, register_probe
+from kuprobe.errors import KuprobeTypeError
 from kuprobe.live.backend import LiveBackend
 from kuprobe.model import Machine
 
@@ -154,3 +157,13 @@ def test_uprobe_verbs_on_the_model(funcs: str) -> None:
     m.call("add", 1, 2)
     m.call("fib", 1)
     assert hits == ["add", "fib"]
+
+
+def test_a_verb_given_another_kind_of_probe_is_a_type_error(funcs: str) -> None:
+    """KuprobeTypeError: a KuprobeError, and a TypeError as Python's convention wants."""
+    with pytest.raises(KuprobeTypeError, match="takes a Uprobe, not Kprobe"):
+        register_uprobe(Kprobe(symbol_name="x"))  # type: ignore[arg-type]
+    with pytest.raises(KuprobeTypeError, match="expected Kprobe, not Kretprobe"):
+        register_kprobe(Kretprobe(symbol_name="x"))  # type: ignore[arg-type]
+    with pytest.raises(KuprobeTypeError, match="not a probe: object"):
+        register_probe(Machine.load(funcs), object())  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kuprobe import ProbeError, Uprobe, register_uprobe
+from kuprobe.errors import KuprobeTypeError, KuprobeValueError
 from kuprobe.live.codegen import BPF_DIR, render_pool
 from kuprobe.resolve import check_symbol_name
 
@@ -33,7 +34,7 @@ def test_integers_in_flags_are_the_only_parameters() -> None:
     ],
 )
 def test_parameters_must_be_ints(kwargs: dict[str, object]) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(KuprobeTypeError):
         render_pool(**kwargs)  # type: ignore[arg-type]
 
 
@@ -48,7 +49,7 @@ def test_parameters_must_be_ints(kwargs: dict[str, object]) -> None:
     ],
 )
 def test_parameters_are_range_checked(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(KuprobeValueError):
         render_pool(**kwargs)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kuprobe.arch import ARCHES
+from kuprobe.errors import KuprobeValueError
 from kuprobe.regs import (
     PtRegs,
     instruction_pointer,
@@ -145,7 +146,7 @@ def test_fields_are_masked_to_the_word() -> None:
 
 
 def test_wrong_field_count_and_unknown_arch() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(KuprobeValueError):
         PtRegs.of("x86_64", [0] * 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(KuprobeValueError, match="unknown arch 'mips'"):
         PtRegs.of("mips")

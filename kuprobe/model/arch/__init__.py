@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kuprobe.errors import KuprobeValueError
 from kuprobe.model.arch.arm64 import Arm64
 from kuprobe.model.arch.base import Arch
 from kuprobe.model.arch.i386 import I386
@@ -19,6 +20,6 @@ def get_arch(name: str) -> Arch:
     try:
         return ARCHES[name]()
     except KeyError:
-        raise NotImplementedError(
+        raise KuprobeValueError(
             f"the model has no {name} arch yet (it has {', '.join(ARCHES)})"
         ) from None

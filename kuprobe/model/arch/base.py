@@ -248,6 +248,12 @@ class Arch:
     ) -> None:
         raise NotImplementedError
 
+    def kprobe_ss_hit(self, regs: PtRegs, slot: int) -> bool:
+        """Whether a step-done trap is the current kprobe's, whose copy is at ``slot`` (arm64:
+        kprobe_ss_hit(), only at slot + 4). x86's int3 after the slot is matched on the
+        breakpoint path, and its trap-flag step is always the current kprobe's."""
+        return True
+
     def nested_step_possible(self) -> bool:
         """Whether a kprobe hit inside a kprobe's debug exception can be stepped (x86: int3
         and the trap flag nest; arm64's hardware step does not, see arch/arm64)."""

@@ -426,6 +426,8 @@ class KprobeTable:
         cur = kcb.current
         if cur is None or cur is self.busy:
             return False
+        if not self.m.hooks.kprobe_ss_hit(regs, cur.slot):
+            return False  # "not ours, kprobes should ignore it": no handler, a kernel oops
         if self.m.semantics.kprobe_post_handler == "before_resume":
             # the i386 fault-handling patch's post_kprobe_handler(): HIT_SSDONE and the
             # post_handler with the registers the step left, then resume_execution()

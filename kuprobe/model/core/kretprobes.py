@@ -21,8 +21,8 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from kuprobe.errors import ProbeError
-from kuprobe.model.core.common import MachineLike, call_handler
+from kuprobe.errors import KuprobeValueError, ProbeError
+from kuprobe.model.core.common import MachineLike, ModelError, call_handler
 from kuprobe.model.core.kprobes import KprobeTable
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, check_kretprobe_fields
 from kuprobe.regs import PtRegs
@@ -99,7 +99,7 @@ class KretprobeCore:
 
     def __init__(self, m: MachineLike, table: KprobeTable, design: str = "direct") -> None:
         if design not in TRAMPOLINE_DESIGNS:
-            raise ValueError(
+            raise KuprobeValueError(
                 f"kretprobe_trampoline must be one of {', '.join(TRAMPOLINE_DESIGNS)}, "
                 f"not {design!r}"
             )
@@ -156,7 +156,12 @@ class KretprobeCore:
         frame = m.hooks.kretprobe_frame(regs)
         mine = [f for f in reversed(self.inflight) if f.fp == frame]
         if not mine:
-            raise RuntimeError(f"kretprobe trampoline reached with no instance for {frame:#x}")
+            # __kretprobe_trampoline_handler(): "kretprobe: Return address not found, not
+            # execute handler. Maybe there is a bug in the kernel." and BUG_ON(1) (the seed's
+            # trampoline_handler(): kretprobe_assert() is a BUG() too)
+            raise ModelError(
+                f"kernel oops: the kretprobe trampoline reached with no instance for {frame:#x}"
+            )
         # the oldest instance of this frame holds the real return address
         correct = next((f.ri.ret_addr for f in mine if f.ri.ret_addr != trampoline), trampoline)
         if m.semantics.kretprobe_handler_ip == "return_address":

@@ -12,6 +12,7 @@ handle_trampoline, MAX_URETPROBE_DEPTH, arch_uretprobe_is_alive).
 from __future__ import annotations
 
 import errno
+import signal
 import weakref
 from dataclasses import dataclass, field
 from itertools import compress
@@ -27,7 +28,7 @@ from kuprobe.model.arch.base import (
     ArchSpecificInsn,
     ArchUprobeTask,
 )
-from kuprobe.model.core.common import MachineLike, call_handler
+from kuprobe.model.core.common import MachineLike, ModelError, call_handler
 from kuprobe.probes import UPROBE_HANDLER_REMOVE, Uprobe
 from kuprobe.regs import PtRegs
 from kuprobe.resolve import resolve_uprobe
@@ -121,7 +122,12 @@ class XolArea:
 
     def get_slot(self) -> int:
         if not self.free:
-            raise RuntimeError("XOL area exhausted")
+            # xol_take_insn_slot(): wait_event(area->wq, ...) until another task frees one;
+            # the model's tasks are this Machine's nested calls, none of which can go on
+            raise ModelError(
+                "the XOL area has no free slot: xol_take_insn_slot() would wait for a task "
+                "to free one, and no task here can"
+            )
         return self.vaddr + self.free.pop() * self.slot_size
 
     def free_slot(self, vaddr: int) -> None:
@@ -454,7 +460,12 @@ class UprobeMm:
         m = self.m
         utask = self.utask
         if not utask.return_instances:
-            raise RuntimeError("uretprobe trampoline hit with no return instance (SIGILL)")
+            # handle_trampoline(): "goto sigill": uprobe_warn(current, "handle uretprobe,
+            # sending SIGILL."); force_sig(SIGILL)
+            trampoline = self.get_xol_area().vaddr
+            m.record("uretprobe", trampoline, detail="no return instance: SIGILL")
+            m.force_sig(signal.SIGILL, "(a uretprobe trampoline hit with no return instance)")
+            return
         ris = utask.return_instances
         while True:
             # find_next_ret_chain(): this chain is the newest instance and those chained to it
@@ -475,8 +486,8 @@ class UprobeMm:
                     m.record("uretprobe", ri.func, detail="dropped: its frame is gone (longjmp)")
             if valid:
                 return
-            if not ris:
-                raise RuntimeError("uretprobe trampoline hit with no live return instance")
+            # not valid means n > 0: an older chain is left for the next round, as the
+            # kernel's valid = !next || arch_uretprobe_is_alive(next, RP_CHECK_RET, regs)
 
     def handle_uretprobe_chain(self, ri: ReturnInstance, regs: PtRegs) -> None:
         m = self.m
