@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kuprobe.errors import KuprobeTypeError, ProbeError
@@ -209,12 +210,41 @@ class UprobeOps(BackendCore):
         ret_handler, filt = captured_for(up, uc.ret_handler, pool.stack), uc.filter
         report = self._reporter(up)
 
+        funcs: dict[int, int] = {}  # tgid -> the function's address there (kernels < 6.6)
+
         def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
             try:
                 if filt is not None and not filt(uc, task):
                     return
+                if not func_ip:
+                    func_ip = funcs.get(task.tgid) or funcs.setdefault(
+                        task.tgid, func_vaddr(task.tgid, up.inode, up.file_offset)
+                    )
                 ret_handler(uc, func_ip, make_regs(chunk, off, ts))
             except BaseException as e:  # SystemExit too: the dispatcher never dies
                 report(e)
 
         return on_ret
+
+
+def func_vaddr(tgid: int, inode: tuple[int, int] | None, file_offset: int | None) -> int:
+    """Where (inode, file_offset) is mapped in process ``tgid``: a uretprobe's ``func``, the
+    probed function's address (kernel/events/uprobes.c: ``ri->func``, the bp_vaddr of its
+    entry). A BPF program reads it with bpf_get_func_ip() only since Linux 6.6 ("bpf: Add
+    bpf_get_func_ip support for uprobe link"): before, it gets 0, and this reads the
+    process's mappings instead (0 if the process has gone)."""
+    if inode is None or file_offset is None:
+        return 0
+    try:
+        lines = Path(f"/proc/{tgid}/maps").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5 or int(parts[4]) != inode[1] or "x" not in parts[1]:
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        pgoff = int(parts[2], 16)
+        if pgoff <= file_offset < pgoff + (end - start):
+            return start + file_offset - pgoff
+    return 0
