@@ -169,7 +169,8 @@ def _host_run(p: Planned) -> Run | None:
     except (TargetError, ModelError, ScenarioError) as e:
         print(f"kuprobe crosscheck: error: {p.scenario} on {p.arch}: {e}", file=sys.stderr)
         return None
-    return Run(p, kernel=os.uname().release, semantics="today", result=result)
+    release = os.uname().release  # the model ran with this kernel's rules
+    return Run(p, kernel=release, semantics=release, result=result)
 
 
 def _vm_runs(planned: list[Planned], arch: str) -> Iterator[Run]:

@@ -79,9 +79,10 @@ class Result:
 
 
 def observe_spec(spec: ScenarioSpec, arch: str) -> tuple[Observation, Observation]:
-    """``spec`` on the model, then on the live kernel, on ARCH's build of its program."""
+    """``spec`` on the model, with the rules of this kernel's release, then on this live
+    kernel, on ARCH's build of its program."""
     exe = target_path(arch, spec.program)
-    return run_model(exe, spec), run_live(exe, spec)
+    return run_model(exe, spec, semantics=os.uname().release), run_live(exe, spec)
 
 
 def from_spec(spec: ScenarioSpec) -> Scenario:
