@@ -101,7 +101,7 @@ vagrant() {
 from kuprobe.vm._kernel import extract_vmlinux
 extract_vmlinux(Path(sys.argv[1]), Path(sys.argv[2]))' "/boot/vmlinuz-$kver" "/boot/vmlinux-$kver"
     fi
-    say "done: cd /kuprobe && sudo PYTHONPATH=/kuprobe python3 -m pytest -m vm tests/vm"
+    say "done: the commands in vagrant/README.md run the VM tests (the model's predictions first)"
 }
 
 say() { printf '[provision] %s\n' "$*" >&2; }
