@@ -40,6 +40,10 @@ def checks() -> list[Check]:
     bpf_ok = root and perf.bpf_map_works(perf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
     rb = bpf_ok and perf.bpf_map_works(perf.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
     tfs = perf.tracefs()
+    # tracefs is mode 700: a user other than root sees a mount it may not look into
+    hidden = tfs is None and any(
+        d.is_dir() and not os.access(d, os.X_OK) for d in perf.TRACEFS_CANDIDATES
+    )
     bcc_ok, ver = _bcc_importable()
     tree, how = kernel_build_tree()
     view = view_here()  # kuprobe/live/_bcc.py: how each compile sees the file system
@@ -51,14 +55,16 @@ def checks() -> list[Check]:
                "use the model (kuprobe.model.Machine) elsewhere"),
         _check("BPF", bpf_ok, "bpf(2) creates maps", "bpf(2) refused",
                "run as root on a kernel with CONFIG_BPF_SYSCALL"),
-        _check("BPF ring buffer", rb, "available", "missing",
+        _check("BPF ring buffer", rb, "available", "missing" if bpf_ok else "not checked: no BPF",
                "kernel 5.8 or newer (kuprobe delivers events through it)"),
         _check("uprobes", perf.pmu_type("uprobe") is not None, "uprobe PMU present",
                "no uprobe PMU", "a kernel with CONFIG_UPROBE_EVENTS"),
         _check("kprobes", perf.pmu_type("kprobe") is not None, "kprobe PMU present",
                "no kprobe PMU (CONFIG_KPROBES off)",
                "use the VM: `kuprobe vm run -- python3 script.py` (a kernel with kprobes)"),
-        _check("tracefs", tfs is not None, str(tfs), "not mounted",
+        _check("tracefs", tfs is not None, str(tfs),
+               "root only (mode 700)" if hidden else "not mounted",
+               "run with sudo" if hidden else
                "mount -t tracefs nodev /sys/kernel/tracing (./run setup does)"),
         _check("BCC importable", bcc_ok, f"bcc {ver}", ver,
                "apt-get install python3-bpfcc; use .venv (made from /usr/bin/python3 "

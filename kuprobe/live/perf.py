@@ -284,9 +284,14 @@ def uprobe_multi_works(prog_fd: int) -> bool:
 
 
 def tracefs() -> Path | None:
+    """The tracefs mount with the probe event files; None where none is mounted or this user
+    may not look into it (mode 700: root only)."""
     for p in TRACEFS_CANDIDATES:
-        if (p / "kprobe_events").exists() or (p / "uprobe_events").exists():
-            return p
+        try:
+            if (p / "kprobe_events").exists() or (p / "uprobe_events").exists():
+                return p
+        except PermissionError:
+            continue
     return None
 
 
