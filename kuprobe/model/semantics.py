@@ -55,13 +55,14 @@ ROWS: tuple[Row, ...] = (
         'the patch "uprobes/core: handle breakpoint and signal step exception"',
         (
             Change(
-                "3.15",
+                "3.16",
                 "emulate_branches",
                 "`0x66* 0x90` is emulated as a jmp with offset 0; jmp rel8/rel32, call rel32 "
                 "and jcc are emulated; other nops (`0f 1f`, `87 c0`) are stepped",
                 'arch/x86/kernel/uprobes.c branch_setup_xol_ops() ("uprobes/x86: Emulate '
-                'nop\'s using ops->emulate()", "uprobes/x86: Emulate unconditional '
-                "relative jmp's\")",
+                "unconditional relative jmp's\", then \"uprobes/x86: Emulate nop's using "
+                "ops->emulate()\", the relative call's and jcc's: one series, merged for "
+                "v3.16)",
             ),
             Change(
                 "4.15",

@@ -35,8 +35,8 @@ seed           nop_pattern       at_hit         yes          yes                
 2.6.12         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       before_resume       hardware_step     unknown
 2.6.25         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 3.7.10         nop_pattern       at_hit         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
-3.14.79        nop_pattern       per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
-3.15           emulate_branches  per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.15.10        nop_pattern       per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.16           emulate_branches  per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 4.15.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.9.16         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.10.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        brk_after_slot    unknown
@@ -248,7 +248,7 @@ def test_kretprobe_handlers_see_the_return_address_since_5_15(funcs: str, semant
 
 # tests/targets/funcs.c nop_entry() as gcc emits it for x86_64: 66 90 | 90 | 0f 1f 00 | lea | ret
 NOP_ENTRY = (b"\x66\x90", b"\x90", b"\x0f\x1f\x00", b"\x48\x8d\x47\x01", b"\xc3")
-# offset -> which kernels skip the step there (seed, 3.15, 4.15, 6.1, today)
+# offset -> which kernels skip the step there (seed, 3.16, 4.15, 6.1, today)
 SKIPPED = {
     0: (True, True, True, True, True),  # 66 90: the pattern; prefix* 0x90 emulated
     2: (True, True, True, True, True),
@@ -256,7 +256,7 @@ SKIPPED = {
     6: (False,) * 5,  # lea: stepped
     10: (False,) * 5,  # ret: stepped (uprobes emulate no ret)
 }
-KERNELS = ("seed", "3.15.0", "4.15.0", "6.1.0", "today")
+KERNELS = ("seed", "3.16.0", "4.15.0", "6.1.0", "today")
 
 
 @pytest.mark.parametrize("offset", sorted(SKIPPED))
@@ -278,13 +278,13 @@ def test_uprobe_nops_skipped_or_stepped_per_kernel(targets: Path, offset: int) -
 
 
 @pytest.mark.parametrize("arch", X86_ARCHES)
-@pytest.mark.parametrize(("mnemonic", "since"), [("push", "4.15.0"), ("call", "3.15.0")])
+@pytest.mark.parametrize(("mnemonic", "since"), [("push", "4.15.0"), ("call", "3.16.0")])
 def test_uprobe_push_and_call_emulated_since(
     targets: Path, arch: str, mnemonic: str, since: str
 ) -> None:
-    """push_emulate_op() (v4.15), branch_emulate_op() (v3.15): no step, same result."""
+    """push_emulate_op() (v4.15), branch_emulate_op() (v3.16): no step, same result."""
     path = str(targets / arch / "target-static")
-    for semantics, skipped in (("seed", False), ("3.14.0", False), (since, True),
+    for semantics, skipped in (("seed", False), ("3.15.0", False), (since, True),
                                ("today", True)):  # fmt: skip
         u = Machine.load(path, semantics=semantics)
         addr = _first(u, "calls", mnemonic)
