@@ -159,12 +159,12 @@ ROWS: tuple[Row, ...] = (
         "arch/x86/kernel/kprobes/core.c trampoline_handler(): regs->ip = trampoline",
         (
             Change(
-                "5.15",
+                "5.16",
                 "return_address",
                 "the real return address (instruction_pointer_set() before the handlers)",
-                'kernel/kprobes.c __kretprobe_trampoline_handler() ("kprobes: Setup '
-                'instruction pointer in __kretprobe_trampoline_handler", with "x86/kprobes: '
-                'Fixup return address in generic trampoline handler")',
+                'kernel/kprobes.c __kretprobe_trampoline_handler() ("kprobes: Enable '
+                'stacktrace from pt_regs in kretprobe handler", with "x86/kprobes: Fixup '
+                'return address in generic trampoline handler")',
             ),
         ),
     ),

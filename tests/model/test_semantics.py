@@ -41,7 +41,8 @@ seed           nop_pattern       at_hit         yes          yes                
 5.9.16         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.10.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        brk_after_slot    unknown
 5.14.21        emulate_push      per_mm         no           no                   trampoline           trap_flag       after_resume        brk_after_slot    unknown
-5.15.0         emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
+5.15.0         emulate_push      per_mm         no           no                   trampoline           int3_after_slot after_resume        brk_after_slot    unknown
+5.16           emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.1.0          emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.12.0         emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.16.3         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
@@ -228,11 +229,11 @@ def test_a_fault_in_a_handler_today_is_fixed_up_and_the_handler_goes_on(
     assert ("HIT_FAULT" in [e.status for e in k.trace]) == (not finished)
 
 
-# --- kretprobe_handler_ip: the trampoline, then the real return address (v5.15) ------------
+# --- kretprobe_handler_ip: the trampoline, then the real return address (v5.16) ------------
 
 
-@pytest.mark.parametrize("semantics", ["seed", "5.14.0", "6.1.0", "today"])
-def test_kretprobe_handlers_see_the_return_address_since_5_15(funcs: str, semantics: str) -> None:
+@pytest.mark.parametrize("semantics", ["seed", "5.15.0", "5.16.0", "6.1.0", "today"])
+def test_kretprobe_handlers_see_the_return_address_since_5_16(funcs: str, semantics: str) -> None:
     k = Machine.load(funcs, space="kernel", semantics=semantics)
     ips: list[int] = []
     rp = Kretprobe(symbol_name="add", handler=lambda ri, r: ips.append(instruction_pointer(r)) or 0)
@@ -240,7 +241,7 @@ def test_kretprobe_handlers_see_the_return_address_since_5_15(funcs: str, semant
     assert k.call("add", 1, 2) == 3
     k.unregister_kretprobe(rp)
     h = k.hooks
-    want = h.CALL_RETURN if semantics in ("6.1.0", "today") else h.KRETPROBE_TRAMPOLINE
+    want = h.CALL_RETURN if semantics in ("5.16.0", "6.1.0", "today") else h.KRETPROBE_TRAMPOLINE
     assert ips == [want]
 
 
