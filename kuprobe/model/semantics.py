@@ -178,7 +178,7 @@ ROWS: tuple[Row, ...] = (
         'the patch "Kprobes- robust fault handling for i386" (prepare_singlestep())',
         (
             Change(
-                "5.15",
+                "5.13",
                 "int3_after_slot",
                 "the slot is the instruction and an int3; that int3 ends the step "
                 "(resume_singlestep()); IF modifiers, ret, call, jmp, jcc, loop and "
@@ -186,7 +186,8 @@ ROWS: tuple[Row, ...] = (
                 "branches, iret, VMX and indirect branches through memory are refused "
                 "(EOPNOTSUPP)",
                 "arch/x86/kernel/kprobes/core.c prepare_emulation(), prepare_singlestep() "
-                '("x86/kprobes: Use int3 instead of debug trap for single-step")',
+                '("x86/kprobes: Use int3 instead of debug trap for single-step", with "x86/'
+                'kprobes: Fix to identify indirect jmp and others using range case")',
             ),
         ),
     ),

@@ -1,6 +1,6 @@
 """Which x86 instructions a kprobe may take: the model's verdict, as data (issue 12, item 5's
 kprobe half). arch/x86/kernel/kprobes/core.c (v6.1): __copy_instruction() refuses (-EINVAL)
-an int3, a forced-emulation prefix and an instruction that masks exceptions; since v5.15
+an int3, a forced-emulation prefix and an instruction that masks exceptions; since v5.13
 prepare_emulation() refuses (-EOPNOTSUPP) what it cannot emulate: far branches, iret, VMX,
 far and memory-indirect call/jmp, indirect ones with an address-size prefix. The guest
 side (a test module that places these bytes in the kernel) is another helper's.
@@ -17,7 +17,7 @@ from kuprobe.model.arch.x86_kprobe import emulate_cc, kprobe_refuses
 from kuprobe.model.semantics import for_kernel
 
 EINVAL, EOPNOTSUPP = errno.EINVAL, errno.EOPNOTSUPP
-# (hex bytes, 64-bit?, errno today, errno before v5.15 (the trap flag's kernels))
+# (hex bytes, 64-bit?, errno today, errno before v5.13 (the trap flag's kernels))
 CASES = [
     ("cc", True, EINVAL, EINVAL),  # int3: another subsystem's, or padding
     ("0f0b78656e", True, EINVAL, EINVAL),  # ud2; .ascii "xen": insn_has_emulate_prefix()

@@ -40,7 +40,9 @@ seed           nop_pattern       at_hit         yes          yes                
 4.15.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.9.16         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.10.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        brk_after_slot    unknown
-5.14.21        emulate_push      per_mm         no           no                   trampoline           trap_flag       after_resume        brk_after_slot    unknown
+5.12.19        emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        brk_after_slot    unknown
+5.13           emulate_push      per_mm         no           yes                  trampoline           int3_after_slot after_resume        brk_after_slot    unknown
+5.14.21        emulate_push      per_mm         no           no                   trampoline           int3_after_slot after_resume        brk_after_slot    unknown
 5.15.0         emulate_push      per_mm         no           no                   trampoline           int3_after_slot after_resume        brk_after_slot    unknown
 5.16           emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.1.0          emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
