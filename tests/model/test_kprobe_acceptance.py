@@ -120,10 +120,13 @@ def test_vex_instructions_are_refused_by_their_opcode_byte(code: str, errno_: in
 
 
 def test_the_sha512_vex_forms_by_kernel() -> None:
-    """f2 0f 38 cc: a legacy instruction to 6.1's decoder, VEX-only (so refused) to 6.18's."""
+    """f2 0f 38 cc: a legacy instruction to 6.1's decoder, VEX-only (so refused) since 6.10's
+    ("x86/insn: Add misc new Intel instructions")."""
     code = bytes.fromhex("f20f38cc00")
     assert kprobe_refuses(code, True, sha512_vex=False) is None
     refusal = kprobe_refuses(code, True, sha512_vex=True)
     assert refusal is not None and refusal.errno == errno.EINVAL
     assert for_kernel("6.1").x86_sha512_vex == "unknown"
+    assert for_kernel("6.9.12").x86_sha512_vex == "unknown"
+    assert for_kernel("6.10.0").x86_sha512_vex == "vex_only"
     assert for_kernel("6.18.44").x86_sha512_vex == "vex_only"

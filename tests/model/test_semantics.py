@@ -46,8 +46,10 @@ seed           nop_pattern       at_hit         yes          yes                
 5.15.0         emulate_push      per_mm         no           no                   trampoline           int3_after_slot after_resume        brk_after_slot    unknown
 5.16           emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.1.0          emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
-6.12.0         emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
-6.16.3         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
+6.9.12         emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
+6.10           emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.12.0         emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.16.3         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 6.18.0         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 today          emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 """  # noqa: E501
