@@ -28,15 +28,21 @@ PAGE = 0x7000000
 # --- the table -----------------------------------------------------------------------------
 
 # Each row's behaviour per release, written out from the kernel history docs/semantics.md
-# cites (the first release of each change). Columns: the Semantics fields, in order.
+# cites: a line for the first release of each change and one for the release before it.
+# Columns: the Semantics fields, in order.
 RULES = """
 release        uprobe_skip_sstep uprobe_filter  utask_bp_hit kprobe_fault_handler kretprobe_handler_ip x86_kprobe_step kprobe_post_handler arm64_kprobe_step x86_sha512_vex
 seed           nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       before_resume       hardware_step     unknown
 2.6.12         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       before_resume       hardware_step     unknown
+2.6.24.7       nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       before_resume       hardware_step     unknown
 2.6.25         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.6.11         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 3.7.10         nop_pattern       at_hit         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.8.13         nop_pattern       at_hit         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.9            nop_pattern       per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 3.15.10        nop_pattern       per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 3.16           emulate_branches  per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+4.14.336       emulate_branches  per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 4.15.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.9.16         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.10.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        brk_after_slot    unknown
@@ -48,7 +54,9 @@ seed           nop_pattern       at_hit         yes          yes                
 6.1.0          emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.9.12         emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.10           emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.11.11        emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 6.12.0         emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.15.11        emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 6.16.3         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 6.18.0         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 today          emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
@@ -65,6 +73,11 @@ def _rules(s: Semantics) -> dict[str, str]:
     return {f: getattr(s, f) for f in FIELDS}
 
 
+def _release(text: str) -> tuple[int, ...]:
+    """ "5.13" -> (5, 13); "2.6.24.7" -> (2, 6, 24, 7)."""
+    return tuple(int(part) for part in text.split("."))
+
+
 def test_seed_and_today_are_the_first_and_newest_rules() -> None:
     assert [f.name for f in fields(Semantics) if f.name != "name"] == list(FIELDS)
     assert [r.field for r in ROWS] == list(FIELDS)
@@ -72,6 +85,17 @@ def test_seed_and_today_are_the_first_and_newest_rules() -> None:
     assert (_rules(TODAY), TODAY.name) == (RELEASES["today"], "today")
     for r in ROWS:
         assert r.changes and all(c.source and c.behaviour for c in r.changes), r.field
+
+
+def test_the_table_has_each_change_and_the_release_before_it() -> None:
+    """A change between two lines of the table would pass unseen (issue 19)."""
+    lines = [_release(name) for name in RELEASES if name not in ("seed", "today")]
+    for r in ROWS:
+        for c in r.changes:
+            first = _release(c.version)
+            before = (*first[:-1], first[-1] - 1)
+            for release in (first, before):
+                assert any(line[: len(release)] == release for line in lines), (r.field, release)
 
 
 @pytest.mark.parametrize("release", sorted(set(RELEASES) - {"seed", "today"}))
