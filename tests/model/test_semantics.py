@@ -7,6 +7,7 @@ arm64_kprobe_step (test_arm64.py), kprobe_fault_handler's seed side (test_kprobe
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -85,6 +86,26 @@ def test_seed_and_today_are_the_first_and_newest_rules() -> None:
     assert (_rules(TODAY), TODAY.name) == (RELEASES["today"], "today")
     for r in ROWS:
         assert r.changes and all(c.source and c.behaviour for c in r.changes), r.field
+
+
+# The changes whose commit history does not pin (field, release): each says why in its source
+UNPINNED = {("kprobe_post_handler", "2.6.25")}
+
+
+def test_every_change_names_its_commit_and_release() -> None:
+    """Each change: the 12-hex id of its torvalds/linux commit and a release, X.Y (2.6.Z
+    before 3.0), later than the row's change before it."""
+    for r in ROWS:
+        last: tuple[int, ...] = ()
+        for c in r.changes:
+            assert re.fullmatch(r"2\.6\.\d+|[3-9]\.\d+|[1-9]\d+\.\d+", c.version), (r.field, c)
+            assert _release(c.version) > last, (r.field, c.version)
+            last = _release(c.version)
+            if (r.field, c.version) in UNPINNED:
+                assert c.commit == "" and "not pinned" in c.source, (r.field, c.version)
+            else:
+                assert re.fullmatch(r"[0-9a-f]{12}", c.commit), (r.field, c.version, c.commit)
+                assert c.commit in DOC.read_text(), (r.field, c.commit)
 
 
 def test_the_table_has_each_change_and_the_release_before_it() -> None:
