@@ -4,9 +4,10 @@ The model grew from old patches (cited by subject: "Kprobes- robust fault handli
 i386", "uprobes/core: handle breakpoint and signal step exception", "arm64: Kprobes with
 single stepping support"); the kernels we run (the guests' 6.1, this host's 6.18) do some
 things differently. Each difference is a :class:`Row`: what it is, the seed's behaviour, and
-each change since with the kernel version and the commit subject or kernel function it comes
-from. A :class:`Semantics` record has one field per row; ``SEED`` has the seed's values,
-``TODAY`` the newest, ``for_kernel("6.1")`` (or ``uname -r``) those of that release.
+each change since: the first release that has it, the commit that made it (its id and
+subject) and the kernel function. A :class:`Semantics` record has one field per row; ``SEED``
+has the seed's values, ``TODAY`` the newest, ``for_kernel("6.1")`` (or ``uname -r``) those of
+that release.
 ``docs/semantics.md`` is generated from ``ROWS`` (``python -m kuprobe.model.semantics``).
 """
 
@@ -20,12 +21,18 @@ from kuprobe.errors import KuprobeValueError
 
 @dataclass(frozen=True)
 class Change:
-    """The behaviour from kernel ``version`` on: ``value`` (the field's), said in words."""
+    """The behaviour from kernel ``version`` on: ``value`` (the field's), said in words.
+
+    ``commit``: the torvalds/linux commit that made the change, its 12-hex id (``source``
+    names it by subject), ``version`` the first release tag that holds it; "" where history
+    does not pin one (``source`` says why).
+    """
 
     version: str
     value: str
     behaviour: str
     source: str
+    commit: str
 
 
 @dataclass(frozen=True)
@@ -55,13 +62,15 @@ ROWS: tuple[Row, ...] = (
         'the patch "uprobes/core: handle breakpoint and signal step exception"',
         (
             Change(
-                "3.15",
+                "3.16",
                 "emulate_branches",
                 "`0x66* 0x90` is emulated as a jmp with offset 0; jmp rel8/rel32, call rel32 "
                 "and jcc are emulated; other nops (`0f 1f`, `87 c0`) are stepped",
                 'arch/x86/kernel/uprobes.c branch_setup_xol_ops() ("uprobes/x86: Emulate '
-                'nop\'s using ops->emulate()", "uprobes/x86: Emulate unconditional '
-                "relative jmp's\")",
+                "unconditional relative jmp's\", then \"uprobes/x86: Emulate nop's using "
+                "ops->emulate()\", the relative call's and jcc's: one series, merged for "
+                "v3.16)",
+                commit="7ba6db2d688b",
             ),
             Change(
                 "4.15",
@@ -69,6 +78,7 @@ ROWS: tuple[Row, ...] = (
                 "as before, and `push reg` is emulated",
                 'arch/x86/kernel/uprobes.c push_setup_xol_ops() ("uprobes/x86: Emulate '
                 'push insns for uprobe on x86")',
+                commit="e7ed9d9bd037",
             ),
             Change(
                 "6.16",
@@ -77,6 +87,7 @@ ROWS: tuple[Row, ...] = (
                 "`0f 1f …` included) is emulated",
                 'arch/x86/kernel/uprobes.c branch_setup_xol_ops() ("uprobes/x86: Add '
                 'support to emulate NOP instructions")',
+                commit="610f6e14c29d",
             ),
         ),
     ),
@@ -96,8 +107,10 @@ ROWS: tuple[Row, ...] = (
                 "register and mmap); every hit calls every consumer's handler; when all "
                 "handlers return UPROBE_HANDLER_REMOVE the breakpoint leaves this process",
                 "kernel/events/uprobes.c handler_chain(), filter_chain() (the consumer "
-                "filtering rework: uprobe_consumer->filter(uc, ctx, mm), "
-                "UPROBE_HANDLER_REMOVE)",
+                'filtering rework: uprobe_consumer->filter(uc, ctx, mm) in "uprobes: '
+                'Reintroduce uprobe_consumer->filter()", UPROBE_HANDLER_REMOVE in "uprobes: '
+                'Teach handler_chain() to filter out the probed task")',
+                commit="da1816b1caec",
             ),
             Change(
                 "6.12",
@@ -108,6 +121,7 @@ ROWS: tuple[Row, ...] = (
                 'kernel/events/uprobes.c handler_chain(): "re-check that removal is still '
                 'required, this time under lock" ("uprobes: travers uprobe\'s consumer '
                 'list locklessly under SRCU protection")',
+                commit="cc01bd044e6a",
             ),
         ),
     ),
@@ -124,7 +138,8 @@ ROWS: tuple[Row, ...] = (
                 "no",
                 "no such state: the task is UTASK_RUNNING until the step (UTASK_SSTEP)",
                 'include/linux/uprobes.h enum uprobe_task_state ("uprobes: Kill '
-                'UTASK_BP_HIT state"; its release is not pinned from history here)',
+                'UTASK_BP_HIT state")',
+                commit="1b08e907211c",
             ),
         ),
     ),
@@ -144,8 +159,9 @@ ROWS: tuple[Row, ...] = (
                 "EOPNOTSUPP, as kuprobe's live side); a fault in a handler is fixed up "
                 "like any kernel fault, nmissed unchanged, and the handler goes on",
                 '"kprobes: Remove kprobe::fault_handler" and "kprobes: Do not increment '
-                'probe miss count in the fault handler"; arch/x86/kernel/kprobes/core.c '
-                "kprobe_fault_handler()",
+                'probe miss count in the fault handler" (2e38eb04c95e); '
+                "arch/x86/kernel/kprobes/core.c kprobe_fault_handler()",
+                commit="ec6aba3d2be1",
             ),
         ),
     ),
@@ -158,12 +174,13 @@ ROWS: tuple[Row, ...] = (
         "arch/x86/kernel/kprobes/core.c trampoline_handler(): regs->ip = trampoline",
         (
             Change(
-                "5.15",
+                "5.16",
                 "return_address",
                 "the real return address (instruction_pointer_set() before the handlers)",
-                'kernel/kprobes.c __kretprobe_trampoline_handler() ("kprobes: Setup '
-                'instruction pointer in __kretprobe_trampoline_handler", with "x86/kprobes: '
-                'Fixup return address in generic trampoline handler")',
+                'kernel/kprobes.c __kretprobe_trampoline_handler() ("kprobes: Enable '
+                'stacktrace from pt_regs in kretprobe handler", with "x86/kprobes: Fixup '
+                'return address in generic trampoline handler")',
+                commit="df91c5bccb0c",
             ),
         ),
     ),
@@ -177,7 +194,7 @@ ROWS: tuple[Row, ...] = (
         'the patch "Kprobes- robust fault handling for i386" (prepare_singlestep())',
         (
             Change(
-                "5.15",
+                "5.13",
                 "int3_after_slot",
                 "the slot is the instruction and an int3; that int3 ends the step "
                 "(resume_singlestep()); IF modifiers, ret, call, jmp, jcc, loop and "
@@ -185,7 +202,9 @@ ROWS: tuple[Row, ...] = (
                 "branches, iret, VMX and indirect branches through memory are refused "
                 "(EOPNOTSUPP)",
                 "arch/x86/kernel/kprobes/core.c prepare_emulation(), prepare_singlestep() "
-                '("x86/kprobes: Use int3 instead of debug trap for single-step")',
+                '("x86/kprobes: Use int3 instead of debug trap for single-step", with "x86/'
+                'kprobes: Fix to identify indirect jmp and others using range case")',
+                commit="6256e668b7af",
             ),
         ),
     ),
@@ -204,8 +223,10 @@ ROWS: tuple[Row, ...] = (
                 "resume_execution() first: the post_handler sees ip at the next "
                 "instruction of the probed function",
                 "arch/x86/kernel/kprobes.c post_kprobe_handler() as unified for i386 and "
-                "x86_64 (today kprobe_post_process()); the first release with that order, "
-                "not the commit, is pinned",
+                "x86_64 (today kprobe_post_process()); v2.6.24's kprobes_32.c and "
+                "kprobes_64.c still call the post_handler first. The commit is not pinned "
+                '(by its date, "x86: kprobes code for x86 unification", 2008-01-30)',
+                commit="",
             ),
         ),
     ),
@@ -225,6 +246,7 @@ ROWS: tuple[Row, ...] = (
                 "arch/arm64/kernel/probes/kprobes.c arch_prepare_ss_slot(), "
                 'kprobe_breakpoint_ss_handler() ("arm64: kprobes: Use BRK instead of '
                 'single-step when executing instructions out-of-line", a v5.10-rc fix)',
+                commit="7ee31a3aa8f4",
             ),
         ),
     ),
@@ -240,14 +262,15 @@ ROWS: tuple[Row, ...] = (
         "accept them, tests/vm/test_crosscheck_kprobes.py)",
         (
             Change(
-                "6.18",
+                "6.10",
                 "vex_only",
                 "the f2 forms are VEX-only (vsha512msg1, vsha512msg2, vsha512rnds2), so "
                 "insn_get_opcode() refuses their legacy encodings (inat_must_vex()): a uprobe "
                 "-ENOEXEC, a kprobe -EINVAL",
-                "arch/x86/lib/x86-opcode-map.txt (measured on this host's 6.18 uprobes, "
-                "kuprobe.crosscheck.acceptance; the release that added the rows is not pinned "
-                "from history here: some release after 6.1)",
+                'arch/x86/lib/x86-opcode-map.txt ("x86/insn: Add misc new Intel '
+                'instructions": "(F2),(11B),(v)" at 0f 38 cb-cd; measured on this host\'s '
+                "6.18 uprobes, kuprobe.crosscheck.acceptance)",
+                commit="9dd3612895de",
             ),
         ),
     ),
@@ -323,6 +346,13 @@ def with_(base: Semantics, **changes: str) -> Semantics:
     return replace(base, **changes, name=f"{base.name}+{','.join(changes)}")
 
 
+def _commit_link(commit: str) -> str:
+    """A change's commit as docs/semantics.md shows it: a link to git.kernel.org."""
+    if not commit:
+        return "not pinned"
+    return f"[`{commit}`](https://git.kernel.org/torvalds/c/{commit})"
+
+
 def markdown() -> str:
     """docs/semantics.md: the table of ROWS."""
     assert [f.name for f in fields(Semantics)][:-1] == [r.field for r in ROWS]
@@ -335,10 +365,12 @@ def markdown() -> str:
         'of the patches it grew from (`Machine(semantics="seed")`), today\'s kernels '
         '(`"today"`, the default), or the rules of one release '
         '(`semantics=for_kernel("6.1")`, `uname -r` or any release string). One row '
-        "per difference; `field = value` is the `Semantics` record's.",
+        "per difference; `field = value` is the `Semantics` record's. Each change names the "
+        "torvalds/linux commit that made it; *changed in* is the first release whose tag "
+        "holds that commit (a stable backport to an older series does not count).",
         "",
-        "| what | arches | seed | changed in | then | source |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| what | arches | seed | changed in | commit | then | source |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in ROWS:
         seed = f"`{r.field} = {r.seed}`: {r.seed_behaviour}. Source: {r.seed_source}"
@@ -349,6 +381,7 @@ def markdown() -> str:
                 ", ".join(r.arches) if first else "",
                 seed if first else "",
                 c.version,
+                _commit_link(c.commit),
                 f"`{c.value}`: {c.behaviour}",
                 c.source,
             )

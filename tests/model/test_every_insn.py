@@ -79,7 +79,7 @@ def test_probe_on_every_instruction(
         try:
             k.register_kprobe(kp)
         except ProbeError as e:
-            # prepare_emulation() (v5.15 on) refuses an indirect jmp through memory: the
+            # prepare_emulation() (v5.13 on) refuses an indirect jmp through memory: the
             # seed's trap-flag step takes it
             assert (e.errno, arch != "arm64") == (errno.EOPNOTSUPP, True), str(e)
             km = k_seed

@@ -86,7 +86,7 @@ def test_fixup(targets: object, arch: str, kind: str, stem: str, func: str, arg:
         try:
             k.register_kprobe(kp)
         except ProbeError as e:
-            # prepare_emulation() (v5.15 on) refuses an indirect jmp through memory
+            # prepare_emulation() (v5.13 on) refuses an indirect jmp through memory
             assert (semantics, kind, e.errno) == ("today", "jmp indirect", errno.EOPNOTSUPP)
             assert arch != "arm64"
             continue

@@ -1,6 +1,6 @@
 """Which x86 instructions a kprobe may take: the model's verdict, as data (issue 12, item 5's
 kprobe half). arch/x86/kernel/kprobes/core.c (v6.1): __copy_instruction() refuses (-EINVAL)
-an int3, a forced-emulation prefix and an instruction that masks exceptions; since v5.15
+an int3, a forced-emulation prefix and an instruction that masks exceptions; since v5.13
 prepare_emulation() refuses (-EOPNOTSUPP) what it cannot emulate: far branches, iret, VMX,
 far and memory-indirect call/jmp, indirect ones with an address-size prefix. The guest
 side (a test module that places these bytes in the kernel) is another helper's.
@@ -17,7 +17,7 @@ from kuprobe.model.arch.x86_kprobe import emulate_cc, kprobe_refuses
 from kuprobe.model.semantics import for_kernel
 
 EINVAL, EOPNOTSUPP = errno.EINVAL, errno.EOPNOTSUPP
-# (hex bytes, 64-bit?, errno today, errno before v5.15 (the trap flag's kernels))
+# (hex bytes, 64-bit?, errno today, errno before v5.13 (the trap flag's kernels))
 CASES = [
     ("cc", True, EINVAL, EINVAL),  # int3: another subsystem's, or padding
     ("0f0b78656e", True, EINVAL, EINVAL),  # ud2; .ascii "xen": insn_has_emulate_prefix()
@@ -120,10 +120,13 @@ def test_vex_instructions_are_refused_by_their_opcode_byte(code: str, errno_: in
 
 
 def test_the_sha512_vex_forms_by_kernel() -> None:
-    """f2 0f 38 cc: a legacy instruction to 6.1's decoder, VEX-only (so refused) to 6.18's."""
+    """f2 0f 38 cc: a legacy instruction to 6.1's decoder, VEX-only (so refused) since 6.10's
+    ("x86/insn: Add misc new Intel instructions")."""
     code = bytes.fromhex("f20f38cc00")
     assert kprobe_refuses(code, True, sha512_vex=False) is None
     refusal = kprobe_refuses(code, True, sha512_vex=True)
     assert refusal is not None and refusal.errno == errno.EINVAL
     assert for_kernel("6.1").x86_sha512_vex == "unknown"
+    assert for_kernel("6.9.12").x86_sha512_vex == "unknown"
+    assert for_kernel("6.10.0").x86_sha512_vex == "vex_only"
     assert for_kernel("6.18.44").x86_sha512_vex == "vex_only"

@@ -363,7 +363,7 @@ def test_trap_flag_and_interrupt_flag_around_the_step(funcs: str) -> None:
     """arch/x86/kernel/kprobes/core.c setup_singlestep(), resume_execution() (TF/IF in
     eflags): the step runs with TF set and IF clear; the post_handler sees TF clear and IF as
     before the hit. The rules of 5.10 (kuprobe.model.semantics): the trap flag steps (before
-    v5.15), the post_handler runs after resume_execution()."""
+    v5.13), the post_handler runs after resume_execution()."""
     seed_kernel = Machine.load(funcs, space="kernel", semantics="5.10.0")
     seen: list[tuple[int, int]] = []
 

@@ -132,7 +132,7 @@ def test_trace_lists_every_trap_in_order(kernel: Machine) -> None:
     kernel.call("add", 1, 2)
     kernel.unregister_kprobe(kp)
     kinds = [e.kind for e in kernel.trace]
-    # x86 (v5.15 on): the int3 after the slot ends the step; arm64 reports its step-done BRK
+    # x86 (v5.13 on): the int3 after the slot ends the step; arm64 reports its step-done BRK
     # as the debug trap
     step_done = ["breakpoint", "ss_int3"] if kernel.arch != "arm64" else ["debug"]
     assert kinds == ["register", "breakpoint", "kprobe", "singlestep", *step_done, "ssdone",

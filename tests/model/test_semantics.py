@@ -7,6 +7,7 @@ arm64_kprobe_step (test_arm64.py), kprobe_fault_handler's seed side (test_kprobe
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -28,23 +29,36 @@ PAGE = 0x7000000
 # --- the table -----------------------------------------------------------------------------
 
 # Each row's behaviour per release, written out from the kernel history docs/semantics.md
-# cites (the first release of each change). Columns: the Semantics fields, in order.
+# cites: a line for the first release of each change and one for the release before it.
+# Columns: the Semantics fields, in order.
 RULES = """
 release        uprobe_skip_sstep uprobe_filter  utask_bp_hit kprobe_fault_handler kretprobe_handler_ip x86_kprobe_step kprobe_post_handler arm64_kprobe_step x86_sha512_vex
 seed           nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       before_resume       hardware_step     unknown
 2.6.12         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       before_resume       hardware_step     unknown
+2.6.24.7       nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       before_resume       hardware_step     unknown
 2.6.25         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.6.11         nop_pattern       at_hit         yes          yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 3.7.10         nop_pattern       at_hit         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
-3.14.79        nop_pattern       per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
-3.15           emulate_branches  per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.8.13         nop_pattern       at_hit         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.9            nop_pattern       per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.15.10        nop_pattern       per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+3.16           emulate_branches  per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
+4.14.336       emulate_branches  per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 4.15.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.9.16         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        hardware_step     unknown
 5.10.0         emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        brk_after_slot    unknown
-5.14.21        emulate_push      per_mm         no           no                   trampoline           trap_flag       after_resume        brk_after_slot    unknown
-5.15.0         emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
+5.12.19        emulate_push      per_mm         no           yes                  trampoline           trap_flag       after_resume        brk_after_slot    unknown
+5.13           emulate_push      per_mm         no           yes                  trampoline           int3_after_slot after_resume        brk_after_slot    unknown
+5.14.21        emulate_push      per_mm         no           no                   trampoline           int3_after_slot after_resume        brk_after_slot    unknown
+5.15.0         emulate_push      per_mm         no           no                   trampoline           int3_after_slot after_resume        brk_after_slot    unknown
+5.16           emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
 6.1.0          emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
-6.12.0         emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
-6.16.3         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
+6.9.12         emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    unknown
+6.10           emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.11.11        emulate_push      per_mm         no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.12.0         emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.15.11        emulate_push      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
+6.16.3         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 6.18.0         emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 today          emulate_nops      per_mm_recheck no           no                   return_address       int3_after_slot after_resume        brk_after_slot    vex_only
 """  # noqa: E501
@@ -60,6 +74,11 @@ def _rules(s: Semantics) -> dict[str, str]:
     return {f: getattr(s, f) for f in FIELDS}
 
 
+def _release(text: str) -> tuple[int, ...]:
+    """ "5.13" -> (5, 13); "2.6.24.7" -> (2, 6, 24, 7)."""
+    return tuple(int(part) for part in text.split("."))
+
+
 def test_seed_and_today_are_the_first_and_newest_rules() -> None:
     assert [f.name for f in fields(Semantics) if f.name != "name"] == list(FIELDS)
     assert [r.field for r in ROWS] == list(FIELDS)
@@ -67,6 +86,37 @@ def test_seed_and_today_are_the_first_and_newest_rules() -> None:
     assert (_rules(TODAY), TODAY.name) == (RELEASES["today"], "today")
     for r in ROWS:
         assert r.changes and all(c.source and c.behaviour for c in r.changes), r.field
+
+
+# The changes whose commit history does not pin (field, release): each says why in its source
+UNPINNED = {("kprobe_post_handler", "2.6.25")}
+
+
+def test_every_change_names_its_commit_and_release() -> None:
+    """Each change: the 12-hex id of its torvalds/linux commit and a release, X.Y (2.6.Z
+    before 3.0), later than the row's change before it."""
+    for r in ROWS:
+        last: tuple[int, ...] = ()
+        for c in r.changes:
+            assert re.fullmatch(r"2\.6\.\d+|[3-9]\.\d+|[1-9]\d+\.\d+", c.version), (r.field, c)
+            assert _release(c.version) > last, (r.field, c.version)
+            last = _release(c.version)
+            if (r.field, c.version) in UNPINNED:
+                assert c.commit == "" and "not pinned" in c.source, (r.field, c.version)
+            else:
+                assert re.fullmatch(r"[0-9a-f]{12}", c.commit), (r.field, c.version, c.commit)
+                assert c.commit in DOC.read_text(), (r.field, c.commit)
+
+
+def test_the_table_has_each_change_and_the_release_before_it() -> None:
+    """A change between two lines of the table would pass unseen (issue 19)."""
+    lines = [_release(name) for name in RELEASES if name not in ("seed", "today")]
+    for r in ROWS:
+        for c in r.changes:
+            first = _release(c.version)
+            before = (*first[:-1], first[-1] - 1)
+            for release in (first, before):
+                assert any(line[: len(release)] == release for line in lines), (r.field, release)
 
 
 @pytest.mark.parametrize("release", sorted(set(RELEASES) - {"seed", "today"}))
@@ -228,11 +278,11 @@ def test_a_fault_in_a_handler_today_is_fixed_up_and_the_handler_goes_on(
     assert ("HIT_FAULT" in [e.status for e in k.trace]) == (not finished)
 
 
-# --- kretprobe_handler_ip: the trampoline, then the real return address (v5.15) ------------
+# --- kretprobe_handler_ip: the trampoline, then the real return address (v5.16) ------------
 
 
-@pytest.mark.parametrize("semantics", ["seed", "5.14.0", "6.1.0", "today"])
-def test_kretprobe_handlers_see_the_return_address_since_5_15(funcs: str, semantics: str) -> None:
+@pytest.mark.parametrize("semantics", ["seed", "5.15.0", "5.16.0", "6.1.0", "today"])
+def test_kretprobe_handlers_see_the_return_address_since_5_16(funcs: str, semantics: str) -> None:
     k = Machine.load(funcs, space="kernel", semantics=semantics)
     ips: list[int] = []
     rp = Kretprobe(symbol_name="add", handler=lambda ri, r: ips.append(instruction_pointer(r)) or 0)
@@ -240,7 +290,7 @@ def test_kretprobe_handlers_see_the_return_address_since_5_15(funcs: str, semant
     assert k.call("add", 1, 2) == 3
     k.unregister_kretprobe(rp)
     h = k.hooks
-    want = h.CALL_RETURN if semantics in ("6.1.0", "today") else h.KRETPROBE_TRAMPOLINE
+    want = h.CALL_RETURN if semantics in ("5.16.0", "6.1.0", "today") else h.KRETPROBE_TRAMPOLINE
     assert ips == [want]
 
 
@@ -248,7 +298,7 @@ def test_kretprobe_handlers_see_the_return_address_since_5_15(funcs: str, semant
 
 # tests/targets/funcs.c nop_entry() as gcc emits it for x86_64: 66 90 | 90 | 0f 1f 00 | lea | ret
 NOP_ENTRY = (b"\x66\x90", b"\x90", b"\x0f\x1f\x00", b"\x48\x8d\x47\x01", b"\xc3")
-# offset -> which kernels skip the step there (seed, 3.15, 4.15, 6.1, today)
+# offset -> which kernels skip the step there (seed, 3.16, 4.15, 6.1, today)
 SKIPPED = {
     0: (True, True, True, True, True),  # 66 90: the pattern; prefix* 0x90 emulated
     2: (True, True, True, True, True),
@@ -256,7 +306,7 @@ SKIPPED = {
     6: (False,) * 5,  # lea: stepped
     10: (False,) * 5,  # ret: stepped (uprobes emulate no ret)
 }
-KERNELS = ("seed", "3.15.0", "4.15.0", "6.1.0", "today")
+KERNELS = ("seed", "3.16.0", "4.15.0", "6.1.0", "today")
 
 
 @pytest.mark.parametrize("offset", sorted(SKIPPED))
@@ -278,13 +328,13 @@ def test_uprobe_nops_skipped_or_stepped_per_kernel(targets: Path, offset: int) -
 
 
 @pytest.mark.parametrize("arch", X86_ARCHES)
-@pytest.mark.parametrize(("mnemonic", "since"), [("push", "4.15.0"), ("call", "3.15.0")])
+@pytest.mark.parametrize(("mnemonic", "since"), [("push", "4.15.0"), ("call", "3.16.0")])
 def test_uprobe_push_and_call_emulated_since(
     targets: Path, arch: str, mnemonic: str, since: str
 ) -> None:
-    """push_emulate_op() (v4.15), branch_emulate_op() (v3.15): no step, same result."""
+    """push_emulate_op() (v4.15), branch_emulate_op() (v3.16): no step, same result."""
     path = str(targets / arch / "target-static")
-    for semantics, skipped in (("seed", False), ("3.14.0", False), (since, True),
+    for semantics, skipped in (("seed", False), ("3.15.0", False), (since, True),
                                ("today", True)):  # fmt: skip
         u = Machine.load(path, semantics=semantics)
         addr = _first(u, "calls", mnemonic)

@@ -260,14 +260,14 @@ class X86(Arch):
 
     def int3_step(self) -> bool:
         """The row x86_kprobe_step (kuprobe.model.semantics): an int3 after the slot ends the
-        step (v5.15 on), else the trap flag (the seed's)."""
+        step (v5.13 on), else the trap flag (the seed's)."""
         return self.semantics.x86_kprobe_step == "int3_after_slot"
 
     def arch_prepare_kprobe(
         self, addr: int, code: bytes, slot: int, before: bytes = b""
     ) -> ArchSpecificInsn:
         # arch_copy_kprobe(): __copy_instruction() (-EINVAL), prepare_emulation() (-EOPNOTSUPP),
-        # prepare_singlestep(): the slot gets the instruction and (v5.15 on) an int3
+        # prepare_singlestep(): the slot gets the instruction and (v5.13 on) an int3
         insn = self.decode(code, addr)
         raw = bytes(insn.bytes)
         refusal = kprobe_refuses(
@@ -317,7 +317,7 @@ class X86(Arch):
         self, kcb: Any, regs: PtRegs, addr: int, slot: int, ainsn: ArchSpecificInsn
     ) -> None:
         r: Any = regs
-        if ainsn.extra.get("int3_step"):  # setup_singlestep() (v5.15): IF off, ip to the copy
+        if ainsn.extra.get("int3_step"):  # setup_singlestep() (v5.13): IF off, ip to the copy
             r.flags = int(r.flags) & ~X86_EFLAGS_IF
         else:  # setup_singlestep(): TF on, IF off, ip to the copy
             r.flags = (int(r.flags) | X86_EFLAGS_TF) & ~X86_EFLAGS_IF

@@ -74,8 +74,8 @@ def insn_opcode(insn: bytes, is64: bool) -> InsnOpcode:
 # from its opcode map (x86-opcode-map.txt): AMD's FMA4 and vpermil2ps/pd (VEX map 0f3a) are
 # not in it (insn_get_opcode(): !inat_accept_vex()); in the 0f 38 map, c8 and ca-cd with a
 # 0x66 prefix are EVEX-only forms ("(66),(ev)": vexp2ps, vrcp28ps …), so their legacy
-# encodings are refused (inat_must_vex()); and, in newer maps (the x86_sha512_vex row of
-# kuprobe.model.semantics), cb-cd with 0xf2 are VEX-only ones ("(F2),(v)": vsha512*).
+# encodings are refused (inat_must_vex()); and, in the maps of v6.10 on (the x86_sha512_vex row
+# of kuprobe.model.semantics), cb-cd with 0xf2 are VEX-only ones ("(F2),(v)": vsha512*).
 # Measured over every 0f, 0f 38 and 0f 3a opcode, bare and with 66/f2/f3, and VEX maps 1-3
 # and EVEX maps 1-2 (kuprobe.crosscheck.acceptance): as uprobes on 6.18, as kprobes on 6.1.
 UNDECODED_VEX_0F3A = frozenset(

@@ -5,7 +5,7 @@ Sources: arch/x86/kernel/kprobes/core.c as of v6.1 (the guests' kernel): arch_pr
 recover_probed_instruction()), arch_copy_kprobe() -> __copy_instruction() (returns 0, so
 -EINVAL) and prepare_emulation() (-EOPNOTSUPP), and the emulate ops kprobe_emulate_*() that
 run instead of a single-step since "x86/kprobes: Use int3 instead of debug trap for
-single-step" (v5.15). Data as data: each refusal is a row with its errno, its kernel function
+single-step" (v5.13). Data as data: each refusal is a row with its errno, its kernel function
 and why.
 """
 
@@ -47,7 +47,7 @@ class KprobeRefusal:
     errno: int
     function: str  # the kernel function that refuses
     why: str
-    since_int3_step: bool = False  # only with prepare_emulation() (v5.15 on)
+    since_int3_step: bool = False  # only with prepare_emulation() (v5.13 on)
 
 
 # __copy_instruction() returns 0 (arch_copy_kprobe(): -EINVAL)
@@ -102,7 +102,7 @@ def kprobe_refuses(
 ) -> KprobeRefusal | None:
     """Why arch_prepare_kprobe() refuses a kprobe on ``insn`` (the recovered bytes), or None.
 
-    ``int3_step``: the kernel single-steps with an int3 after the slot (v5.15 on), whose
+    ``int3_step``: the kernel single-steps with an int3 after the slot (v5.13 on), whose
     prepare_emulation() refuses what it cannot emulate; before it those were stepped.
     ``sha512_vex``: the decoder's map has the VEX-only SHA512 forms (a semantics row).
 

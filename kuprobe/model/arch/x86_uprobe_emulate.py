@@ -3,7 +3,7 @@ uprobe_skip_sstep of kuprobe.model.semantics).
 
 - "nop_pattern": the patch "uprobes/core: handle breakpoint and signal step exception" skips
   ``0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0}`` (ip += its length);
-- "emulate_branches" (v3.15): arch/x86/kernel/uprobes.c branch_setup_xol_ops() /
+- "emulate_branches" (v3.16): arch/x86/kernel/uprobes.c branch_setup_xol_ops() /
   branch_emulate_op(): ``prefix* 0x90``, jmp rel8/rel32, call rel32, jcc rel8/rel32;
 - "emulate_push" (v4.15): and push_setup_xol_ops() / push_emulate_op(): ``push reg``
   (``41 5x`` too on x86_64);

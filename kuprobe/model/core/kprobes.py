@@ -330,7 +330,7 @@ class KprobeTable:
         point = self.points.get(addr)
         cur = self.kcb.current
         # kprobe_int3_handler(): kprobe_is_ss() and the int3 inside the current kprobe's slot:
-        # "Most provably this is the second int3 for singlestep" (x86, v5.15 on)
+        # "Most provably this is the second int3 for singlestep" (x86, v5.13 on)
         if (
             point is None
             and cur is not None

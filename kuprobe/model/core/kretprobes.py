@@ -165,7 +165,7 @@ class KretprobeCore:
         # the oldest instance of this frame holds the real return address
         correct = next((f.ri.ret_addr for f in mine if f.ri.ret_addr != trampoline), trampoline)
         if m.semantics.kretprobe_handler_ip == "return_address":
-            # __kretprobe_trampoline_handler() (v5.15 on): instruction_pointer_set(regs,
+            # __kretprobe_trampoline_handler() (v5.16 on): instruction_pointer_set(regs,
             # correct_ret_addr) before the handlers run
             setattr(regs, m.hooks.ip_field(), correct)
         for f in mine:
