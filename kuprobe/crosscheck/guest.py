@@ -229,7 +229,7 @@ def run_in_vm(
     when the guest cannot boot or sends nothing back, ``TargetError`` when a program cannot
     be built."""
     from kuprobe.targets import cache_dir
-    from kuprobe.vm._host import VmError
+    from kuprobe.vm import VmError
     from kuprobe.vm.boot import run_in_guest
     from kuprobe.vm.image import PROJECT_ROOT, ensure_image
 
