@@ -227,9 +227,9 @@ def top_at(rate: float, seconds: float) -> None:
 
 def ceiling(*, quick: bool = False) -> None:
     build()
-    from kuprobe.live import _bcc
+    from kuprobe.live.bcc import prepare_env
 
-    _bcc._prepare_env()  # raw BCC needs the same headers tree (BCC_KERNEL_SOURCE)
+    prepare_env()  # raw BCC needs the same headers tree (BCC_KERNEL_SOURCE)
     seconds = 0.5 if quick else 1.0
     rates = [round(100_000 * 2 ** (i / 2)) for i in range(16)]  # 0.1 .. 18 M/s asked, x1.41
     backend()

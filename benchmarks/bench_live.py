@@ -387,9 +387,9 @@ def main() -> int:
     if args.stops:
         bounded_stops()
         return 0
-    from kuprobe.live import _bcc
+    from kuprobe.live import bcc as live_bcc
 
-    _bcc._prepare_env()  # raw BCC and bpftrace need the same headers tree (BCC_KERNEL_SOURCE)
+    live_bcc.prepare_env()  # raw BCC and bpftrace need the same headers tree (BCC_KERNEL_SOURCE)
     from bcc import BPF
 
     n = 300_000 if args.quick else 2_000_000
@@ -432,9 +432,9 @@ def main() -> int:
     print(f"  raw BCC: {bgot:,} handled, {blost:,} lost (BCC reports none of them)")
 
     print(f"3. arm and remove 20 uprobes, fresh process (median of {runs}, taken in turn)")
-    # How kuprobe's compile saw the file system (kuprobe/live/_bcc.py): "private" skips BCC's
+    # How kuprobe's compile saw the file system (kuprobe/live/bcc.py): "private" skips BCC's
     # read of /proc/kallsyms, which raw BCC pays on every compile.
-    print(f"  kuprobe's compile view: {_bcc.last_view}")
+    print(f"  kuprobe's compile view: {live_bcc.last_view}")
     ours, batch, bcc20 = [], [], []
     for _ in range(runs):  # in turn, so drift in the machine hits all alike
         ours.append(arm_remove(ARM_SCRIPT, batch=False))

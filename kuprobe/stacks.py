@@ -14,11 +14,11 @@ import bisect
 import errno
 import functools
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kuprobe import context
 from kuprobe.errors import ProbeError
 
 
@@ -37,7 +37,8 @@ class Frame:
 
 
 class StacksAtHit:
-    """The stacks a live event carries: ``user`` and ``kernel`` fetch the addresses."""
+    """The stacks a live event carries (``context.enter_hit``): ``user`` and ``kernel``
+    fetch the addresses."""
 
     __slots__ = ("kernel", "user")
 
@@ -47,22 +48,8 @@ class StacksAtHit:
         self.user, self.kernel = user, kernel
 
 
-class _Local(threading.local):
-    stacks: StacksAtHit | None = None
-
-
-_local = _Local()
-
-
-def set_stacks(stacks: StacksAtHit | None) -> StacksAtHit | None:
-    """Backends: the stacks of the hit whose handler is about to run; returns the old ones."""
-    previous = _local.stacks
-    _local.stacks = stacks
-    return previous
-
-
 def _stacks() -> StacksAtHit:
-    s = _local.stacks
+    s = context.stacks()
     if s is None:
         raise ProbeError(
             errno.ENOENT,

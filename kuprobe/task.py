@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
+from kuprobe import context
 from kuprobe.errors import OutsideHandlerError
 
 
@@ -18,27 +18,14 @@ class Task:
     comm: str
 
 
-class _Current(threading.local):
-    task: Task | None = None
-
-
-_state = _Current()
-
-
 def current() -> Task:
     """The task whose trap is being handled (the kernel's ``current``).
 
     Valid inside a handler: in live mode the task the event came from, in the model the
-    Machine's task. Outside a handler it raises ``OutsideHandlerError`` (a RuntimeError).
+    Machine's task (backends enter it: kuprobe/context.py). Outside a handler it raises
+    ``OutsideHandlerError`` (a RuntimeError).
     """
-    task = _state.task
+    task = context.task()
     if task is None:
         raise OutsideHandlerError("current() is only defined inside a probe handler")
     return task
-
-
-def set_current(task: Task | None) -> Task | None:
-    """Make ``task`` current on this thread for the handler about to run; returns the old one."""
-    previous = _state.task
-    _state.task = task
-    return previous

@@ -17,39 +17,24 @@ Python's forms return the bytes instead of filling a buffer: ``copy_from_user(ad
 from __future__ import annotations
 
 import errno
-import threading
 from typing import Protocol
 
+from kuprobe import context
 from kuprobe.errors import OutsideHandlerError, ProbeError
 
 
 class MemoryAtHit(Protocol):
-    """What a backend gives the handler of one hit: ``read`` raises ProbeError(EFAULT)."""
+    """What a backend gives the handler of one hit (``context.enter_hit``): ``read`` raises
+    ProbeError(EFAULT)."""
 
     def read(self, addr: int, n: int, *, user: bool) -> bytes: ...
     def read_str(self, addr: int, count: int, *, user: bool) -> bytes: ...
 
 
-class _Local(threading.local):
-    memory: MemoryAtHit | None = None
-
-
-_local = _Local()
-
-
-def set_memory(memory: MemoryAtHit | None) -> MemoryAtHit | None:
-    """Backends: the memory of the hit whose handler is about to run; returns the old one."""
-    previous = _local.memory
-    _local.memory = memory
-    return previous
-
-
 def _memory() -> MemoryAtHit:
-    memory = _local.memory
+    memory = context.memory()
     if memory is None:
-        from kuprobe.task import _state
-
-        if _state.task is None:
+        if context.task() is None:
             raise OutsideHandlerError(
                 "copy_from_user() and friends work only inside a probe handler"
             )

@@ -25,7 +25,7 @@ BPF_PERCPU_ARRAY(kuprobe_inflight, __s64, KUPROBE_NSLOTS);
 /* The probe-read helpers under our own names. BCC's front end (0.26) looks each call it sees
  * to bpf_probe_read_{kernel,user}[_str] up in /proc/kallsyms (check_bpf_probe_read_user()),
  * to fall back to bpf_probe_read on kernels before 5.5; the pool needs 5.8+ anyway (the ring
- * buffer, checked before the compile). The compile's private view (kuprobe/live/_bcc.py)
+ * buffer, checked before the compile). The compile's private view (kuprobe/live/bcc.py)
  * answers BCC's kallsyms questions from a small file; these names keep them from being asked
  * where that view is refused. */
 static long (*kuprobe_read_kernel)(void *dst, __u32 size, const void *src) =

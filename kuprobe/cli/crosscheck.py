@@ -175,9 +175,9 @@ def _host_run(p: Planned) -> Run | None:
 
 def _vm_runs(planned: list[Planned], arch: str) -> Iterator[Run]:
     """The live sides of ``planned`` in one boot of the ARCH guest, the model's here."""
-    from kuprobe.crosscheck._sides import run_model
-    from kuprobe.crosscheck._target import target_path
     from kuprobe.crosscheck.guest import model_semantics, run_in_vm
+    from kuprobe.crosscheck.sides import run_model
+    from kuprobe.crosscheck.target import target_path
     from kuprobe.errors import KuprobeError
 
     pairs = []

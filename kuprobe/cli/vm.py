@@ -12,9 +12,9 @@ from typing import Any
 from kuprobe.arch import host_arch
 from kuprobe.errors import KuprobeError
 from kuprobe.targets import TargetError
-from kuprobe.vm._host import Stopwatch, VmError, say
 from kuprobe.vm.boot import run_in_guest
 from kuprobe.vm.guests import DEFAULT_ARCH, GUESTS
+from kuprobe.vm.host import Stopwatch, VmError, say
 from kuprobe.vm.image import PROJECT_ROOT, Image, cache_dir, ensure_image
 
 DEFAULT_TIMEOUT = 600

@@ -22,9 +22,9 @@ from typing import Protocol
 from kuprobe.arch import X86_64
 from kuprobe.backend import Backend
 from kuprobe.crosscheck import _kmod
-from kuprobe.crosscheck._sides import ProbeSet
 from kuprobe.crosscheck.acceptance import Verdict, instructions
 from kuprobe.crosscheck.observe import Event, Observation
+from kuprobe.crosscheck.sides import ProbeSet
 from kuprobe.crosscheck.spec import ProbeSpec, ScenarioError, ScenarioSpec
 from kuprobe.errors import ProbeError
 from kuprobe.insn import boundaries, disassembler

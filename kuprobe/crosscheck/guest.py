@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kuprobe.crosscheck._sides import run_live, run_model
-from kuprobe.crosscheck._target import target_path
 from kuprobe.crosscheck.observe import Observation
 from kuprobe.crosscheck.runs import decode_observation, encode_observation
+from kuprobe.crosscheck.sides import run_live, run_model
 from kuprobe.crosscheck.spec import NEEDS_KPROBES, ScenarioSpec
+from kuprobe.crosscheck.target import target_path
 from kuprobe.errors import KuprobeError
 
 GUEST_OUT = "crosscheck.json"  # in the guest's job directory, /run/kuprobe
@@ -229,7 +229,7 @@ def run_in_vm(
     when the guest cannot boot or sends nothing back, ``TargetError`` when a program cannot
     be built."""
     from kuprobe.targets import cache_dir
-    from kuprobe.vm._host import VmError
+    from kuprobe.vm import VmError
     from kuprobe.vm.boot import run_in_guest
     from kuprobe.vm.image import PROJECT_ROOT, ensure_image
 

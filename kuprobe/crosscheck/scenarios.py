@@ -16,10 +16,10 @@ from functools import partial
 from pathlib import Path
 
 from kuprobe.crosscheck._kprobes import observe_kspec
-from kuprobe.crosscheck._sides import instruction_offsets, run_live, run_model
-from kuprobe.crosscheck._target import target_path
 from kuprobe.crosscheck.observe import Difference, Event, Observation, Value, diff
+from kuprobe.crosscheck.sides import instruction_offsets, run_live, run_model
 from kuprobe.crosscheck.spec import ARCHES, ScenarioSpec, load_dir
+from kuprobe.crosscheck.target import target_path
 
 __all__ = [
     "SCENARIOS",

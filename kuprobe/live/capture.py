@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from kuprobe import context
 from kuprobe.arch import ARCHES
 from kuprobe.errors import ProbeError
 from kuprobe.live.events import (
@@ -30,8 +31,8 @@ from kuprobe.live.events import (
     live_host,
 )
 from kuprobe.probes import Capture, Kprobe, Kretprobe, Uprobe
-from kuprobe.stacks import StacksAtHit, set_stacks
-from kuprobe.uaccess import CapturedMemory, set_memory
+from kuprobe.stacks import StacksAtHit
+from kuprobe.uaccess import CapturedMemory
 
 # kind, space, src, mask32, index, offset, size
 CaptureCfg = tuple[int, int, int, int, int, int, int]
@@ -107,13 +108,11 @@ def with_captured(
                 user = space == "user" or (space == "auto" and not addr >> 63)
                 spans.append((addr, lens[i], data[i * size : (i + 1) * size], user))
             memory = CapturedMemory(spans)
-        previous = set_memory(memory)
-        previous_stacks = set_stacks(stacks)
+        previous = context.enter_hit(memory, stacks)
         try:
             return fn(*args)
         finally:
-            set_memory(previous)
-            set_stacks(previous_stacks)
+            context.leave_hit(previous)
 
     return handler
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kuprobe.arch import host_arch, host_machine
 from kuprobe.live import perf
-from kuprobe.live._bcc import kernel_build_tree, view_here
+from kuprobe.live.bcc import kernel_build_tree, view_here
 from kuprobe.live.events import LIVE_HOSTS
 
 
@@ -46,7 +46,7 @@ def checks() -> list[Check]:
     )
     bcc_ok, ver = _bcc_importable()
     tree, how = kernel_build_tree()
-    view = view_here()  # kuprobe/live/_bcc.py: how each compile sees the file system
+    view = view_here()  # kuprobe/live/bcc.py: how each compile sees the file system
     return [
         _check("root", root, "euid 0", f"euid {os.geteuid()}",
                "run with sudo: live probes need CAP_BPF and CAP_PERFMON"),

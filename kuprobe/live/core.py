@@ -25,7 +25,6 @@ from kuprobe.live.messages import describe
 from kuprobe.live.pool import ProbePool
 from kuprobe.live.state import AnyProbe, Attach, Registration
 from kuprobe.live.teardown import TeardownOps
-from kuprobe.probes import _Counted
 
 log = logging.getLogger("kuprobe")
 
@@ -94,7 +93,7 @@ class BackendCore(TeardownOps):
 
     # --- registration --------------------------------------------------------------
 
-    def _claim(self, probe: _Counted) -> None:
+    def _claim(self, probe: AnyProbe) -> None:
         if probe._owner is not None:
             raise ProbeError(
                 errno.EINVAL,
@@ -137,7 +136,7 @@ class BackendCore(TeardownOps):
                 att.pool.release(att.slot)
             reg.attaches.clear()
 
-    def _reporter(self, probe: _Counted) -> Callable[[BaseException], None]:
+    def _reporter(self, probe: AnyProbe) -> Callable[[BaseException], None]:
         def report(e: BaseException) -> None:
             probe._handler_errors += 1
             if probe._handler_errors == 1:
@@ -151,7 +150,7 @@ class BackendCore(TeardownOps):
 
     # --- counters ------------------------------------------------------------------
 
-    def sync_counters(self, probe: _Counted) -> None:
+    def sync_counters(self, probe: AnyProbe) -> None:
         """Refresh the counters of a registered probe from the kernel's maps."""
         reg = self._regs.get(id(probe))
         if reg is not None and not reg.final:

@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from kuprobe import context
 from kuprobe.live.events import RECORDS, RINGBUF_HDR
 from kuprobe.live.pool import ProbePool
-from kuprobe.task import Task, _state
+from kuprobe.task import Task
 
 log = logging.getLogger("kuprobe")
 
@@ -179,7 +180,7 @@ class Dispatcher:
         handlers = self._handlers.get(id(pool))
         if handlers is None:
             return
-        state = _state
+        enter_task = context.enter_task
         last_pid_tgid, last_comm, task = -1, b"", None
         # the hot loop: fields of each record unpacked in C, a handler call per event
         off = RINGBUF_HDR  # of each event's data in ``chunk``
@@ -188,7 +189,7 @@ class Dispatcher:
             if h is not None:
                 if pid_tgid != last_pid_tgid or comm != last_comm:
                     task = self._task(pid_tgid, comm)
-                    state.task = task
+                    enter_task(task)
                     last_pid_tgid, last_comm = pid_tgid, comm
                 try:
                     h(chunk, off, ts, ip, task)
@@ -196,7 +197,7 @@ class Dispatcher:
                     self.errors += 1
                     log.error("kuprobe: a slot handler raised %r", e, exc_info=e)
             off += stride
-        state.task = None
+        context.leave_task(None)
 
     def _mark_handled(self, pool: ProbePool) -> None:
         end = pool.ring.consumer_pos

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kuprobe.errors import ProbeError
-from kuprobe.live import _bcc, perf
+from kuprobe.live import bcc, perf
 from kuprobe.live.codegen import PROGRAM, PoolSource, render_pool
 from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs, host_sp_index
 from kuprobe.live.ringbuf import RingBufReader
@@ -40,7 +40,7 @@ class ProbePool:
             nslots=nslots, ringbuf_pages=ringbuf_pages, nregs=host_nregs(), sp_index=host_sp_index()
         )
         self.nslots = nslots
-        self.bpf: Any = _bcc.compile_module(src.text, list(src.cflags))
+        self.bpf: Any = bcc.compile_module(src.text, list(src.cflags))
         self._cfg = self.bpf[b"kuprobe_cfg"]
         self._counts = self.bpf[b"kuprobe_counts"]
         self._removed = self.bpf[b"kuprobe_removed"]
@@ -82,7 +82,7 @@ class ProbePool:
     def _load(self, name: str, uprobe_multi: bool) -> int:
         attach = perf.BPF_TRACE_UPROBE_MULTI if uprobe_multi else -1
         try:
-            fn = self.bpf.load_func(name.encode(), _bcc.kprobe_prog_type(), attach_type=attach)
+            fn = self.bpf.load_func(name.encode(), bcc.kprobe_prog_type(), attach_type=attach)
         except Exception as e:  # BCC raises a bare Exception
             raise OSError(errno.EINVAL, f"loading {name}: {e}") from e
         # BCC caches one load per name and closes it at cleanup; we keep both variants and

@@ -6,9 +6,10 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kuprobe import context
 from kuprobe.model.core.common import ProcessSignalled
 from kuprobe.regs import PtRegs
-from kuprobe.task import Task, set_current
+from kuprobe.task import Task
 
 if TYPE_CHECKING:
     from kuprobe.model.arch.base import Arch
@@ -81,11 +82,11 @@ class SignalDelivery:
         handler = self._sigactions.get(signo)
         if handler is not None and signo != signal.SIGKILL:
             self.record("signal", ip, detail=f"{name} delivered to its handler")
-            previous = set_current(self.task)
+            previous = context.enter_task(self.task)
             try:
                 handler(self, signo)
             finally:
-                set_current(previous)
+                context.leave_task(previous)
             return
         if signo in _IGNORED_BY_DEFAULT:
             self.record("signal", ip, detail=f"{name} ignored")

@@ -7,6 +7,6 @@ the project shared at its own path. See vagrant/README.md.
 
 from __future__ import annotations
 
-from kuprobe.vm._host import VmError
+from kuprobe.vm.host import VmError
 
 __all__ = ["VmError"]

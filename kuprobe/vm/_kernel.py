@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from kuprobe.vm._host import VmError
+from kuprobe.vm.host import VmError
 
 ELF_MAGIC = b"\x7fELF"
 

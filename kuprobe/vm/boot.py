@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kuprobe.vm._host import Stopwatch, VmError, require_tool, say
 from kuprobe.vm._initramfs import JOB_DIR, JOB_TAG, NINEP_OPTS
+from kuprobe.vm.host import Stopwatch, VmError, require_tool, say
 from kuprobe.vm.image import PROJECT_ROOT, Image
 
 MARKER = "@@kuprobe-vm: command starts"

@@ -415,10 +415,10 @@ def test_the_command_runs_every_scenario(live: Path) -> None:
 
 def test_a_missing_target_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bundled target is built from the package's own sources, into the cache folder."""
-    from kuprobe.crosscheck import _target
+    from kuprobe.crosscheck import target
 
     monkeypatch.setenv("KUPROBE_TARGET_CACHE", str(tmp_path))
-    built = _target.target_path("x86_64")
+    built = target.target_path("x86_64")
     assert built == tmp_path / "x86_64" / "scenarios"
     out = subprocess.run([built, "add:1:2", "neg:5"], capture_output=True, text=True).stdout
     assert out == "add 3\nneg -16\n"
@@ -447,9 +447,9 @@ def test_a_target_that_cannot_build_is_an_error(
 def test_the_guest_side_round_trip(live: Path, tmp_path: Path) -> None:
     """What ``--side vm`` runs in a guest, run on this kernel: the live side written as JSON,
     read back, and compared with the model run here, as the host does with a guest's report."""
-    from kuprobe.crosscheck._sides import run_model
-    from kuprobe.crosscheck._target import target_path
     from kuprobe.crosscheck.guest import GuestReport, model_semantics
+    from kuprobe.crosscheck.sides import run_model
+    from kuprobe.crosscheck.target import target_path
 
     names = ["args", "every-insn-sw", "consumers-mixed"]
     exe = target_path("x86_64")

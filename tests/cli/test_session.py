@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from kuprobe import context
 from kuprobe.cli.dashboard import LATENCY_BOUNDS
 from kuprobe.cli.session import Event, Session, Watch
 from kuprobe.cli.spec import parse_spec
 from kuprobe.cli.trace import _Printer, summary
 from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 from kuprobe.regs import PtRegs
-from kuprobe.task import Task, set_current
+from kuprobe.task import Task
 
 
 def regs(arch: str, ts: int, **fields: int) -> PtRegs:
@@ -29,11 +30,11 @@ def regs(arch: str, ts: int, **fields: int) -> PtRegs:
 
 
 def call(task: Task, handler: object, *args: object) -> None:
-    set_current(task)
+    previous = context.enter_task(task)
     try:
         handler(*args)  # type: ignore[operator]
     finally:
-        set_current(None)
+        context.leave_task(previous)
 
 
 T1 = Task(101, 100, "demo")

@@ -1,5 +1,5 @@
 """Each BCC compile runs on a thread of its own with a private view of the file system
-(kuprobe/live/_bcc.py): BCC's chdir(2) into the headers tree does not move the caller's
+(kuprobe/live/bcc.py): BCC's chdir(2) into the headers tree does not move the caller's
 working directory, BCC's /proc/kallsyms question is answered without reading the real file,
 the program compiled is the same instructions, and the process's mounts are untouched."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kuprobe.live import _bcc
+from kuprobe.live import bcc
 from kuprobe.live.codegen import PROGRAM, render_pool
 from kuprobe.live.events import host_nregs, host_sp_index
 
@@ -49,7 +49,7 @@ def test_compile_leaves_the_callers_cwd(live: Path) -> None:
 
     def compile_() -> None:
         try:
-            modules.append(_bcc.compile_module(text, cflags))
+            modules.append(bcc.compile_module(text, cflags))
         finally:
             done.set()
 
@@ -84,10 +84,10 @@ def test_private_view_compiles_the_same_program(live: Path, text: str | None, fu
     ns = os.readlink("/proc/self/ns/mnt")
     pool_text, cflags = pool_source()
     text = text or pool_text
-    ours = _bcc.compile_module(text, cflags)
-    assert _bcc.last_view == "private"
+    ours = bcc.compile_module(text, cflags)
+    assert bcc.last_view == "private"
     # The same source compiled the plain way, on this thread: BCC reads the real kallsyms.
-    plain = _bcc.import_bcc()(text=text.encode(), cflags=cflags)
+    plain = bcc.import_bcc()(text=text.encode(), cflags=cflags)
     try:
         a = insns_without_map_fds(bytes(ours.dump_func(func.encode())))
         b = insns_without_map_fds(bytes(plain.dump_func(func.encode())))
@@ -109,13 +109,13 @@ def test_without_cap_sys_admin_the_compile_reads_kallsyms(live: Path) -> None:
         f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from kuprobe.live import _bcc
+        from kuprobe.live import bcc
         from kuprobe.live.codegen import render_pool
         from kuprobe.live.events import host_nregs, host_sp_index
         src = render_pool(nslots=16, ringbuf_pages=1, nregs=host_nregs(),
                           sp_index=host_sp_index())
-        m = _bcc.compile_module(src.text, list(src.cflags))
-        print(_bcc.last_view)
+        m = bcc.compile_module(src.text, list(src.cflags))
+        print(bcc.last_view)
         from kuprobe.live.checks import checks
         print([c.ok for c in checks() if c.name == "BCC compile view"])
         """

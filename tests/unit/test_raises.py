@@ -90,7 +90,7 @@ ABSTRACT_STUBS: dict[str, str] = {
         "the model's call set-up); every arch in ARCHES overrides each"
     ),
     "model/_signals.py": "SignalDelivery.record(): the Machine it is mixed into provides it",
-    "crosscheck/_sides.py": (
+    "crosscheck/sides.py": (
         "ProbeSet.offsets()/_probe(): Side (uprobes) and KSide (kprobes) provide them"
     ),
 }

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from kuprobe.crosscheck import SCENARIOS, Event, Observation, diff
-from kuprobe.crosscheck._sides import probe_offsets
 from kuprobe.crosscheck.scenarios import SCENARIO_DIR
+from kuprobe.crosscheck.sides import probe_offsets
 from kuprobe.crosscheck.spec import ScenarioError, load, parse
 from kuprobe.elf import ElfImage
 

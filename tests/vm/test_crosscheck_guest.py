@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from kuprobe.crosscheck import SCENARIOS, diff
-from kuprobe.crosscheck._sides import run_live
 from kuprobe.crosscheck.guest import PREDICTIONS_ENV, vm_scenarios
 from kuprobe.crosscheck.runs import decode_observation
+from kuprobe.crosscheck.sides import run_live
 
 from .conftest import GUEST_ARCH
 

@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
+from kuprobe import context
 from kuprobe.errors import KuprobeError
 from kuprobe.regs import PtRegs
-from kuprobe.task import Task, set_current
-from kuprobe.uaccess import EmulatedMemory, set_memory
+from kuprobe.task import Task
+from kuprobe.uaccess import EmulatedMemory
 
 log = logging.getLogger("kuprobe.model")
 
@@ -146,9 +147,9 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
     for a in args:
         if isinstance(a, PtRegs):
             m.fill_stack(a)
-    previous = set_current(m.task)
+    previous = context.enter_task(m.task)
     # kuprobe/uaccess.py: copy_from_user() and friends read the emulated memory at the hit
-    previous_memory = set_memory(EmulatedMemory(m.read))
+    previous_hit = context.enter_hit(EmulatedMemory(m.read))
     try:
         return fn(*args)
     except ModelError:  # the emulated run cannot go on (a kernel BUG, a lost step …)
@@ -163,5 +164,5 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
         m.handler_error(probe, e)
         return 0
     finally:
-        set_current(previous)
-        set_memory(previous_memory)
+        context.leave_task(previous)
+        context.leave_hit(previous_hit)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from kuprobe.backend import Backend
-from kuprobe.crosscheck._target import WaitingTarget
 from kuprobe.crosscheck.observe import Event, Observation
 from kuprobe.crosscheck.spec import CallSpec, ProbeSpec, ScenarioError, ScenarioSpec
+from kuprobe.crosscheck.target import WaitingTarget
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
 from kuprobe.insn import boundaries, disassembler

@@ -44,7 +44,10 @@ def kernel_build_tree() -> tuple[Path | None, str]:
     return None, ""
 
 
-def _prepare_env() -> None:
+def prepare_env() -> None:
+    """Point BCC at the kernel build tree (``kernel_build_tree``) through BCC_KERNEL_SOURCE,
+    unless it is /lib/modules' own; raw BCC in this process compiles against it too.
+    ProbeError(ENOENT) when there is none."""
     if "BCC_KERNEL_SOURCE" in os.environ:
         return
     tree, _how = kernel_build_tree()
@@ -139,7 +142,7 @@ def compile_module(text: str, cflags: list[str]) -> Any:
     """Compile one BPF module, on a thread made for it (``_private_view``). Raises
     ProbeError with the compiler's message on failure."""
     bpf_cls = import_bcc()
-    _prepare_env()
+    prepare_env()
     result: list[Any] = []
     errors: list[BaseException] = []
 
