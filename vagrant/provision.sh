@@ -98,7 +98,7 @@ vagrant() {
     # probed functions' bytes from it).
     if [ -d /kuprobe/kuprobe ] && [ ! -f "/boot/vmlinux-$kver" ]; then
         PYTHONPATH=/kuprobe python3 -c 'import sys; from pathlib import Path
-from kuprobe.vm._kernel import extract_vmlinux
+from kuprobe.vm.kernel import extract_vmlinux
 extract_vmlinux(Path(sys.argv[1]), Path(sys.argv[2]))' "/boot/vmlinuz-$kver" "/boot/vmlinux-$kver"
     fi
     say "done: the commands in vagrant/README.md run the VM tests (the model's predictions first)"

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kuprobe.vm import _initramfs
-from kuprobe.vm._kernel import extract_vmlinux, unpack_arm64_image
 from kuprobe.vm.guests import DEFAULT_ARCH, Guest, guest
 from kuprobe.vm.host import Stopwatch, VmError, capture, require_tool, run_logged, say
+from kuprobe.vm.kernel import extract_vmlinux, unpack_arm64_image
 
 # Bump when the builder below changes what it puts in an image.
 IMAGE_FORMAT = 1
