@@ -217,9 +217,11 @@ class UprobeOps(BackendCore):
                 if filt is not None and not filt(uc, task):
                     return
                 if not func_ip:
-                    func_ip = funcs.get(task.tgid) or funcs.setdefault(
-                        task.tgid, func_vaddr(task.tgid, up.inode, up.file_offset)
-                    )
+                    func_ip = funcs.get(task.tgid, 0)
+                    if not func_ip:  # a process gone (0) is asked again: a new one may reuse its id
+                        func_ip = func_vaddr(task.tgid, up.inode, up.file_offset)
+                        if func_ip:
+                            funcs[task.tgid] = func_ip
                 ret_handler(uc, func_ip, make_regs(chunk, off, ts))
             except BaseException as e:  # SystemExit too: the dispatcher never dies
                 report(e)
