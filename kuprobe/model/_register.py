@@ -10,6 +10,7 @@ from kuprobe.errors import ProbeError
 from kuprobe.model.core.kprobes import KprobeTable
 from kuprobe.model.core.kretprobes import KretprobeCore
 from kuprobe.model.core.uprobes import REGISTRY
+from kuprobe.model.semantics import Semantics
 from kuprobe.probes import Kprobe, Kretprobe, Uprobe
 
 
@@ -17,6 +18,7 @@ class ProbeRegistration:
     """Registration for a Machine: kprobes on kernel space, uprobes on user space."""
 
     space: str
+    semantics: Semantics
     kprobes: KprobeTable | None
     kretprobes: KretprobeCore | None
 
@@ -73,7 +75,7 @@ class ProbeRegistration:
     def register_uprobe(self, up: Uprobe) -> None:
         """Register globally (every Machine mapping the file, now and later)."""
         self._need("user", "uprobes")
-        REGISTRY.register(up)
+        REGISTRY.register(up, self.semantics)
 
     def unregister_uprobe(self, up: Uprobe) -> None:
         self._need("user", "uprobes")

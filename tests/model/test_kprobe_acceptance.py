@@ -9,9 +9,13 @@ side (a test module that places these bytes in the kernel) is another helper's.
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
+from kuprobe import ProbeError, Uprobe
+from kuprobe.crosscheck.acceptance import build as acceptance_build
+from kuprobe.model import Machine
 from kuprobe.model.arch.x86_64 import X86_64
 from kuprobe.model.arch.x86_kprobe import emulate_cc, kprobe_refuses
 from kuprobe.model.semantics import for_kernel
@@ -130,3 +134,24 @@ def test_the_sha512_vex_forms_by_kernel() -> None:
     assert for_kernel("6.9.12").x86_sha512_vex == "unknown"
     assert for_kernel("6.10.0").x86_sha512_vex == "vex_only"
     assert for_kernel("6.18.44").x86_sha512_vex == "vex_only"
+
+
+@pytest.mark.parametrize(("release", "refused"), [("6.1.0", False), ("6.18.0", True)])
+def test_a_uprobe_is_analysed_with_the_machines_kernel_rules(
+    tmp_path: Path, release: str, refused: bool
+) -> None:
+    """arch_uprobe_analyze_insn() is the kernel's: on a Machine of 6.1 the legacy form of a
+    VEX-only SHA512 opcode (f2 0f 38 cb) takes a uprobe, on one of 6.18 it does not (ENOEXEC).
+    The registry analysed every uprobe with today's rules whatever the Machine's, and the 6.1
+    guest's kernel accepted what the model refused (found by the host's tests in the guest)."""
+    insns = [(bytes.fromhex("f20f38cb00"), "sha256rnds2 xmm0, [rax], xmm0")]
+    exe = acceptance_build("x86_64", insns, tmp_path)
+    m = Machine.load(str(exe), semantics=release)
+    up = Uprobe(str(exe), symbol_name="insn_0")
+    if refused:
+        with pytest.raises(ProbeError) as e:
+            m.register_uprobe(up)
+        assert e.value.errno == errno.ENOEXEC
+    else:
+        m.register_uprobe(up)
+        m.unregister_uprobe(up)

@@ -29,6 +29,7 @@ from kuprobe.model.arch.base import (
     ArchUprobeTask,
 )
 from kuprobe.model.core.common import MachineLike, ModelError, call_handler
+from kuprobe.model.semantics import TODAY, Semantics
 from kuprobe.probes import UPROBE_HANDLER_REMOVE, Uprobe
 from kuprobe.regs import PtRegs
 from kuprobe.resolve import resolve_uprobe
@@ -158,11 +159,15 @@ class UprobeRegistry:
         )
         return t.image, t.offset
 
-    def register(self, up: Uprobe) -> None:
+    def register(self, up: Uprobe, semantics: Semantics = TODAY) -> None:
+        """``up`` in every process mapping its file; its instruction analysed with the rules
+        of ``semantics`` (the registering Machine's kernel: arch_uprobe_analyze_insn() is the
+        kernel's)."""
         if up._owner is not None:
             raise ProbeError(errno.EINVAL, "this uprobe is already registered", probe=up)
         image, offset = self.resolve(up)  # one image per file version, shared: not closed
         arch = get_arch(image.arch)
+        arch.semantics = semantics.for_arch(arch.name)
         entry = self.entry(image.inode, offset)
         if entry is None:
             insn = image.read(offset, arch.MAX_UINSN_BYTES)
