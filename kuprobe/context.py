@@ -1,25 +1,52 @@
 """The context a probe handler runs in, one per thread: the task the trap was taken in and
 what the hit recorded for the handler to read.
 
-One thread-local, owned here. A backend enters it around the handlers of a hit and leaves
-it after: ``enter_task`` / ``leave_task`` the task (live: the dispatcher, per event; the
-model: its trap), ``enter_hit`` / ``leave_hit`` the memory and the stacks (live: a probe's
-captures, kuprobe/live/capture.py; the model: its emulated memory). Each ``enter_*``
-returns what it replaced, and its ``leave_*`` puts that back. The handler's calls read it
-through ``task()`` (``current()``, kuprobe/task.py), ``memory()`` (``copy_from_user()`` and
-friends, kuprobe/uaccess.py) and ``stacks()`` (``stack_trace_save()``, kuprobe/stacks.py);
-outside a handler each is None.
+The types of what it holds, and one thread-local, owned here. A backend enters it around the
+handlers of a hit and leaves it after: ``enter_task`` / ``leave_task`` the task (live: the
+dispatcher, per event; the model: its trap), ``enter_hit`` / ``leave_hit`` the memory and
+the stacks (live: a probe's captures, kuprobe/live/capture.py; the model: its emulated
+memory). Each ``enter_*`` returns what it replaced, and its ``leave_*`` puts that back. The
+handler's calls read it through ``task()`` (``current()``, kuprobe/task.py), ``memory()``
+(``copy_from_user()`` and friends, kuprobe/uaccess.py) and ``stacks()``
+(``stack_trace_save()``, kuprobe/stacks.py); outside a handler each is None.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from kuprobe.stacks import StacksAtHit
-    from kuprobe.task import Task
-    from kuprobe.uaccess import MemoryAtHit
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """``struct task_struct``, the part a probe handler reads, with the kernel's meanings:
+    ``pid`` is the thread id, ``tgid`` the process (thread group) id, ``comm`` the name."""
+
+    pid: int
+    tgid: int
+    comm: str
+
+
+class MemoryAtHit(Protocol):
+    """What a backend gives the handler of one hit (``enter_hit``): ``read`` raises
+    ProbeError(EFAULT)."""
+
+    def read(self, addr: int, n: int, *, user: bool) -> bytes: ...
+    def read_str(self, addr: int, count: int, *, user: bool) -> bytes: ...
+
+
+class StacksAtHit:
+    """The stacks a live event carries (``enter_hit``): ``user`` and ``kernel`` fetch the
+    addresses."""
+
+    __slots__ = ("kernel", "user")
+
+    def __init__(
+        self, user: Callable[[], list[int]] | None, kernel: Callable[[], list[int]] | None
+    ) -> None:
+        self.user, self.kernel = user, kernel
 
 
 class _Context(threading.local):

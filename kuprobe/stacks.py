@@ -15,10 +15,11 @@ import errno
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kuprobe import context
+from kuprobe.context import StacksAtHit
 from kuprobe.errors import ProbeError
 
 
@@ -34,18 +35,6 @@ class Frame:
         if self.symbol is None:
             return f"{self.addr:#x}{where}"
         return f"{self.symbol}+{self.offset:#x}{where}"
-
-
-class StacksAtHit:
-    """The stacks a live event carries (``context.enter_hit``): ``user`` and ``kernel``
-    fetch the addresses."""
-
-    __slots__ = ("kernel", "user")
-
-    def __init__(
-        self, user: Callable[[], list[int]] | None, kernel: Callable[[], list[int]] | None
-    ) -> None:
-        self.user, self.kernel = user, kernel
 
 
 def _stacks() -> StacksAtHit:

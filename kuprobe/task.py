@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kuprobe import context
+from kuprobe.context import Task
 from kuprobe.errors import OutsideHandlerError
 
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    """``struct task_struct``, the part a probe handler reads, with the kernel's meanings:
-    ``pid`` is the thread id, ``tgid`` the process (thread group) id, ``comm`` the name."""
-
-    pid: int
-    tgid: int
-    comm: str
+__all__ = ["Task", "current"]
 
 
 def current() -> Task:

@@ -17,18 +17,10 @@ Python's forms return the bytes instead of filling a buffer: ``copy_from_user(ad
 from __future__ import annotations
 
 import errno
-from typing import Protocol
 
 from kuprobe import context
+from kuprobe.context import MemoryAtHit
 from kuprobe.errors import OutsideHandlerError, ProbeError
-
-
-class MemoryAtHit(Protocol):
-    """What a backend gives the handler of one hit (``context.enter_hit``): ``read`` raises
-    ProbeError(EFAULT)."""
-
-    def read(self, addr: int, n: int, *, user: bool) -> bytes: ...
-    def read_str(self, addr: int, count: int, *, user: bool) -> bytes: ...
 
 
 def _memory() -> MemoryAtHit:

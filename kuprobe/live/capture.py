@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 
 from kuprobe import context
 from kuprobe.arch import ARCHES
+from kuprobe.context import StacksAtHit
 from kuprobe.errors import ProbeError
 from kuprobe.live.events import (
     CAPTURED,
@@ -31,7 +32,6 @@ from kuprobe.live.events import (
     live_host,
 )
 from kuprobe.probes import Capture, Kprobe, Kretprobe, Uprobe
-from kuprobe.stacks import StacksAtHit
 from kuprobe.uaccess import CapturedMemory
 
 # kind, space, src, mask32, index, offset, size
