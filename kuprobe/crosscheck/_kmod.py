@@ -38,12 +38,13 @@ KERNEL_THUNKS = ("__x86_indirect_thunk_array", "__x86_return_thunk")
 
 
 def module_ko() -> Path:
-    """The built module (tests/targets/build/kmod/, made by ``python -m kuprobe.targets.kmod``)."""
+    """The built module (tests/targets/build/kmod/, made by
+    ``python -m kuprobe.crosscheck.kmod_build``)."""
     ko = DEFAULT_OUT / f"{MODULE}.ko"
     if not ko.is_file():
         raise TargetError(
-            f"{ko} is missing: build it on the host with `python -m kuprobe.targets.kmod` "
-            "(tests/targets/build.sh does)"
+            f"{ko} is missing: build it on the host with "
+            "`python -m kuprobe.crosscheck.kmod_build` (tests/targets/build.sh does)"
         )
     return ko
 

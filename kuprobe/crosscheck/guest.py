@@ -234,7 +234,7 @@ def run_in_vm(
     from kuprobe.vm.image import PROJECT_ROOT, ensure_image
 
     # the programs a uprobe scenario drives, built here (a kprobe scenario's test module is
-    # built with the project's targets: python -m kuprobe.targets.kmod)
+    # built with the project's targets: python -m kuprobe.crosscheck.kmod_build)
     exes = {target_path(arch, s.program) for s in specs if s.needs != NEEDS_KPROBES}
     targets = {exe.parent.parent for exe in exes} or {cache_dir()}
     folders = sorted({s.path.parent.resolve() for s in specs if s.path is not None})

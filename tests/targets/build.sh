@@ -9,5 +9,5 @@ KUPROBE_TARGET_OUT="$here/build" KUPROBE_TARGET_EXTRA="$here" \
 # headers come from the registry once. Without them the VM's kprobe scenarios fail, saying so.
 py="$here/../../.venv/bin/python"
 [ -x "$py" ] || py=python3
-"$py" -m kuprobe.targets.kmod "$here/build/kmod" ||
+"$py" -m kuprobe.crosscheck.kmod_build "$here/build/kmod" ||
 	echo "warning: the test module (kuprobe/targets/kmod) was not built" >&2
