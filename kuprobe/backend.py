@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
 from kuprobe.errors import KuprobeTypeError
-from kuprobe.probes import Kprobe, Kretprobe, Uprobe
-
-AnyProbe = Kprobe | Kretprobe | Uprobe
+from kuprobe.probes import AnyProbe, Kprobe, Kretprobe, Uprobe
 
 
 @runtime_checkable

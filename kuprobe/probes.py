@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kuprobe.errors import ProbeError
+from kuprobe.errors import KuprobeTypeError, ProbeError
 
 if TYPE_CHECKING:
     from kuprobe.regs import PtRegs
@@ -285,6 +285,102 @@ class Uprobe(_Counted):
     def file_offset(self) -> int | None:
         """The probed instruction's offset in the file, once registered."""
         return self._file_offset
+
+
+# --- the holding backend's verbs -----------------------------------------------------------
+# A probe's owner, counters and resolved identity are written here only, as kernel/kprobes.c
+# keeps struct kprobe's behind its own calls (kprobes_inc_nmissed_count() …). The live
+# backend and the model call these; users read the properties above.
+
+AnyProbe = Kprobe | Kretprobe | Uprobe
+
+
+def owner(p: AnyProbe) -> Any:
+    """The backend ``p`` is registered with, or None."""
+    return p._owner
+
+
+def set_owner(p: AnyProbe, holder: object) -> None:
+    """``p`` is registered with ``holder`` (None: no longer registered)."""
+    p._owner = holder
+
+
+def inc_hits(p: AnyProbe) -> None:
+    """The probe fired (the model counts each trap; live counts come from the maps)."""
+    p._hits += 1
+
+
+def inc_ret_hits(up: Uprobe) -> None:
+    """The probed function returned through the uretprobe."""
+    up._ret_hits += 1
+
+
+def inc_nmissed(p: AnyProbe) -> None:
+    """A hit whose handlers did not run (kernel/kprobes.c: kprobes_inc_nmissed_count(), and
+    a kretprobe's ``rp->nmissed++`` when no instance is free)."""
+    p._nmissed += 1
+
+
+def inc_handler_errors(p: AnyProbe) -> int:
+    """A handler raised; returns how many have, so the first can be reported."""
+    p._handler_errors += 1
+    return p._handler_errors
+
+
+def inc_dropped(p: AnyProbe, *, ret: bool = False) -> None:
+    """An event recorded but never handed to a handler (``ret``: a uretprobe's)."""
+    if ret and isinstance(p, Uprobe):
+        p._ret_dropped += 1
+    else:
+        p._dropped += 1
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A probe's counters as last set, without asking the backend (``set_counts``)."""
+
+    hits: int
+    nmissed: int
+    lost: int
+    ret_hits: int = 0
+    ret_lost: int = 0
+
+
+def counts(p: AnyProbe) -> Counts:
+    if isinstance(p, Uprobe):
+        return Counts(p._hits, p._nmissed, p._lost, p._ret_hits, p._ret_lost)
+    return Counts(p._hits, p._nmissed, p._lost)
+
+
+def set_counts(
+    p: AnyProbe,
+    *,
+    hits: int | None = None,
+    nmissed: int | None = None,
+    lost: int | None = None,
+    ret_hits: int | None = None,
+    ret_lost: int | None = None,
+) -> None:
+    """The counters a live backend read from its maps (those given; the rest stay)."""
+    if hits is not None:
+        p._hits = hits
+    if nmissed is not None:
+        p._nmissed = nmissed
+    if lost is not None:
+        p._lost = lost
+    if ret_hits is not None or ret_lost is not None:
+        if not isinstance(p, Uprobe):
+            raise KuprobeTypeError(f"only a uprobe has return counters, not {p!r:.60}")
+        if ret_hits is not None:
+            p._ret_hits = ret_hits
+        if ret_lost is not None:
+            p._ret_lost = ret_lost
+
+
+def set_identity(up: Uprobe, inode: tuple[int, int], file_offset: int) -> None:
+    """What register_uprobe() resolved: the file's (st_dev, st_ino) and the probed
+    instruction's file offset, the kernel's identity of a uprobe."""
+    up._inode, up._file_offset = inode, file_offset
 
 
 def check_kretprobe_fields(rp: Kretprobe) -> None:

@@ -9,7 +9,7 @@ changed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kuprobe.arch import ARCHES, ARM64, ArchInfo, RegLayout, arch_info
@@ -37,14 +37,16 @@ class PtRegs:
     _stack: tuple[int, ...]
     _ts: int
 
-    def __init__(self, values: Sequence[int] | None = None, stack: Sequence[int] = ()) -> None:
+    def __init__(
+        self, values: Sequence[int] | None = None, stack: Sequence[int] = (), *, ts: int = 0
+    ) -> None:
         n = len(self.layout.fields)
         vals = [0] * n if values is None else [int(v) for v in values]
         if len(vals) != n:
             raise KuprobeValueError(f"{self.info.name} pt_regs has {n} fields, got {len(vals)}")
         self._vals = vals
         self._stack = tuple(int(w) for w in stack)
-        self._ts = 0
+        self._ts = int(ts)
 
     if TYPE_CHECKING:
         # Fields are properties made per arch (_make); to a type checker every field name
@@ -53,9 +55,11 @@ class PtRegs:
         def __setattr__(self, name: str, value: Any) -> None: ...
 
     @staticmethod
-    def of(arch: str, values: Sequence[int] | None = None, stack: Sequence[int] = ()) -> PtRegs:
-        """A snapshot for ``arch`` ("x86_64", "i386", "arm64")."""
-        return regs_class(arch)(values, stack)
+    def of(
+        arch: str, values: Sequence[int] | None = None, stack: Sequence[int] = (), *, ts: int = 0
+    ) -> PtRegs:
+        """A snapshot for ``arch`` ("x86_64", "i386", "arm64"), taken at ``ts`` ns."""
+        return regs_class(arch)(values, stack, ts=ts)
 
     @property
     def arch(self) -> str:
@@ -175,6 +179,48 @@ _CLASSES: dict[str, type[PtRegs]] = {
 def regs_class(arch: str) -> type[PtRegs]:
     """The PtRegs subclass for ``arch``; KuprobeValueError naming the known arches otherwise."""
     return _CLASSES[arch_info(arch).name]
+
+
+# --- the backends' constructors -------------------------------------------------------------
+# A snapshot's private fields are written here only. Backends build snapshots on their hot
+# paths (every trap, every event) through these, which skip __init__'s checks.
+
+Decoder = Callable[[Any, int], tuple[list[int], tuple[int, ...]]]
+
+
+def lazy_regs(cls: type[PtRegs], decoder: Decoder) -> Callable[[Any, int, int], PtRegs]:
+    """A constructor of live snapshots, ``make(buf, off, ts)``: the event record at ``off``
+    of ``buf``, decoded by ``decoder`` on the first read of a field (most handlers read two or
+    three fields of ~300 bytes)."""
+    new = object.__new__
+
+    def make(buf: Any, off: int, ts: int) -> PtRegs:
+        r = new(cls)
+        r._raw = (decoder, buf, off, ts)
+        return r
+
+    return make
+
+
+def raw_record(regs: PtRegs) -> tuple[Any, int]:
+    """(buffer, offset) of the event record a live snapshot decodes from."""
+    _decoder, buf, off, _ts = regs._raw
+    return buf, off
+
+
+def model_regs(cls: type[PtRegs], values: list[int]) -> PtRegs:
+    """A model snapshot of ``values`` (taken as they are, in pt_regs order: the caller made
+    them for ``cls``), with no stack words yet (``set_stack``) and no timestamp."""
+    regs: PtRegs = object.__new__(cls)
+    regs._vals = values
+    regs._stack = ()
+    regs._ts = 0
+    return regs
+
+
+def set_stack(regs: PtRegs, words: Sequence[int]) -> None:
+    """The stack words read up from the stack pointer at the trap (``regs.stack``)."""
+    regs._stack = tuple(words)
 
 
 # --- the kernel's accessors ------------------------------------------------------------

@@ -32,6 +32,7 @@ from kuprobe.live.events import (
     live_host,
 )
 from kuprobe.probes import Capture, Kprobe, Kretprobe, Uprobe
+from kuprobe.regs import raw_record
 from kuprobe.uaccess import CapturedMemory
 
 # kind, space, src, mask32, index, offset, size
@@ -90,8 +91,7 @@ def with_captured(
     n = KUPROBE_CAPTURES
 
     def handler(*args: Any) -> Any:
-        regs = args[-1]
-        _dec, chunk, off, _ts = regs._raw
+        chunk, off = raw_record(args[-1])
         memory = None
         stacks = None
         if _FLAGS.unpack_from(chunk, off)[0] & KUPROBE_EV_CAPTURED:

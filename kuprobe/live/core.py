@@ -23,8 +23,9 @@ from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import KUPROBE_CFG_RET
 from kuprobe.live.messages import describe
 from kuprobe.live.pool import ProbePool
-from kuprobe.live.state import AnyProbe, Attach, Registration
+from kuprobe.live.state import Attach, Registration
 from kuprobe.live.teardown import TeardownOps
+from kuprobe.probes import AnyProbe, inc_handler_errors, owner
 
 log = logging.getLogger("kuprobe")
 
@@ -94,7 +95,7 @@ class BackendCore(TeardownOps):
     # --- registration --------------------------------------------------------------
 
     def _claim(self, probe: AnyProbe) -> None:
-        if probe._owner is not None:
+        if owner(probe) is not None:
             raise ProbeError(
                 errno.EINVAL,
                 f"this {type(probe).__name__} is already registered",
@@ -138,8 +139,7 @@ class BackendCore(TeardownOps):
 
     def _reporter(self, probe: AnyProbe) -> Callable[[BaseException], None]:
         def report(e: BaseException) -> None:
-            probe._handler_errors += 1
-            if probe._handler_errors == 1:
+            if inc_handler_errors(probe) == 1:
                 log.error(
                     "handler of %s raised; counted in handler_errors, dispatch goes on",
                     describe(probe),

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from kuprobe.live import perf
 from kuprobe.live.messages import describe
 from kuprobe.live.state import Registration
-from kuprobe.probes import Kretprobe, Uprobe
+from kuprobe.probes import Kretprobe, Uprobe, counts, set_counts
 
 log = logging.getLogger("kuprobe")
 
@@ -31,22 +31,23 @@ def sync(reg: Registration, profile: dict[str, tuple[int, int]] | None = None) -
             hits += h
             lost += lo
     p = reg.probe
+    before = counts(p)
     if isinstance(p, Uprobe):
-        if ret_lost > p._ret_lost:
+        if ret_lost > before.ret_lost:
             log.warning("%s: %d return events lost", describe(p), ret_lost)
-        p._hits, p._ret_hits, p._ret_lost = hits, ret_hits, ret_lost
+        set_counts(p, hits=hits, ret_hits=ret_hits, ret_lost=ret_lost)
     elif isinstance(p, Kretprobe):
         lost += ret_lost
-        p._hits = ret_hits
+        set_counts(p, hits=ret_hits)
         if reg.tracefs_event:
             prof = profile if profile is not None else perf.kprobe_profile()
-            p._nmissed = prof.get(reg.tracefs_event, (0, p._nmissed))[1]
+            set_counts(p, nmissed=prof.get(reg.tracefs_event, (0, before.nmissed))[1])
     else:
-        p._hits = hits
-    if lost > p._lost:
+        set_counts(p, hits=hits)
+    if lost > before.lost:
         log.warning(
             "%s: %d events lost (the ring buffer refused a reservation: full or contended)",
             describe(p),
             lost,
         )
-    p._lost = lost
+    set_counts(p, lost=lost)

@@ -13,7 +13,7 @@ from typing import Any
 
 from kuprobe.arch import ARM64, I386, X86_64, ArchInfo, host_arch, host_machine
 from kuprobe.errors import ProbeError
-from kuprobe.regs import STACK_WORDS, PtRegs, regs_class
+from kuprobe.regs import STACK_WORDS, Decoder, PtRegs, lazy_regs, regs_class
 
 # kuprobe/bpf_programs/kuprobe_event.h
 KUPROBE_STACK_BYTES = 128
@@ -124,8 +124,6 @@ _STACK64 = struct.Struct(f"<{STACK_WORDS}Q")
 _STACK32 = struct.Struct(f"<{STACK_WORDS}I")
 _M32 = 0xFFFFFFFF
 
-Decoder = Callable[[Any, int], tuple[list[int], tuple[int, ...]]]
-
 
 def _decode_x86_64(buf: Any, off: int) -> tuple[list[int], tuple[int, ...]]:
     vals = list(_X86_64_REGS.unpack_from(buf, off + REGS_OFFSET))
@@ -168,12 +166,4 @@ def live_regs_parts(arch: str) -> tuple[type[PtRegs], Decoder]:
 
 def regs_factory(arch: str) -> Callable[[Any, int, int], PtRegs]:
     """A fast constructor of lazy PtRegs snapshots for events of ``arch`` tasks."""
-    cls, decoder = live_regs_parts(arch)
-    new = object.__new__
-
-    def make(buf: Any, off: int, ts: int) -> PtRegs:
-        r = new(cls)
-        r._raw = (decoder, buf, off, ts)  # fields decode on first read
-        return r
-
-    return make
+    return lazy_regs(*live_regs_parts(arch))

@@ -37,6 +37,7 @@ from kuprobe.probes import (
     check_captures,
     check_handlers,
     check_kretprobe_fields,
+    set_owner,
 )
 from kuprobe.regs import instruction_pointer
 from kuprobe.resolve import check_kprobe_target
@@ -125,7 +126,7 @@ class KprobeOps(BackendCore):
             except BaseException:
                 self._rollback(reg)
                 raise
-            kp._owner = self
+            set_owner(kp, self)
             self._regs[id(kp)] = reg
 
     def register_kretprobes(self, rps: Sequence[Kretprobe]) -> None:
@@ -197,7 +198,7 @@ class KprobeOps(BackendCore):
             except BaseException:
                 self._rollback(reg)
                 raise
-            rp._owner = self
+            set_owner(rp, self)
             self._regs[id(rp)] = reg
 
     def _kretprobe_handlers(

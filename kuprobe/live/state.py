@@ -16,9 +16,7 @@ from kuprobe.live.compiling import PendingPool
 from kuprobe.live.dispatch import Dispatcher
 from kuprobe.live.pool import ProbePool
 from kuprobe.live.signals import SignalsDeferred
-from kuprobe.probes import Kprobe, Kretprobe, Uprobe
-
-AnyProbe = Kprobe | Kretprobe | Uprobe
+from kuprobe.probes import AnyProbe
 
 
 @dataclass

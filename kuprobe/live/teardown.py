@@ -22,8 +22,8 @@ from kuprobe.live.closer import MAX_PENDING
 from kuprobe.live.counters import read_profile, sync
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.messages import describe
-from kuprobe.live.state import AnyProbe, Attach, BackendState, Registration
-from kuprobe.probes import Uprobe
+from kuprobe.live.state import Attach, BackendState, Registration
+from kuprobe.probes import AnyProbe, Uprobe, inc_dropped, set_owner
 
 log = logging.getLogger("kuprobe")
 # Interpreter exit and SIGINT/SIGTERM: how long events still queued get handled before the
@@ -230,7 +230,7 @@ class TeardownOps(BackendState):
             self._free_slots(r)
         finally:  # whatever happened, the probe is not left half unregistered
             self._closing.pop(id(p), None)
-            p._owner = None
+            set_owner(p, None)
             r.done.set()
 
     def _free_slots(self, r: Registration) -> None:
@@ -256,7 +256,7 @@ class TeardownOps(BackendState):
             else:
                 self._release(att)
         p = r.probe
-        dropped = p._dropped + (p._ret_dropped if isinstance(p, Uprobe) else 0)
+        dropped = p.dropped + (p.ret_dropped if isinstance(p, Uprobe) else 0)
         if dropped and not self.dispatcher.on_dispatcher_thread():
             log.warning(
                 "%s: %d recorded events were not handled (unregister timed out, exit or a "
@@ -314,12 +314,12 @@ def _dropper(probe: AnyProbe, att: Attach) -> SlotHandler:
     if att.ret and isinstance(probe, Uprobe):
 
         def drop_ret(chunk: memoryview, off: int, ts: int, ip: int, task: object) -> None:
-            probe._ret_dropped += 1
+            inc_dropped(probe, ret=True)
 
         return drop_ret
 
     def drop(chunk: memoryview, off: int, ts: int, ip: int, task: object) -> None:
-        probe._dropped += 1
+        inc_dropped(probe)
 
     return drop
 

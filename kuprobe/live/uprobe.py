@@ -23,7 +23,6 @@ from kuprobe.live.events import (
     KUPROBE_CFG_STACK,
     KUPROBE_CFG_STREAM,
     live_host,
-    live_regs_parts,
     regs_factory,
 )
 from kuprobe.live.messages import attach_error, describe
@@ -35,6 +34,8 @@ from kuprobe.probes import (
     UprobeConsumer,
     check_captures,
     check_handlers,
+    set_identity,
+    set_owner,
 )
 from kuprobe.task import Task
 
@@ -150,9 +151,8 @@ class UprobeOps(BackendCore):
                 except BaseException:
                     self._rollback(reg)
                     raise
-                up._inode = target.inode
-                up._file_offset = target.offset
-                up._owner = self
+                set_identity(up, target.inode, target.offset)
+                set_owner(up, self)
                 self._regs[id(up)] = reg
 
     def _uprobe_handler(
@@ -168,19 +168,16 @@ class UprobeOps(BackendCore):
         report = self._reporter(up)
         removed: set[int] = set()
         warned: list[int] = []
-        regs_cls, decoder = live_regs_parts(arch)
-        new = object.__new__
+        make_regs = regs_factory(arch)
 
         def on_hit(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
-            # The hottest path of the live side: regs_factory() inlined.
+            # The hottest path of the live side.
             if removed and task.tgid in removed:
                 return  # recorded before the kernel-side removal took effect
             try:
                 if filt is not None and not filt(uc, task):
                     return
-                regs = new(regs_cls)
-                regs._raw = (decoder, chunk, off, ts)
-                ret = handler(uc, regs)
+                ret = handler(uc, make_regs(chunk, off, ts))
             except BaseException as e:  # SystemExit too: the dispatcher never dies
                 report(e)
                 return

@@ -35,7 +35,7 @@ from kuprobe.model.core.kretprobes import KretprobeCore
 from kuprobe.model.core.uprobes import REGISTRY, UprobeMm
 from kuprobe.model.emu import PAGE_SIZE, PROT_ALL, Emu, EmuError, page_ceil, page_floor
 from kuprobe.model.semantics import Semantics, resolve
-from kuprobe.regs import STACK_WORDS, PtRegs, regs_class
+from kuprobe.regs import STACK_WORDS, PtRegs, model_regs, regs_class, set_stack
 from kuprobe.task import Task
 
 DEFAULT_MAX_INSNS = 200_000_000
@@ -257,7 +257,7 @@ class Machine(ProbeRegistration, SignalDelivery):
             (names.index(f), 0) if f in names else (-1, self.hooks.reg_defaults.get(f, 0))
             for f in cls.layout.fields
         ]
-        self._sp_index = cls.layout.fields.index(self.hooks.stack_pointer_field())
+        self._sp_field = self.hooks.stack_pointer_field()
         # usually the emulator reads the fields in pt_regs order, less the synthetic ones
         in_order = [f for f in cls.layout.fields if f in names] == names
         self._inserts = (
@@ -273,24 +273,16 @@ class Machine(ProbeRegistration, SignalDelivery):
                 vals.insert(i, d)
         else:
             vals = [raw[i] if i >= 0 else d for i, d in self._field_src]
-        # kuprobe/regs.py: "a model snapshot sets _vals, _stack and _ts" (no re-validation)
-        regs: PtRegs = object.__new__(self._regs_cls)
-        try:
-            regs._vals = vals
-            regs._stack = ()
-            regs._ts = 0
-        except AttributeError:  # regs.py changed its slots: the public constructor
-            return self._regs_cls(vals, ())
-        return regs
+        return model_regs(self._regs_cls, vals)
 
     def fill_stack(self, regs: PtRegs) -> None:
         """STACK_WORDS words from the stack pointer, before a handler sees ``regs``."""
-        if regs._stack:
+        if regs.stack:
             return
-        sp = regs._vals[self._sp_index]
+        sp = int(getattr(regs, self._sp_field))
         w = self.hooks.word
         if self.present(sp) and self.present(sp + STACK_WORDS * w - 1):
-            regs._stack = tuple(self.emu.read_words(sp, STACK_WORDS, w))
+            set_stack(regs, self.emu.read_words(sp, STACK_WORDS, w))
 
     def _write_regs(self, regs: PtRegs, before: Sequence[int] | None = None) -> None:
         fields = regs.layout.fields

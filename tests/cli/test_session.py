@@ -22,10 +22,9 @@ from kuprobe.task import Task
 
 
 def regs(arch: str, ts: int, **fields: int) -> PtRegs:
-    r = PtRegs.of(arch, stack=[0x1234, 7, 0xBEEF] + [0] * 13)
+    r = PtRegs.of(arch, stack=[0x1234, 7, 0xBEEF] + [0] * 13, ts=ts)
     for name, value in fields.items():
         setattr(r, name, value)
-    r._ts = ts
     return r
 
 

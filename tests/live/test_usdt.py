@@ -21,7 +21,7 @@ from kuprobe import (
     unregister_usdt,
 )
 from kuprobe.errors import ProbeError
-from kuprobe.regs import PtRegs
+from kuprobe.regs import PtRegs, set_stack
 from kuprobe.task import current
 from kuprobe.usdt import parse_arg, split_args
 
@@ -102,7 +102,7 @@ def test_argument_forms_of_each_arch() -> None:
     """The operand forms of x86_64, i386 and arm64 notes (tools/lib/bpf/usdt.c's)."""
     regs = PtRegs.of("x86_64")
     regs.di, regs.ax, regs.bp, regs.sp = 0xFFFF_FFFF_FFFF_FFFE, 0x1234, 0x1000 + 24, 0x1000
-    regs._stack = (5, 0xFFFF_FFFF_FFFF_FFF9, 0, 0)
+    set_stack(regs, (5, 0xFFFF_FFFF_FFFF_FFF9, 0, 0))
     assert parse_arg("-4@%edi", "x86_64").value(regs) == -2
     assert parse_arg("4@%edi", "x86_64").value(regs) == 0xFFFF_FFFE
     assert parse_arg("1@%ah", "x86_64").value(regs) == 0x12
@@ -117,12 +117,12 @@ def test_argument_forms_of_each_arch() -> None:
     assert e.value.errno == errno.EOPNOTSUPP
     r32 = PtRegs.of("i386")
     r32.bp, r32.sp, r32.cx = 0x2000 + 28, 0x2000, 0xFFFF_0003
-    r32._stack = (0, 0, 0, 0, 0, 0, 0xFFFF_FFF0, 0)  # bp-28 is word 0; sp+24 is word 6
+    set_stack(r32, (0, 0, 0, 0, 0, 0, 0xFFFF_FFF0, 0))  # bp-28 is word 0; sp+24 is word 6
     assert parse_arg("-2@%cx", "i386").value(r32) == 3
     assert parse_arg("-4@24(%esp)", "i386").value(r32) == -16
     a64 = PtRegs.of("arm64")
     a64.x1, a64.sp = 0xFFFF_FFFF, 0x3000
-    a64._stack = (0, 0, 0, 0, 0, 99, 0)
+    set_stack(a64, (0, 0, 0, 0, 0, 99, 0))
     assert parse_arg("-4@w1", "arm64").value(a64) == -1
     assert parse_arg("8@[sp, 40]", "arm64").value(a64) == 99
     assert parse_arg("-8@-3", "arm64").value(a64) == -3

@@ -9,7 +9,7 @@ import pytest
 from kuprobe import Kprobe, ProbeError
 from kuprobe.insn import boundaries
 from kuprobe.model import Machine, ModelError
-from kuprobe.probes import KPROBE_FLAG_DISABLED
+from kuprobe.probes import KPROBE_FLAG_DISABLED, owner
 from kuprobe.regs import PtRegs, instruction_pointer
 
 from .archfacts import BOUNDARY_ERRNO, MID_REG, NOP_SIZE, REENTER_BUG, X86_ARCHES, return_now
@@ -78,10 +78,10 @@ def test_arming_writes_the_breakpoint_and_unregister_restores(kernel: Machine) -
     kernel.register_kprobe(kp)
     n = len(kernel.hooks.BREAKPOINT_INSN)
     assert kernel.read(addr, n) == kernel.hooks.BREAKPOINT_INSN
-    assert kp._owner is kernel
+    assert owner(kp) is kernel
     kernel.unregister_kprobe(kp)
     assert kernel.read(addr, 4) == orig
-    assert kp._owner is None
+    assert owner(kp) is None
 
 
 def test_disabled_probe_does_not_fire(kernel: Machine) -> None:

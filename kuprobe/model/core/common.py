@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from kuprobe import context
 from kuprobe.errors import KuprobeError
+from kuprobe.probes import inc_handler_errors
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task
 from kuprobe.uaccess import EmulatedMemory
@@ -157,8 +158,7 @@ def call_handler(m: MachineLike, probe: Any, fn: Callable[..., Any], *args: Any)
     except Exception as e:
         if m.strict:
             raise
-        probe._handler_errors += 1
-        if probe._handler_errors == 1:
+        if inc_handler_errors(probe) == 1:
             log.error("a handler of %r raised; counted in handler_errors, the run goes on",
                       probe, exc_info=e)  # fmt: skip
         m.handler_error(probe, e)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kuprobe.errors import ProbeError
 from kuprobe.model.arch.base import ArchSpecificInsn
 from kuprobe.model.core.common import HandlerAbandoned, MachineLike, ModelError, call_handler
-from kuprobe.probes import KPROBE_FLAG_DISABLED, Kprobe
+from kuprobe.probes import KPROBE_FLAG_DISABLED, Kprobe, inc_hits, inc_nmissed, owner, set_owner
 from kuprobe.regs import PtRegs
 from kuprobe.resolve import check_kprobe_target
 
@@ -172,7 +172,7 @@ class KprobeTable:
     def register(self, p: Kprobe, internal: Any = None, at: int | None = None) -> ProbePoint:
         """register_kprobe(); ``at``: a kprobe of the model's own code (the kretprobe
         trampoline), placed there without the checks a user's kprobe gets."""
-        if p._owner is not None:
+        if owner(p) is not None:
             raise ProbeError(errno.EINVAL, "this kprobe is already registered", probe=p)
         if p.fault_handler is not None and self.m.semantics.kprobe_fault_handler == "no":
             raise ProbeError(
@@ -206,19 +206,19 @@ class KprobeTable:
         self.addr_of[p] = addr
         if internal is not None:
             self.internal[p] = internal
-        p._owner = self.m
+        set_owner(p, self.m)
         self._update_arming(point)
         self.m.record("register", addr, probe=p)
         return point
 
     def unregister(self, p: Kprobe) -> None:
         addr = self.addr_of.pop(p, None)
-        if addr is None or p._owner is not self.m:
+        if addr is None or owner(p) is not self.m:
             raise ProbeError(errno.EINVAL, "this kprobe is not registered here", probe=p)
         point = self.points[addr]
         point.probes.remove(p)
         self.internal.pop(p, None)
-        p._owner = None
+        set_owner(p, None)
         if not point.probes:  # the last one: disarm, free the slot
             if point.armed:
                 self.m.hooks.arch_disarm_kprobe(self.m, addr, point.ainsn)
@@ -285,7 +285,7 @@ class KprobeTable:
             if owner is not None:
                 owner.missed()
             else:
-                p._nmissed += 1
+                inc_nmissed(p)
 
     def _set_current(self, point: ProbePoint, regs: PtRegs) -> None:
         self.kcb.current = point
@@ -348,7 +348,7 @@ class KprobeTable:
             return True
         kcb = self.kcb
         for p in point.enabled():
-            p._hits += 1
+            inc_hits(p)
         if kcb.current is not None:
             self._reenter(point, regs)
             return True

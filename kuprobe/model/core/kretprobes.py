@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from kuprobe.errors import KuprobeValueError, ProbeError
 from kuprobe.model.core.common import MachineLike, ModelError, call_handler
 from kuprobe.model.core.kprobes import KprobeTable
-from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance, check_kretprobe_fields
+from kuprobe.probes import (
+    Kprobe,
+    Kretprobe,
+    KretprobeInstance,
+    check_kretprobe_fields,
+    inc_hits,
+    inc_nmissed,
+    owner,
+    set_owner,
+)
 from kuprobe.regs import PtRegs
 
 # kernel/kprobes.c: register_kretprobe(): with CONFIG_PREEMPTION (Debian's kernels) the
@@ -50,13 +59,13 @@ class _KretprobeEntry:
         self.kp = Kprobe(symbol_name=rp.symbol_name, offset=rp.offset, addr=rp.addr)
 
     def missed(self) -> None:
-        self.rp._nmissed += 1
+        inc_nmissed(self.rp)
 
     def pre_handler(self, regs: PtRegs) -> int:
         m = self.owner.m
         rp = self.rp
         if not self.free:  # no instance: the call goes unprobed
-            rp._nmissed += 1
+            inc_nmissed(rp)
             m.record("kretprobe", self.owner.table.addr_of[self.kp], detail="pool empty: miss",
                      probe=rp)  # fmt: skip
             return 0
@@ -121,14 +130,14 @@ class KretprobeCore:
         self.table.register(tramp.kp, internal=tramp, at=h.KRETPROBE_TRAMPOLINE)
 
     def register(self, rp: Kretprobe) -> None:
-        if rp._owner is not None:
+        if owner(rp) is not None:
             raise ProbeError(errno.EINVAL, "this kretprobe is already registered", probe=rp)
         check_kretprobe_fields(rp)
         maxactive = rp.maxactive if rp.maxactive > 0 else DEFAULT_MAXACTIVE
         entry = _KretprobeEntry(self, rp, maxactive)
         self.table.register(entry.kp, internal=entry)
         self.entries[rp] = entry
-        rp._owner = self.m
+        set_owner(rp, self.m)
 
     def unregister(self, rp: Kretprobe) -> None:
         entry = self.entries.pop(rp, None)
@@ -138,7 +147,7 @@ class KretprobeCore:
         for f in self.inflight:  # instances in flight still return through the trampoline
             if f.rp is rp:
                 f.rp = None
-        rp._owner = None
+        set_owner(rp, None)
 
     def trampoline_handler(self, regs: PtRegs) -> None:
         """trampoline_handler() of the "direct" design: with a dummy kprobe current."""
@@ -173,7 +182,7 @@ class KretprobeCore:
             f.ri.ret_addr = correct
             rp = f.rp
             if rp is not None:
-                rp._hits += 1
+                inc_hits(rp)
                 m.record("kretprobe", frame, probe=rp, detail=f"return to {correct:#x}")
                 if rp.handler is not None:
                     call_handler(m, rp, rp.handler, f.ri, regs)

@@ -30,7 +30,15 @@ from kuprobe.model.arch.base import (
 )
 from kuprobe.model.core.common import MachineLike, ModelError, call_handler
 from kuprobe.model.semantics import TODAY, Semantics
-from kuprobe.probes import UPROBE_HANDLER_REMOVE, Uprobe
+from kuprobe.probes import (
+    UPROBE_HANDLER_REMOVE,
+    Uprobe,
+    inc_hits,
+    inc_ret_hits,
+    owner,
+    set_identity,
+    set_owner,
+)
 from kuprobe.regs import PtRegs
 from kuprobe.resolve import resolve_uprobe
 from kuprobe.task import Task
@@ -163,7 +171,7 @@ class UprobeRegistry:
         """``up`` in every process mapping its file; its instruction analysed with the rules
         of ``semantics`` (the registering Machine's kernel: arch_uprobe_analyze_insn() is the
         kernel's)."""
-        if up._owner is not None:
+        if owner(up) is not None:
             raise ProbeError(errno.EINVAL, "this uprobe is already registered", probe=up)
         image, offset = self.resolve(up)  # one image per file version, shared: not closed
         arch = get_arch(image.arch)
@@ -190,18 +198,19 @@ class UprobeRegistry:
         # list (list_add_rcu; before 6.12 `uc->next = uprobe->consumers`): the newest is
         # called first.
         entry.consumers.insert(0, up)
-        up._inode, up._file_offset, up._owner = image.inode, offset, self
+        set_identity(up, image.inode, offset)
+        set_owner(up, self)
         for mm in list(self.mms):  # register_for_each_vma()
             if mm.inode == entry.inode:
                 mm.sync(entry)
 
     def unregister(self, up: Uprobe) -> None:
-        if up._owner is not self or up._inode is None or up._file_offset is None:
+        if owner(up) is not self or up.inode is None or up.file_offset is None:
             raise ProbeError(errno.EINVAL, "this uprobe is not registered", probe=up)
-        entry = self.entry(up._inode, up._file_offset)
+        entry = self.entry(up.inode, up.file_offset)
         assert entry is not None
         entry.consumers.remove(up)
-        up._owner = None
+        set_owner(up, None)
         for mm in list(self.mms):
             if mm.inode == entry.inode:
                 mm.sync(entry)
@@ -377,7 +386,7 @@ class UprobeMm:
                 # first and declines with UPROBE_HANDLER_REMOVE, as perf's uprobe_perf_func()
                 # does with uprobe_perf_filter(): not called, and its vote is "remove"
                 continue
-            up._hits += 1
+            inc_hits(up)
             uc = up.consumer
             m.record("uprobe", bp_vaddr, self.utask.state, probe=up)
             if uc is not None and uc.handler is not None:
@@ -500,7 +509,7 @@ class UprobeMm:
             uc = up.consumer
             if uc is None or uc.ret_handler is None or not consumer_wants(up, m.task):
                 continue
-            up._ret_hits += 1
+            inc_ret_hits(up)
             m.record("uretprobe", ri.func, probe=up, detail=f"return to {ri.orig_ret_vaddr:#x}")
             call_handler(m, up, uc.ret_handler, uc, ri.func, regs)
 
