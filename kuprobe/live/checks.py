@@ -7,9 +7,10 @@ import os
 from dataclasses import dataclass
 
 from kuprobe.arch import host_arch, host_machine
-from kuprobe.live import perf
+from kuprobe.live import bpf, tracefs
 from kuprobe.live.bcc import kernel_build_tree, view_here
 from kuprobe.live.events import LIVE_HOSTS
+from kuprobe.live.perf_event import pmu_type
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ def checks() -> list[Check]:
     root = os.geteuid() == 0
     machine, host = host_machine(), host_arch()
     arch_ok = host in LIVE_HOSTS
-    bpf_ok = root and perf.bpf_map_works(perf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
-    rb = bpf_ok and perf.bpf_map_works(perf.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
-    tfs = perf.tracefs()
+    bpf_ok = root and bpf.bpf_map_works(bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
+    rb = bpf_ok and bpf.bpf_map_works(bpf.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    tfs = tracefs.tracefs()
     # tracefs is mode 700: a user other than root sees a mount it may not look into
     hidden = tfs is None and any(
-        d.is_dir() and not os.access(d, os.X_OK) for d in perf.TRACEFS_CANDIDATES
+        d.is_dir() and not os.access(d, os.X_OK) for d in tracefs.TRACEFS_CANDIDATES
     )
     bcc_ok, ver = _bcc_importable()
     tree, how = kernel_build_tree()
@@ -57,9 +58,9 @@ def checks() -> list[Check]:
                "run as root on a kernel with CONFIG_BPF_SYSCALL"),
         _check("BPF ring buffer", rb, "available", "missing" if bpf_ok else "not checked: no BPF",
                "kernel 5.8 or newer (kuprobe delivers events through it)"),
-        _check("uprobes", perf.pmu_type("uprobe") is not None, "uprobe PMU present",
+        _check("uprobes", pmu_type("uprobe") is not None, "uprobe PMU present",
                "no uprobe PMU", "a kernel with CONFIG_UPROBE_EVENTS"),
-        _check("kprobes", perf.pmu_type("kprobe") is not None, "kprobe PMU present",
+        _check("kprobes", pmu_type("kprobe") is not None, "kprobe PMU present",
                "no kprobe PMU (CONFIG_KPROBES off)",
                "use the VM: `kuprobe vm run -- python3 script.py` (a kernel with kprobes)"),
         _check("tracefs", tfs is not None, str(tfs),

@@ -16,12 +16,13 @@ import os
 from collections.abc import Callable, Sequence
 
 from kuprobe.errors import ProbeError
-from kuprobe.live import perf
 from kuprobe.live.compiling import PendingPool
 from kuprobe.live.counters import sync
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import KUPROBE_CFG_RET
 from kuprobe.live.messages import describe
+from kuprobe.live.perf_event import pmu_type
+from kuprobe.live.perf_link import link_perf_event
 from kuprobe.live.pool import ProbePool
 from kuprobe.live.state import Attach, Registration
 from kuprobe.live.teardown import TeardownOps
@@ -51,7 +52,7 @@ class BackendCore(TeardownOps):
 
     @staticmethod
     def require_pmu(name: str) -> None:
-        if perf.pmu_type(name) is not None:
+        if pmu_type(name) is not None:
             return
         if name == "kprobe":
             raise ProbeError(
@@ -163,4 +164,4 @@ class BackendCore(TeardownOps):
 
 def perf_link(perf_fd: int, prog_fd: int, slot: int) -> tuple[int, int]:
     """The program on a kprobe/uprobe perf event through a link whose cookie is the slot."""
-    return perf.link_perf_event(perf_fd, prog_fd, slot), perf_fd
+    return link_perf_event(perf_fd, prog_fd, slot), perf_fd

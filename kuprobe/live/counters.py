@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from kuprobe.live import perf
 from kuprobe.live.messages import describe
 from kuprobe.live.state import Registration
+from kuprobe.live.tracefs import kprobe_profile
 from kuprobe.probes import Kretprobe, Uprobe, counts, set_counts
 
 log = logging.getLogger("kuprobe")
@@ -16,7 +16,7 @@ log = logging.getLogger("kuprobe")
 
 def read_profile(regs: Sequence[Registration]) -> dict[str, tuple[int, int]]:
     if any(r.tracefs_event for r in regs):
-        return perf.kprobe_profile()
+        return kprobe_profile()
     return {}
 
 
@@ -40,7 +40,7 @@ def sync(reg: Registration, profile: dict[str, tuple[int, int]] | None = None) -
         lost += ret_lost
         set_counts(p, hits=ret_hits)
         if reg.tracefs_event:
-            prof = profile if profile is not None else perf.kprobe_profile()
+            prof = profile if profile is not None else kprobe_profile()
             set_counts(p, nmissed=prof.get(reg.tracefs_event, (0, before.nmissed))[1])
     else:
         set_counts(p, hits=hits)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kuprobe.arch import X86_64, host_arch
-from kuprobe.live import perf
+from kuprobe.live.tracefs import tracefs
 
 NOP5 = bytes.fromhex("0f1f440000")
 RET = b"\xc3"
@@ -70,7 +70,7 @@ def nop5_fork(timeout: float = 20.0) -> Hazard:
     kernel = os.uname().release
     if host_arch() is not X86_64:  # the optimisation is x86's (arch/x86/kernel/uprobes.c)
         return Hazard(name, False, f"not x86_64 ({platform.machine()}): no nop5 optimisation")
-    root = perf.tracefs()
+    root = tracefs()
     if root is None or not (root / "uprobe_events").exists():
         return Hazard(name, False, "not checked: no tracefs uprobe_events")
     event = f"nop5_{os.getpid()}_{uuid.uuid4().hex[:6]}"

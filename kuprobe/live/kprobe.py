@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from kuprobe.backend import register_all_or_none
 from kuprobe.errors import KuprobeTypeError, ProbeError
-from kuprobe.live import perf
+from kuprobe.live import perf_event, tracefs
 from kuprobe.live.capture import capture_cfg, captured_for
 from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
@@ -115,7 +115,7 @@ class KprobeOps(BackendCore):
                     handler=handler,
                     captures=cfgs if pre else (),
                     attach=lambda prog, slot: perf_link(
-                        perf.open_kprobe(sym, off, retprobe=False), prog, slot
+                        perf_event.open_kprobe(sym, off, retprobe=False), prog, slot
                     ),
                 )
                 if kp.flags & KPROBE_FLAG_DISABLED:  # registered disabled, as the kernel allows
@@ -161,7 +161,7 @@ class KprobeOps(BackendCore):
                         tgid=0,
                         handler=entry_h,
                         attach=lambda prog, slot: perf_link(
-                            perf.open_kprobe(sym, off, retprobe=False), prog, slot
+                            perf_event.open_kprobe(sym, off, retprobe=False), prog, slot
                         ),
                     )
                 open_ret: Callable[[], int]
@@ -174,11 +174,11 @@ class KprobeOps(BackendCore):
                             errno.EINVAL, "a kretprobe with maxactive needs symbol_name", probe=rp
                         )
                     self._start_reaper()
-                    tp_id = perf.create_kretprobe_event(name, target, rp.maxactive)
+                    tp_id = tracefs.create_kretprobe_event(name, target, rp.maxactive)
                     reg.tracefs_event = name
-                    open_ret = lambda: perf.open_tracepoint(tp_id)  # noqa: E731
+                    open_ret = lambda: perf_event.open_tracepoint(tp_id)  # noqa: E731
                 else:
-                    open_ret = lambda: perf.open_kprobe(sym, off, retprobe=True)  # noqa: E731
+                    open_ret = lambda: perf_event.open_kprobe(sym, off, retprobe=True)  # noqa: E731
                 self._attach_slot(
                     reg,
                     pool,
@@ -246,7 +246,7 @@ class KprobeOps(BackendCore):
         SIGKILL (perf events go with their fds; tracefs events would stay)."""
         if self._reaper is None or self._reaper.poll() is not None:
             self._reaper = subprocess.Popen(
-                [sys.executable, "-c", perf.REAPER, str(os.getpid())],
+                [sys.executable, "-c", tracefs.REAPER, str(os.getpid())],
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )
@@ -254,7 +254,7 @@ class KprobeOps(BackendCore):
     def _remove_stale_events(self) -> None:
         if not self._stale_checked:
             self._stale_checked = True
-            for name in perf.remove_stale_events():
+            for name in tracefs.remove_stale_events():
                 log.warning("removed stale tracefs event kuprobe/%s", name)
 
     # --- enable / disable ----------------------------------------------------------

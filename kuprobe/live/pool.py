@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from kuprobe.errors import ProbeError
-from kuprobe.live import bcc, perf
+from kuprobe.live import bcc
+from kuprobe.live.bpf import BPF_MAP_TYPE_RINGBUF, bpf_map_works
 from kuprobe.live.codegen import PROGRAM, PoolSource, render_pool
 from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs, host_sp_index
 from kuprobe.live.ringbuf import RingBufReader
+from kuprobe.live.uprobe_multi import BPF_TRACE_UPROBE_MULTI, uprobe_multi_works
 
 DEFAULT_SLOTS = 1024  # slots cost map entries only, not compile time; more pools past that
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~47k events of slack for a burst
@@ -29,7 +31,7 @@ class ProbePool:
     def __init__(
         self, *, nslots: int = DEFAULT_SLOTS, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     ) -> None:
-        if not perf.bpf_map_works(perf.BPF_MAP_TYPE_RINGBUF, 0, 0, mmap.PAGESIZE):
+        if not bpf_map_works(BPF_MAP_TYPE_RINGBUF, 0, 0, mmap.PAGESIZE):
             raise ProbeError(
                 errno.EOPNOTSUPP,
                 f"this kernel ({os.uname().release}) has no BPF ring buffer (Linux 5.8+), "
@@ -80,7 +82,7 @@ class ProbePool:
         return self._prog_fds[uprobe_multi]
 
     def _load(self, name: str, uprobe_multi: bool) -> int:
-        attach = perf.BPF_TRACE_UPROBE_MULTI if uprobe_multi else -1
+        attach = BPF_TRACE_UPROBE_MULTI if uprobe_multi else -1
         try:
             fn = self.bpf.load_func(name.encode(), bcc.kprobe_prog_type(), attach_type=attach)
         except Exception as e:  # BCC raises a bare Exception
@@ -98,7 +100,7 @@ class ProbePool:
             except OSError:
                 self._uprobe_multi = False
             else:
-                self._uprobe_multi = perf.uprobe_multi_works(fd)
+                self._uprobe_multi = uprobe_multi_works(fd)
         return self._uprobe_multi
 
     def set_off(self, slot: int, off: bool) -> None:

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from kuprobe.errors import ProbeError
-from kuprobe.live import perf
 from kuprobe.live.closer import MAX_PENDING
 from kuprobe.live.counters import read_profile, sync
 from kuprobe.live.dispatch import SlotHandler
+from kuprobe.live.membarrier import full_barrier
 from kuprobe.live.messages import describe
 from kuprobe.live.state import Attach, BackendState, Registration
+from kuprobe.live.tracefs import remove_kprobe_event
 from kuprobe.probes import AnyProbe, Uprobe, inc_dropped, set_owner
 
 log = logging.getLogger("kuprobe")
@@ -45,7 +46,7 @@ class TeardownOps(BackendState):
                     os.close(fd)
         if reg.tracefs_event and not reg.tracefs_removed:
             try:
-                perf.remove_kprobe_event(reg.tracefs_event)
+                remove_kprobe_event(reg.tracefs_event)
             except OSError as e:
                 log.warning("could not remove kuprobe/%s: %s", reg.tracefs_event, e)
             reg.tracefs_removed = True
@@ -143,7 +144,7 @@ class TeardownOps(BackendState):
         except Exception as e:  # BCC raises a bare Exception; closing detaches them anyway
             log.warning("kuprobe: could not stop a slot (%s); detaching by closing", e)
             return []
-        if not perf.full_barrier():
+        if not full_barrier():
             return []
         pause = 0.00005
         while any(att.pool.inflight(att.slot) for att in atts):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kuprobe.errors import KuprobeTypeError, ProbeError
-from kuprobe.live import perf
+from kuprobe.live import perf_event, uprobe_multi
 from kuprobe.live.capture import capture_cfg, captured_for
 from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
@@ -97,16 +97,16 @@ class UprobeOps(BackendCore):
             multi = pool.uprobe_multi()
 
             def open_uprobe(ret: bool) -> Callable[[int, int], tuple[int, int]]:
-                if multi:  # closes without the perf layer's serialisation (see perf.py)
+                if multi:  # closes without the perf layer's serialisation (see uprobe_multi.py)
                     return lambda prog, slot: (
-                        perf.open_uprobe_multi(
+                        uprobe_multi.open_uprobe_multi(
                             prog, target.path, target.offset,
                             retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr, cookie=slot,
                         ),
                         -1,
                     )  # fmt: skip
                 return lambda prog, slot: perf_link(
-                    perf.open_uprobe(
+                    perf_event.open_uprobe(
                         target.path, target.offset, retprobe=ret, pid=pid, ref_ctr_offset=ref_ctr
                     ),
                     prog,

@@ -10,7 +10,7 @@ import pytest
 
 from kuprobe.cli import main
 from kuprobe.cli.spec import Arg, ProbeSpec, SpecError, check_spec, parse_spec
-from kuprobe.live import perf
+from kuprobe.live.perf_event import pmu_type
 
 from ..live.helpers import without_kprobes
 
@@ -181,7 +181,7 @@ def test_help_teaches_by_example(command: str, capsys: pytest.CaptureFixture[str
 def test_no_kprobes_is_a_clear_error(argv: list[str]) -> None:
     """The command on a kernel without kprobes; where this kernel has them, their PMU is
     hidden in a mount namespace (without_kprobes: root)."""
-    if os.geteuid() != 0 and perf.pmu_type("kprobe") is not None:
+    if os.geteuid() != 0 and pmu_type("kprobe") is not None:
         pytest.skip("hiding this kernel's kprobe PMU needs root (a mount namespace)")
     done = without_kprobes([sys.executable, "-m", "kuprobe", *argv, "--duration", "1"])
     assert done.returncode == 1, done.stdout + done.stderr

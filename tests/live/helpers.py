@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from kuprobe.elf import ElfImage
-from kuprobe.live import perf
+from kuprobe.live import perf_event
 from kuprobe.probes import UprobeConsumer, UprobeHandler
 from kuprobe.regs import PtRegs
 
@@ -252,10 +252,10 @@ def bpf_fds(pid: int | str = "self") -> dict[int, str]:
 def without_kprobes(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``argv`` as on a kernel built without kprobes: where this kernel has them, in a mount
     namespace of its own with a tmpfs over the kprobe PMU's sysfs directory, so the lookup
-    kuprobe makes (``kuprobe.live.perf.pmu_type``) finds none. Needs root there."""
+    kuprobe makes (``kuprobe.live.perf_event.pmu_type``) finds none. Needs root there."""
     hide = ""
-    if perf.pmu_type("kprobe") is not None:
-        hide = f'mount -t tmpfs none "$(readlink -f {perf.PMU_DIR / "kprobe"})" && '
+    if perf_event.pmu_type("kprobe") is not None:
+        hide = f'mount -t tmpfs none "$(readlink -f {perf_event.PMU_DIR / "kprobe"})" && '
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide + 'exec "$@"', "sh",
          *argv],

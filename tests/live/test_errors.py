@@ -24,7 +24,7 @@ from kuprobe import (
     unregister_uprobe,
 )
 from kuprobe.insn import boundaries
-from kuprobe.live import perf
+from kuprobe.live.tracefs import TRACEFS_CANDIDATES
 
 from .helpers import Target, run, without_kprobes
 
@@ -254,7 +254,7 @@ def test_nothing_left_behind(live: Path, how: str) -> None:
     finally:
         t.kill()
     for events in ("uprobe_events", "kprobe_events"):
-        p = perf.TRACEFS_CANDIDATES[0] / events
+        p = TRACEFS_CANDIDATES[0] / events
         if p.exists():
             assert "kuprobe" not in p.read_text()
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
-from kuprobe.live import perf
 from kuprobe.live.api import backend
+from kuprobe.live.tracefs import tracefs
 from kuprobe.regs import PtRegs
 
 from .helpers import Target, bpf_fds, run, wait_until
@@ -133,6 +133,6 @@ def test_sigkill_right_after_fast_unregister_leaves_nothing(live: Path) -> None:
         t.kill()
         if p.poll() is None:
             p.kill()
-    root = perf.tracefs()
+    root = tracefs()
     if root is not None and (root / "uprobe_events").exists():
         assert "kuprobe" not in (root / "uprobe_events").read_text()

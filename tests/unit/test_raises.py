@@ -31,9 +31,10 @@ BUILTIN_EXCEPTIONS = frozenset(
 # it raises nothing of its own.
 CATCH_ALL = frozenset({"BaseException", "Exception"})
 
-_PERF_OSERROR = (
-    "perf.py's syscall wrappers raise OSError with the errno, as os.* do, and no caller lets "
-    "it out: the register verbs (live/kprobe.py, live/uprobe.py: except OSError -> "
+_SYSCALL_OSERROR = (
+    "the live backend's syscall wrappers (live/syscall.py, perf_event.py, perf_link.py, "
+    "tracefs.py) raise OSError with the errno, as os.* do, and no caller lets it out: the "
+    "register verbs (live/kprobe.py, live/uprobe.py: except OSError -> "
     "attach_error()) make it a ProbeError, the feature probes (bpf_map_works(), "
     "uprobe_multi_works(), ProbePool.uprobe_multi()) a False; remove_stale_events() leaves a "
     "busy event for the next start, teardown logs it"
@@ -64,13 +65,13 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "never imports the command)"
     ),
     ("cli/demo.py", "run", "SystemExit"): "a command's run() exits with its message",
-    ("live/perf.py", "_format_bit", "OSError"): _PERF_OSERROR,
-    ("live/perf.py", "perf_event_open", "OSError"): _PERF_OSERROR,
-    ("live/perf.py", "ioctl", "OSError"): _PERF_OSERROR,
-    ("live/perf.py", "_open_probe", "OSError"): _PERF_OSERROR,
-    ("live/perf.py", "_bpf", "OSError"): _PERF_OSERROR,
-    ("live/perf.py", "link_perf_event", "OSError"): _PERF_OSERROR + " (it closes its fds first)",
-    ("live/perf.py", "_write_events", "OSError"): _PERF_OSERROR,
+    ("live/syscall.py", "syscall", "OSError"): _SYSCALL_OSERROR,
+    ("live/perf_event.py", "_format_bit", "OSError"): _SYSCALL_OSERROR,
+    ("live/perf_event.py", "ioctl", "OSError"): _SYSCALL_OSERROR,
+    ("live/perf_event.py", "_open_probe", "OSError"): _SYSCALL_OSERROR,
+    ("live/perf_link.py", "link_perf_event", "OSError"): _SYSCALL_OSERROR
+    + " (it closes its fds first)",
+    ("live/tracefs.py", "_write_events", "OSError"): _SYSCALL_OSERROR,
     ("live/pool.py", "ProbePool._load", "OSError"): (
         "BCC's load failure as an OSError(EINVAL): ProbePool.uprobe_multi() catches it (no "
         "uprobe_multi links), the register verbs make it a ProbeError (attach_error())"
