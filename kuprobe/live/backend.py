@@ -1,5 +1,5 @@
-"""The live backend: every kind of probe over one core (see kuprobe/live/core.py), with the
-kernel's verbs of the ``kuprobe.backend.Backend`` contract."""
+"""The live backend: every kind of probe over the registration steps they share (see
+kuprobe/live/register.py), with the kernel's verbs of the ``kuprobe.backend.Backend`` contract."""
 
 from __future__ import annotations
 

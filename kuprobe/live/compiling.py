@@ -1,4 +1,4 @@
-"""A ProbePool compiled on a thread of its own (kuprobe/live/core.py: prepare_pool())."""
+"""A ProbePool compiled on a thread of its own (kuprobe/live/register.py: prepare_pool())."""
 
 from __future__ import annotations
 

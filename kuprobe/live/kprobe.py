@@ -15,7 +15,6 @@ from kuprobe.backend import register_all_or_none
 from kuprobe.errors import KuprobeTypeError, ProbeError
 from kuprobe.live import perf_event, tracefs
 from kuprobe.live.capture import capture_cfg, captured_for
-from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
@@ -28,6 +27,7 @@ from kuprobe.live.events import (
 )
 from kuprobe.live.messages import attach_error, kname
 from kuprobe.live.pool import ProbePool
+from kuprobe.live.register import RegisterOps, perf_link
 from kuprobe.live.state import Registration
 from kuprobe.probes import (
     KPROBE_FLAG_DISABLED,
@@ -46,7 +46,7 @@ from kuprobe.task import Task
 log = logging.getLogger("kuprobe")
 
 
-class KprobeOps(BackendCore):
+class KprobeOps(RegisterOps):
     """register_kprobe(s)/register_kretprobe(s), enable/disable, and their dispatch."""
 
     # --- kprobes -------------------------------------------------------------------

@@ -4,7 +4,7 @@ Unregistration stops the probe's slots (or detaches them: the kernel waits for p
 flight), drains the ring buffer so every recorded event reaches its handler, and then reads
 the final counters and frees the slots. A uprobe's links then close in the background
 (kuprobe/live/closer.py). Registration, which undoes itself with ``_detach`` when it fails,
-is in kuprobe/live/core.py.
+is in kuprobe/live/register.py.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from typing import Any
 from kuprobe.errors import KuprobeTypeError, ProbeError
 from kuprobe.live import perf_event, uprobe_multi
 from kuprobe.live.capture import capture_cfg, captured_for
-from kuprobe.live.core import BackendCore, perf_link
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
@@ -27,6 +26,7 @@ from kuprobe.live.events import (
 )
 from kuprobe.live.messages import attach_error, describe
 from kuprobe.live.pool import ProbePool
+from kuprobe.live.register import RegisterOps, perf_link
 from kuprobe.live.state import Registration
 from kuprobe.probes import (
     UPROBE_HANDLER_REMOVE,
@@ -42,7 +42,7 @@ from kuprobe.task import Task
 log = logging.getLogger("kuprobe")
 
 
-class UprobeOps(BackendCore):
+class UprobeOps(RegisterOps):
     """register_uprobe() and the dispatch of uprobe and uretprobe events."""
 
     def register_uprobe(self, up: Uprobe) -> None:

@@ -1,4 +1,4 @@
-"""The live backend's core: registration's steps, which every kind of probe shares.
+"""Live registration: the steps (a slot, its BPF link, rollback) every kind of probe shares.
 
 A registered probe holds one or two slots of a compiled pool and one BPF link per slot
 (kuprobe/live/state.py). Registration either completes or leaves nothing behind: a slot is
@@ -31,7 +31,7 @@ from kuprobe.probes import AnyProbe, inc_handler_errors, owner
 log = logging.getLogger("kuprobe")
 
 
-class BackendCore(TeardownOps):
+class RegisterOps(TeardownOps):
     """State and steps shared by every kind of live probe: registration's here, unregistration's
     in TeardownOps (kuprobe/live/teardown.py), the state in BackendState (kuprobe/live/state.py)."""
 
