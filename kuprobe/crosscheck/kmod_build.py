@@ -155,7 +155,7 @@ def insns_source() -> str:
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[0]) if argv else DEFAULT_OUT
+    out = Path(argv[0]).resolve() if argv else DEFAULT_OUT  # make -C runs in the headers
     try:
         build(out)
     except TargetError as e:
