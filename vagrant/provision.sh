@@ -57,6 +57,7 @@ libc6-dev-i386
 systemtap-sdt-dev
 git
 tmux
+python3-venv
 EOF
 }
 
