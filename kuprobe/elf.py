@@ -1,12 +1,13 @@
-"""ELF files through pyelftools: arch, PIE, symbols, virtual address -> file offset, USDT notes."""
+"""ELF files through pyelftools, opened once: arch, PIE, symbols, file offsets, USDT notes."""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -252,3 +253,34 @@ class ElfImage:
                 provider, name, args = raw[3 * w :].split(b"\0")[:3]
                 notes.append(UsdtNote(provider.decode(), name.decode(), pc, sem, args.decode()))
         return tuple(notes)
+
+
+@lru_cache(maxsize=32)
+def _image(real: str, dev: int, ino: int, mtime_ns: int, size: int) -> ElfImage:
+    """One parsed ElfImage per file version: registering 20 probes on a file reads its
+    symbol table once. (The file stays open while cached.)"""
+    return ElfImage(real)
+
+
+def open_image(path: str) -> ElfImage:
+    real = path if path.startswith("/proc/") else os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise ProbeError(errno.ENOENT, f"{path}: no such file", hint="check the path") from None
+    except OSError as e:
+        raise ProbeError(e.errno or errno.EINVAL, f"{_short(path)}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # kernel/trace/trace_uprobe.c: __trace_uprobe_create() refuses what is not d_is_reg()
+        # (and opening a FIFO to read its ELF header would block forever)
+        raise ProbeError(errno.EINVAL, f"{_short(path)}: not a regular file")
+    try:
+        return _image(real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    except ProbeError:
+        raise  # ElfImage's own refusal (no such file, not an ELF …)
+    except OSError as e:
+        raise ProbeError(e.errno or errno.EIO, f"{_short(path)}: {e.strerror}") from None
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 200 else f"{path[:100]}…{path[-60:]} ({len(path)} characters)"

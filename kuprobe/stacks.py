@@ -96,7 +96,7 @@ def _mappings(pid: int) -> list[tuple[int, int, int, str]]:
 @functools.lru_cache(maxsize=65536)
 def _symbol_at(path: str, file_off: int) -> tuple[str, int] | None:
     """(function, offset in it) at ``file_off`` of the ELF file at ``path``."""
-    from kuprobe.resolve import open_image
+    from kuprobe.elf import open_image
 
     try:
         elf = open_image(path)

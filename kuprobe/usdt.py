@@ -168,9 +168,10 @@ UsdtHandler = Callable[[UsdtSite, PtRegs], int | None]
 
 def usdt_sites(path: str, provider: str, name: str, pid: int | None = None) -> list[UsdtSite]:
     """Every site of ``provider:name`` in the file at ``path`` (a library or program name
-    works too, through process ``pid``'s mappings if given: kuprobe/resolve.py:
+    works too, through process ``pid``'s mappings if given: kuprobe/libraries.py:
     find_target); ENOENT lists the probes the file has."""
-    from kuprobe.resolve import find_target, open_image
+    from kuprobe.elf import open_image
+    from kuprobe.libraries import find_target
 
     elf = open_image(find_target(path, pid=pid))
     notes = [n for n in elf.usdt_notes if (n.provider, n.name) == (provider, name)]
@@ -210,7 +211,7 @@ class Usdt:
     uprobes: list[Uprobe] = field(init=False)
 
     def __post_init__(self) -> None:
-        from kuprobe.resolve import find_target
+        from kuprobe.libraries import find_target
 
         # resolved once: the sites and their uprobes name the same file
         self.file = find_target(self.path, pid=self.pid)

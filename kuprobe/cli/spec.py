@@ -264,7 +264,7 @@ def parse_spec(text: str) -> ProbeSpec:
             symbol, offset = None, _number(where, head, "file offset")
         else:
             symbol, offset = _symbol_offset(where, head)
-        if "/" in path:  # else a library name (kuprobe/resolve.py: find_library)
+        if "/" in path:  # else a library name (kuprobe/libraries.py: find_library)
             path = os.path.abspath(path)
     else:
         if not body:

@@ -40,8 +40,8 @@ from kuprobe.probes import (
     set_owner,
 )
 from kuprobe.regs import instruction_pointer
-from kuprobe.resolve import check_kprobe_target
 from kuprobe.task import Task
+from kuprobe.validate import check_kprobe_target
 
 log = logging.getLogger("kuprobe")
 

@@ -46,7 +46,8 @@ class UprobeOps(RegisterOps):
     """register_uprobe() and the dispatch of uprobe and uretprobe events."""
 
     def register_uprobe(self, up: Uprobe) -> None:
-        from kuprobe.resolve import check_offset, resolve_uprobe
+        from kuprobe.resolve import resolve_uprobe
+        from kuprobe.validate import check_offset
 
         if not isinstance(up, Uprobe):
             raise KuprobeTypeError(f"register_uprobe() takes a Uprobe, not {type(up).__name__}")

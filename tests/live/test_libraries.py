@@ -1,4 +1,4 @@
-"""Library names as uprobe targets (kuprobe/resolve.py: find_library), live on this host:
+"""Library names as uprobe targets (kuprobe/libraries.py: find_library), live on this host:
 the linker's cache, the default directories, a process's own mappings, and a chroot's copy."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 
 from kuprobe import Uprobe, UprobeConsumer, register_uprobe, unregister_uprobe
 from kuprobe.errors import ProbeError
-from kuprobe.resolve import find_library, ld_so_cache, resolve_uprobe
+from kuprobe.libraries import find_library, ld_so_cache
+from kuprobe.resolve import resolve_uprobe
 
 from .helpers import KUPROBE, start_trace
 

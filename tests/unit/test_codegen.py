@@ -10,7 +10,7 @@ import pytest
 from kuprobe import ProbeError, Uprobe, register_uprobe
 from kuprobe.errors import KuprobeTypeError, KuprobeValueError
 from kuprobe.live.codegen import BPF_DIR, render_pool
-from kuprobe.resolve import check_symbol_name
+from kuprobe.validate import check_symbol_name
 
 
 def test_integers_in_flags_are_the_only_parameters() -> None:

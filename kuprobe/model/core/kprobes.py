@@ -20,7 +20,7 @@ from kuprobe.model.arch.base import ArchSpecificInsn
 from kuprobe.model.core.common import HandlerAbandoned, MachineLike, ModelError, call_handler
 from kuprobe.probes import KPROBE_FLAG_DISABLED, Kprobe, inc_hits, inc_nmissed, owner, set_owner
 from kuprobe.regs import PtRegs
-from kuprobe.resolve import check_kprobe_target
+from kuprobe.validate import check_kprobe_target
 
 if TYPE_CHECKING:
     from collections.abc import Callable
