@@ -16,7 +16,7 @@ import pytest
 from kuprobe import ProbeError, Uprobe
 from kuprobe.crosscheck.acceptance import build as acceptance_build
 from kuprobe.model import Machine
-from kuprobe.model.arch.x86_64 import X86_64
+from kuprobe.model.arch.x86_64 import X86_64Hooks
 from kuprobe.model.arch.x86_kprobe import emulate_cc, kprobe_refuses
 from kuprobe.model.semantics import for_kernel
 
@@ -98,7 +98,7 @@ def test_a_rip_relative_kernel_insn_reaches_its_slot() -> None:
     kernel text at 0xffffffff81000000 reaching kernel data is rewritten for a slot near 0."""
     addr, slot = 0xFFFFFFFF81000000, 0x20000
     code = bytes.fromhex("488b0500100000c3")  # mov 0x1000(%rip),%rax; ret
-    ainsn = X86_64().arch_prepare_kprobe(addr, code, slot)
+    ainsn = X86_64Hooks().arch_prepare_kprobe(addr, code, slot)
     disp = int.from_bytes(ainsn.slot[3:7], "little", signed=True)
     assert (slot + 7 + disp) % (1 << 64) == addr + 7 + 0x1000  # the same target
 

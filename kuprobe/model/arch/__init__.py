@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from kuprobe.errors import KuprobeValueError
-from kuprobe.model.arch.arm64 import Arm64
+from kuprobe.model.arch.arm64 import Arm64Hooks
 from kuprobe.model.arch.base import Arch
-from kuprobe.model.arch.i386 import I386
-from kuprobe.model.arch.x86_64 import X86_64
+from kuprobe.model.arch.i386 import I386Hooks
+from kuprobe.model.arch.x86_64 import X86_64Hooks
 
 ARCHES: dict[str, type[Arch]] = {
-    "x86_64": X86_64,
-    "i386": I386,
-    "arm64": Arm64,
+    "x86_64": X86_64Hooks,
+    "i386": I386Hooks,
+    "arm64": Arm64Hooks,
 }
 
 

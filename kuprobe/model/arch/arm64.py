@@ -96,7 +96,7 @@ MODEL_SS_BRK = brk(MODEL_SS_BRK_IMM)
 STEP_DONE_IMMS = frozenset({KPROBES_BRK_SS_IMM, MODEL_SS_BRK_IMM})
 
 
-class Arm64(Arch):
+class Arm64Hooks(Arch):
     name: ClassVar[str] = "arm64"
     bits: ClassVar[int] = 64
     uc_arch: ClassVar[str] = "ARM64"

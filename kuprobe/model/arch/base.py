@@ -1,6 +1,7 @@
 """The arch contract: the kernel's arch_* hooks, with the kernel's ``__weak`` defaults.
 
-An arch module subclasses :class:`Arch` and overrides only what differs, as the kernel's
+An arch module subclasses :class:`Arch` (``X86_64Hooks``, ``I386Hooks``, ``Arm64Hooks``: an
+arch's hooks, not its record in kuprobe.arch) and overrides only what differs, as the kernel's
 arch/*/kernel/{kprobes,uprobes}.c override the weak symbols of kernel/kprobes.c and
 kernel/events/uprobes.c. Generic code (``kuprobe.model.core``) calls only these hooks.
 """

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from kuprobe.model.arch.x86 import X86
+from kuprobe.model.arch.x86 import X86Hooks
 
 
-class I386(X86):
+class I386Hooks(X86Hooks):
     """cdecl (layout.user_args is empty): every argument on the stack, right to left, under
-    the return address the call pushes (X86.call_return_address)."""
+    the return address the call pushes (X86Hooks.call_return_address)."""
 
     name: ClassVar[str] = "i386"
     bits: ClassVar[int] = 32

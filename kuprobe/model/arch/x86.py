@@ -54,8 +54,8 @@ __all__ = [
     "POP_SS_OPCODE",
     "VEX2",
     "VEX3",
-    "X86",
     "InsnOpcode",
+    "X86Hooks",
     "insn_opcode",
     "insn_undecoded",
     "skip_prefixes",
@@ -142,7 +142,7 @@ def uprobe_refuses(insn: bytes, is64: bool) -> str | None:
     return None
 
 
-class X86(Arch):
+class X86Hooks(Arch):
     """The x86 hooks; x86_64 and i386 differ in registers, ABI and RIP-relative operands."""
 
     uc_arch: ClassVar[str] = "X86"

@@ -18,7 +18,7 @@ from kuprobe.model.arch.x86 import (
     UPROBE_FIX_RIP_DI,
     UPROBE_FIX_RIP_MASK,
     UPROBE_FIX_RIP_SI,
-    X86,
+    X86Hooks,
 )
 from kuprobe.model.arch.x86_insn import EVEX, VEX2, VEX3, skip_legacy_prefixes
 from kuprobe.regs import PtRegs
@@ -65,7 +65,7 @@ def scratch_reg(auprobe: ArchSpecificInsn) -> str:
     return next(name for _, fix, name in RIPREL_SCRATCH if auprobe.fixups & fix)
 
 
-class X86_64(X86):
+class X86_64Hooks(X86Hooks):
     """SysV calls: layout.user_args (di si dx cx r8 r9), then the stack (Arch.setup_call)."""
 
     name: ClassVar[str] = "x86_64"
