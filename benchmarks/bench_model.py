@@ -21,7 +21,7 @@ import unicorn
 
 from kuprobe import Kprobe, Uprobe, UprobeConsumer
 from kuprobe.insn import boundaries
-from kuprobe.model import ARCHES, Machine
+from kuprobe.model import ARCH_HOOKS, Machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,12 +101,12 @@ def bench_insns(path: str, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", action="append", help=f"{', '.join(ARCHES)} (default: all)")
+    ap.add_argument("--arch", action="append", help=f"{', '.join(ARCH_HOOKS)} (default: all)")
     ap.add_argument("--hits", type=int, default=100_000)
     ap.add_argument("--iterations", type=int, default=20_000_000)
     args = ap.parse_args()
     results: dict[tuple[str, bool], tuple[float, float]] = {}
-    for arch in args.arch or sorted(ARCHES):
+    for arch in args.arch or sorted(ARCH_HOOKS):
         path = str(ROOT / "tests" / "targets" / "build" / arch / "target-static")
         for trace in (True, False):
             kh, uh = results[arch, trace] = bench_hits(path, args.hits, trace)

@@ -3,7 +3,7 @@
 ``Machine.load(path, space="user"|"kernel")`` maps an ELF; the same ``Kprobe``,
 ``Kretprobe`` and ``Uprobe`` objects as the live side register on it, and ``m.call(...)``
 runs a function through breakpoints, single-steps out of line, handlers and trampolines,
-recording each trap in ``m.trace``. Arches: x86_64, i386 and arm64 (``ARCHES``).
+recording each trap in ``m.trace``. Arches: x86_64, i386 and arm64 (``ARCH_HOOKS``).
 
 Where the documented designs (the patches the model grew from) and today's kernels differ, a
 Machine does either: ``semantics="today"`` (the default: the newest kernels, what the
@@ -23,13 +23,13 @@ kprobe on the trampoline runs the handlers).
 
 from typing import TYPE_CHECKING
 
-from kuprobe.model.arch import ARCHES
+from kuprobe.model.arch import ARCH_HOOKS
 from kuprobe.model.core.common import ModelError, ProcessSignalled, TraceEvent
 
 if TYPE_CHECKING:
     from kuprobe.model.machine import Machine
 
-__all__ = ["ARCHES", "Machine", "ModelError", "ProcessSignalled", "TraceEvent"]
+__all__ = ["ARCH_HOOKS", "Machine", "ModelError", "ProcessSignalled", "TraceEvent"]
 
 
 def __getattr__(name: str) -> object:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 
 from kuprobe import regs_get_kernel_stack_nth
-from kuprobe.model import ARCHES
+from kuprobe.model import ARCH_HOOKS
 from kuprobe.regs import PtRegs
 
 # The register a function returns its value in (regs_return_value(), asm/ptrace.h)
@@ -31,8 +31,8 @@ NESTED_HARDWARE_STEP = {"x86_64": True, "i386": True, "arm64": False}
 # arch/arm64/kernel/probes/kprobes.c (case KPROBE_HIT_SS, case KPROBE_REENTER)
 REENTER_BUG = {"x86_64": {"REENTER"}, "i386": {"REENTER"}, "arm64": {"HIT_SS", "REENTER"}}
 # The x86 family: rules of arch/x86 only (TF/IF, pushf, the NOP pattern, %rip-relative)
-X86_ARCHES = sorted(a for a in ARCHES if a in ("x86_64", "i386"))
-ARM64_ARCHES = sorted(a for a in ARCHES if a == "arm64")
+X86_ARCHES = sorted(a for a in ARCH_HOOKS if a in ("x86_64", "i386"))
+ARM64_ARCHES = sorted(a for a in ARCH_HOOKS if a == "arm64")
 
 
 def return_address(regs: PtRegs) -> int:

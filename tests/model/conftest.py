@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kuprobe.model import ARCHES, Machine
+from kuprobe.model import ARCH_HOOKS, Machine
 from kuprobe.model.core.uprobes import REGISTRY
 
 
-@pytest.fixture(params=sorted(ARCHES))
+@pytest.fixture(params=sorted(ARCH_HOOKS))
 def arch(request: pytest.FixtureRequest) -> str:
     """Each arch the model registers (a new arch runs every model test)."""
     return str(request.param)

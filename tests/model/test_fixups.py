@@ -18,7 +18,7 @@ import pytest
 
 from kuprobe import Kprobe, ProbeError, Uprobe, UprobeConsumer
 from kuprobe.insn import disassembler
-from kuprobe.model import ARCHES, Machine
+from kuprobe.model import ARCH_HOOKS, Machine
 from kuprobe.regs import PtRegs, instruction_pointer
 
 from .archfacts import return_address
@@ -61,7 +61,7 @@ def find(m: Machine, func: str, pred: object) -> tuple[int, int, str]:
 # Every arch with every kind it has (i386 has no %rip-relative mode).
 CASES = [
     pytest.param(a, *k, id=f"{a}-{k[0]}")
-    for a in sorted(ARCHES)
+    for a in sorted(ARCH_HOOKS)
     for k in KINDS[a]
     if not (k[0] == "rip-relative" and a == "i386")
 ]

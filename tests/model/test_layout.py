@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import kuprobe.model
-from kuprobe.model import ARCHES
+from kuprobe.model import ARCH_HOOKS
 from kuprobe.model.arch.base import Arch
 
 MODEL = Path(kuprobe.model.__file__).parent
@@ -53,8 +53,8 @@ def test_arch_code_reaches_generic_state_only_through_hooks(path: Path) -> None:
 
 
 def test_registry_is_explicit() -> None:
-    assert set(ARCHES) >= {"x86_64", "i386", "arm64"}
-    for name, cls in ARCHES.items():
+    assert set(ARCH_HOOKS) >= {"x86_64", "i386", "arm64"}
+    for name, cls in ARCH_HOOKS.items():
         assert issubclass(cls, Arch)
         assert cls.name == name
 

@@ -18,7 +18,7 @@ import pytest
 
 from kuprobe import Kprobe, Uprobe, UprobeConsumer
 from kuprobe.insn import disassembler
-from kuprobe.model import ARCHES, Machine, ProcessSignalled
+from kuprobe.model import ARCH_HOOKS, Machine, ProcessSignalled
 from kuprobe.model.arch.x86_64 import riprel_rewrite
 from kuprobe.model.core.uprobes import XolArea
 
@@ -26,7 +26,7 @@ from .bare import count_insns
 
 TWO_GIB = 1 << 31
 # The arches with %rip-relative addressing (i386 has none): these tests run on each of them.
-RIPREL_ARCHES = [a for a in sorted(ARCHES) if a == "x86_64"]
+RIPREL_ARCHES = [a for a in sorted(ARCH_HOOKS) if a == "x86_64"]
 on_riprel_arches = pytest.mark.parametrize("arch", RIPREL_ARCHES)
 # (function, argument): sw reads its jump table, table_sum its table and adds to a global
 CASES = [("sw", 3), ("table_sum", 9)]

@@ -88,7 +88,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
 ABSTRACT_STUBS: dict[str, str] = {
     "model/arch/base.py": (
         "Arch: the hooks with no default (the kernel's arch_* hooks that have no __weak one, "
-        "the model's call set-up); every arch in ARCHES overrides each"
+        "the model's call set-up); every arch in ARCH_HOOKS overrides each"
     ),
     "model/_signals.py": "SignalDelivery.record(): the Machine it is mixed into provides it",
     "crosscheck/sides.py": (

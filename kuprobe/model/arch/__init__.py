@@ -1,4 +1,5 @@
-"""The arches the model runs: one explicit registry (adding one is a module and a line)."""
+"""The arches the model runs: ``ARCH_HOOKS``, each arch's name -> its hook class, one explicit
+registry (adding one is a module and a line). kuprobe.arch.ARCHES holds the arches' records."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from kuprobe.model.arch.base import Arch
 from kuprobe.model.arch.i386 import I386Hooks
 from kuprobe.model.arch.x86_64 import X86_64Hooks
 
-ARCHES: dict[str, type[Arch]] = {
+ARCH_HOOKS: dict[str, type[Arch]] = {
     "x86_64": X86_64Hooks,
     "i386": I386Hooks,
     "arm64": Arm64Hooks,
@@ -18,8 +19,8 @@ ARCHES: dict[str, type[Arch]] = {
 def get_arch(name: str) -> Arch:
     """The arch hooks for ``name`` ("x86_64", "i386" …)."""
     try:
-        return ARCHES[name]()
+        return ARCH_HOOKS[name]()
     except KeyError:
         raise KuprobeValueError(
-            f"the model has no {name} arch yet (it has {', '.join(ARCHES)})"
+            f"the model has no {name} arch yet (it has {', '.join(ARCH_HOOKS)})"
         ) from None

@@ -20,7 +20,7 @@ from operator import ne
 
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
-from kuprobe.model.arch import ARCHES, get_arch
+from kuprobe.model.arch import ARCH_HOOKS, get_arch
 from kuprobe.model.arch.base import (
     RP_CHECK_CALL,
     RP_CHECK_CHAIN_CALL,
@@ -161,7 +161,7 @@ class UprobeRegistry:
             up.path,
             symbol_name=up.symbol_name,
             offset=up.offset,
-            runs=tuple(ARCHES),
+            runs=tuple(ARCH_HOOKS),
             where="the model",
             unsafe=bool(up.unsafe),
         )
