@@ -18,7 +18,7 @@ from pathlib import Path
 from kuprobe.crosscheck._kprobes import observe_kspec
 from kuprobe.crosscheck.observe import Difference, Event, Observation, Value, diff
 from kuprobe.crosscheck.sides import instruction_offsets, run_live, run_model
-from kuprobe.crosscheck.spec import ARCHES, ScenarioSpec, load_dir
+from kuprobe.crosscheck.spec import DEFAULT_ARCHES, ScenarioSpec, load_dir
 from kuprobe.crosscheck.target import target_path
 
 __all__ = [
@@ -47,7 +47,7 @@ class Scenario:
     name: str
     description: str
     observe: Observe
-    arches: tuple[str, ...] = ARCHES
+    arches: tuple[str, ...] = DEFAULT_ARCHES
     spec: ScenarioSpec | None = field(default=None, compare=False)
 
     @property

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kuprobe.arch import ARCHES as KNOWN_ARCHES
-from kuprobe.arch import I386, X86_64
+from kuprobe.arch import ARCHES, I386, X86_64
 from kuprobe.errors import KuprobeError
 
 PROBE_KEYS = frozenset({
@@ -50,7 +49,7 @@ FACTS = ("results", "hits", "events", "events-by-probe")
 DEFAULT_FACTS = ("results", "hits", "events")
 # A scenario's arches when it names none: the x86 pair its programs were written for (and that
 # this x86_64 host's live uprobes run). It may name any arch kuprobe knows.
-ARCHES: tuple[str, ...] = (X86_64.name, I386.name)
+DEFAULT_ARCHES: tuple[str, ...] = (X86_64.name, I386.name)
 
 
 class ScenarioError(KuprobeError, ValueError):
@@ -240,9 +239,9 @@ def parse(name: str, data: dict[str, Any], path: Path | None = None) -> Scenario
     _check_keys(where, data, TOP_KEYS)
     if not isinstance(data.get("description"), str):
         raise ScenarioError(f"{where}: 'description' is required")
-    arches = tuple(data.get("arches", ARCHES))
-    if not arches or any(a not in KNOWN_ARCHES for a in arches):
-        raise ScenarioError(f"{where}: arches are some of {list(KNOWN_ARCHES)}, not {list(arches)}")
+    arches = tuple(data.get("arches", DEFAULT_ARCHES))
+    if not arches or any(a not in ARCHES for a in arches):
+        raise ScenarioError(f"{where}: arches are some of {list(ARCHES)}, not {list(arches)}")
     compare = tuple(data.get("compare", DEFAULT_FACTS))
     if not compare or any(c not in FACTS for c in compare):
         raise ScenarioError(f"{where}: compare is some of {list(FACTS)}, not {list(compare)}")
