@@ -25,13 +25,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from kuprobe.arch import ARCHES as KNOWN_ARCHES
+from kuprobe.arch import ARCHES
 from kuprobe.cli._common import make_console
 from kuprobe.crosscheck.runs import SIDES, Planned, Run, markdown_table, plan, run_json
 from kuprobe.crosscheck.scenarios import SCENARIO_DIR, SCENARIOS, Event, Result, Value, diff
 from kuprobe.crosscheck.spec import NEEDS_KPROBES
 
-ARCHES = tuple(KNOWN_ARCHES)
+ARCH_CHOICES = tuple(ARCHES)  # --arch: every arch kuprobe knows (or "all")
 
 EXAMPLES = f"""\
 examples:
@@ -73,7 +73,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--arch",
-        choices=[*ARCHES, "all"],
+        choices=[*ARCH_CHOICES, "all"],
         default="all",
         help="the target's arch (default: all, each arch a scenario names)",
     )
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, *, console: Console | None = None) -> int:
         print(markdown_table(list(SCENARIOS.values())), end="")
         return 0
     names = list(dict.fromkeys(args.scenarios)) or list(SCENARIOS)
-    arches = ARCHES if args.arch == "all" else (args.arch,)
+    arches = ARCH_CHOICES if args.arch == "all" else (args.arch,)
     sides = SIDES if args.side == "all" else (args.side,)
     planned = plan([SCENARIOS[n] for n in names], arches, sides)
     if any(p.runs and p.side == "host" for p in planned):
