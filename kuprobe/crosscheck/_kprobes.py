@@ -25,7 +25,7 @@ from kuprobe.crosscheck import _kmod
 from kuprobe.crosscheck.acceptance import Verdict, instructions
 from kuprobe.crosscheck.observe import Event, Observation
 from kuprobe.crosscheck.sides import ProbeSet
-from kuprobe.crosscheck.spec import ProbeSpec, ScenarioError, ScenarioSpec
+from kuprobe.crosscheck.spec import ScenarioError, ScenarioProbe, ScenarioSpec
 from kuprobe.errors import ProbeError
 from kuprobe.insn import boundaries, disassembler
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance
@@ -58,7 +58,7 @@ class KmodTarget:
     image: _kmod.ModuleImage
     elf: Path
 
-    def offsets(self, p: ProbeSpec) -> list[int]:
+    def offsets(self, p: ScenarioProbe) -> list[int]:
         """Where ``p``'s probes go: offsets from the start of ``p.symbol``, decoded from the
         running bytes."""
         try:
@@ -110,10 +110,10 @@ class KSide(ProbeSet[AnyKprobe]):
 
     target: KmodTarget
 
-    def offsets(self, p: ProbeSpec) -> list[int]:
+    def offsets(self, p: ScenarioProbe) -> list[int]:
         return self.target.offsets(p)
 
-    def _probe(self, name: str, p: ProbeSpec, offset: int) -> AnyKprobe:
+    def _probe(self, name: str, p: ScenarioProbe, offset: int) -> AnyKprobe:
         events = self.events
 
         def read(regs: PtRegs) -> tuple[int, ...]:
@@ -153,7 +153,7 @@ class KSide(ProbeSet[AnyKprobe]):
             data_size=p.data_size,
         )
 
-    def register(self, backend: _Probes, probes: Sequence[tuple[str, ProbeSpec, AnyKprobe]],
+    def register(self, backend: _Probes, probes: Sequence[tuple[str, ScenarioProbe, AnyKprobe]],
                  registered: list[AnyKprobe]) -> None:  # fmt: skip
         """Register ``probes`` on ``backend``; refusals are noted (a fact to compare)."""
 

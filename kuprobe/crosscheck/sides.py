@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from kuprobe.backend import Backend
 from kuprobe.crosscheck.observe import Event, Observation
-from kuprobe.crosscheck.spec import CallSpec, ProbeSpec, ScenarioError, ScenarioSpec
+from kuprobe.crosscheck.spec import CallSpec, ScenarioError, ScenarioProbe, ScenarioSpec
 from kuprobe.crosscheck.target import WaitingTarget
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
@@ -43,7 +43,7 @@ def instruction_offsets(exe: Path, func: str) -> list[int]:
         return [o for o, _ in boundaries(elf.arch, elf.read_vaddr(sym.value, sym.size))]
 
 
-def probe_offsets(exe: Path, p: ProbeSpec) -> list[int]:
+def probe_offsets(exe: Path, p: ScenarioProbe) -> list[int]:
     """Where ``p``'s probes go in ``exe``: offsets from the start of ``p.symbol``."""
     if p.every_insn:
         return instruction_offsets(exe, p.symbol)
@@ -72,12 +72,12 @@ P = TypeVar("P")
 @dataclass
 class ProbeSet(Generic[P]):
     """One side's probes of a scenario, each named as the observation names it, and the
-    events their handlers saw. A subclass says where a ``ProbeSpec`` probes (``offsets``)
+    events their handlers saw. A subclass says where a ``ScenarioProbe`` probes (``offsets``)
     and makes its probe at one offset (``_probe``): uprobes here, kprobes in _kprobes.py."""
 
     spec: ScenarioSpec
     events: list[Event] = field(default_factory=list, kw_only=True)
-    probes: list[tuple[str, ProbeSpec, P]] = field(default_factory=list, kw_only=True)
+    probes: list[tuple[str, ScenarioProbe, P]] = field(default_factory=list, kw_only=True)
     refused: dict[str, int] = field(default_factory=dict, kw_only=True)  # name -> the errno
 
     def __post_init__(self) -> None:
@@ -89,15 +89,15 @@ class ProbeSet(Generic[P]):
                         name += f" #{k + 1}"
                     self.probes.append((name, p, self._probe(name, p, off)))
 
-    def offsets(self, p: ProbeSpec) -> list[int]:
+    def offsets(self, p: ScenarioProbe) -> list[int]:
         raise NotImplementedError
 
-    def _probe(self, name: str, p: ProbeSpec, offset: int) -> P:
+    def _probe(self, name: str, p: ScenarioProbe, offset: int) -> P:
         raise NotImplementedError
 
     def register_each(
         self,
-        probes: Sequence[tuple[str, ProbeSpec, P]],
+        probes: Sequence[tuple[str, ScenarioProbe, P]],
         register: Callable[[P], None],
         registered: list[P],
     ) -> None:
@@ -119,10 +119,10 @@ class Side(ProbeSet[Uprobe]):
 
     exe: Path
 
-    def offsets(self, p: ProbeSpec) -> list[int]:
+    def offsets(self, p: ScenarioProbe) -> list[int]:
         return probe_offsets(self.exe, p)
 
-    def _probe(self, name: str, p: ProbeSpec, offset: int) -> Uprobe:
+    def _probe(self, name: str, p: ScenarioProbe, offset: int) -> Uprobe:
         events = self.events
 
         def entry(_uc: UprobeConsumer, regs: PtRegs) -> int:

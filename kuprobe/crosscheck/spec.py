@@ -57,8 +57,9 @@ class ScenarioError(KuprobeError, ValueError):
 
 
 @dataclass(frozen=True)
-class ProbeSpec:
-    """One ``[[probe]]``: where it goes and what its handlers record."""
+class ScenarioProbe:
+    """One ``[[probe]]`` of a scenario: where it goes and what its handlers record (not
+    kuprobe.cli.spec.ProbeSpec, a probe given on the command line)."""
 
     name: str
     symbol: str
@@ -115,7 +116,7 @@ class ScenarioSpec:
     program: str
     arches: tuple[str, ...]
     compare: tuple[str, ...]
-    probes: tuple[ProbeSpec, ...]
+    probes: tuple[ScenarioProbe, ...]
     calls: tuple[CallSpec, ...]
     path: Path | None = None
     needs: str = ""  # NEEDS_KPROBES: its probes are kprobes (the x86_64 guest runs it)
@@ -144,7 +145,7 @@ def _ints(where: str, v: Any) -> tuple[int, ...]:
     return tuple(_int(where, x) for x in v)
 
 
-def _probe(where: str, t: dict[str, Any]) -> ProbeSpec:
+def _probe(where: str, t: dict[str, Any]) -> ScenarioProbe:
     _check_keys(where, t, PROBE_KEYS)
     if not isinstance(t.get("symbol"), str):
         raise ScenarioError(f"{where}: 'symbol' (the probed function) is required")
@@ -172,7 +173,7 @@ def _probe(where: str, t: dict[str, Any]) -> ProbeSpec:
         raise ScenarioError(f"{where}: registers is a list of pt_regs field names")
     offset = _int(where, t.get("offset", 0))
     default = t.get("at") or t.get("insn") or (f"{symbol}+{offset:#x}" if offset else symbol)
-    spec = ProbeSpec(
+    spec = ScenarioProbe(
         name=str(t.get("name", default)),
         symbol=symbol,
         offset=offset,
