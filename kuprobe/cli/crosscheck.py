@@ -28,7 +28,7 @@ from rich.text import Text
 from kuprobe.arch import ARCHES
 from kuprobe.cli._common import make_console
 from kuprobe.crosscheck.runs import SIDES, Planned, Run, markdown_table, plan, run_json
-from kuprobe.crosscheck.scenarios import SCENARIO_DIR, SCENARIOS, Event, Result, Value, diff
+from kuprobe.crosscheck.scenarios import SCENARIO_DIR, SCENARIOS, ObservedEvent, Result, Value, diff
 from kuprobe.crosscheck.spec import NEEDS_KPROBES
 
 ARCH_CHOICES = tuple(ARCHES)  # --arch: every arch kuprobe knows (or "all")
@@ -318,7 +318,7 @@ def show(value: Value | None) -> str:
     return ", ".join(_runs(value)) or "none"
 
 
-def _runs(events: Sequence[Event]) -> Iterator[str]:
+def _runs(events: Sequence[ObservedEvent]) -> Iterator[str]:
     """``entry(100) … entry(0) (101 events)`` for 3 or more events of one kind whose values move by
     the same step each time; others one by one."""
     i = 0
@@ -339,9 +339,9 @@ def _runs(events: Sequence[Event]) -> Iterator[str]:
         i = j
 
 
-def _alike(a: Event, b: Event) -> bool:
+def _alike(a: ObservedEvent, b: ObservedEvent) -> bool:
     return a.kind == b.kind and len(a.values) == len(b.values)
 
 
-def _step(a: Event, b: Event) -> tuple[int, ...]:
+def _step(a: ObservedEvent, b: ObservedEvent) -> tuple[int, ...]:
     return tuple(y - x for x, y in zip(a.values, b.values, strict=True))

@@ -12,11 +12,11 @@ returns a ``Result`` (``model``, ``live``, ``differences``, ``agree``). ``kuprob
 from kuprobe.crosscheck.scenarios import (
     SCENARIOS,
     Difference,
-    Event,
     Observation,
+    ObservedEvent,
     Result,
     Scenario,
     diff,
 )
 
-__all__ = ["SCENARIOS", "Difference", "Event", "Observation", "Result", "Scenario", "diff"]
+__all__ = ["SCENARIOS", "Difference", "Observation", "ObservedEvent", "Result", "Scenario", "diff"]

@@ -3,9 +3,10 @@ then the live kernel (the x86_64 guest, the module loaded).
 
 Both sides get fresh ``Kprobe`` / ``Kretprobe`` objects of the scenario's description, register
 them all (or, ``one_at_a_time``, each alone), make the scenario's calls (and its
-disable/enable steps), and leave nothing registered. Handlers append ``Event``s to one list per
-side. The probes' places are decoded from the bytes the kernel runs (``_kmod.running_image``),
-which is also what the model executes, so both sides probe the same instructions.
+disable/enable steps), and leave nothing registered. Handlers append ``ObservedEvent``s to one
+list per side. The probes' places are decoded from the bytes the kernel runs
+(``_kmod.running_image``), which is also what the model executes, so both sides probe the same
+instructions.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kuprobe.arch import X86_64
 from kuprobe.backend import Backend
 from kuprobe.crosscheck import _kmod
 from kuprobe.crosscheck.acceptance import Verdict, instructions
-from kuprobe.crosscheck.observe import Event, Observation
+from kuprobe.crosscheck.observe import Observation, ObservedEvent
 from kuprobe.crosscheck.sides import ProbeSet
 from kuprobe.crosscheck.spec import ScenarioError, ScenarioProbe, ScenarioSpec
 from kuprobe.errors import ProbeError
@@ -123,7 +124,7 @@ class KSide(ProbeSet[AnyKprobe]):
         if p.kind == "kprobe":
 
             def pre(_p: Kprobe, regs: PtRegs) -> int:
-                events.append(Event(name, read(regs)))
+                events.append(ObservedEvent(name, read(regs)))
                 return 0
 
             return Kprobe(
@@ -132,7 +133,7 @@ class KSide(ProbeSet[AnyKprobe]):
 
         def entry(ri: KretprobeInstance, regs: PtRegs) -> int:
             if p.args:
-                events.append(Event(f"{name} entry", read(regs)))
+                events.append(ObservedEvent(f"{name} entry", read(regs)))
             if p.data_size:
                 arg0 = regs_get_kernel_argument(regs, 0)
                 ri.data[:DATA_BYTES] = arg0.to_bytes(DATA_BYTES, "little")
@@ -142,7 +143,7 @@ class KSide(ProbeSet[AnyKprobe]):
             values: tuple[int, ...] = (signed(regs_return_value(regs)),)
             if p.data_size:
                 values += (signed(int.from_bytes(ri.data[:DATA_BYTES], "little")),)
-            events.append(Event(f"{name} return", values))
+            events.append(ObservedEvent(f"{name} return", values))
             return 0
 
         return Kretprobe(

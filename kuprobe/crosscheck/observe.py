@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Event:
-    """One handler call: ``kind`` (entry, return, or the probed label) and what it read."""
+class ObservedEvent:
+    """One handler call as a side observed it: ``kind`` (entry, return, or the probed label)
+    and what it read (not kuprobe.cli.session.Event: one event as ``kuprobe trace`` prints it)."""
 
     kind: str
     values: tuple[int, ...]
@@ -22,7 +23,7 @@ class Event:
         return f"{self.kind}({', '.join(map(str, self.values))})"
 
 
-Value = int | tuple[Event, ...]
+Value = int | tuple[ObservedEvent, ...]
 Observation = dict[str, Value]  # fact -> value, in the order a reader should see them
 
 
@@ -53,7 +54,7 @@ def diff(model: Observation, live: Observation) -> list[Difference]:
     return out
 
 
-def _first_difference(model: tuple[Event, ...], live: tuple[Event, ...]) -> str:
+def _first_difference(model: tuple[ObservedEvent, ...], live: tuple[ObservedEvent, ...]) -> str:
     i = next((i for i, (m, k) in enumerate(zip(model, live, strict=False)) if m != k), None)
     if i is None:
         i = min(len(model), len(live))

@@ -16,7 +16,7 @@ from typing import Any
 
 from kuprobe.arch import ARM64, I386, X86_64, host_arch
 from kuprobe.crosscheck._kprobes import kprobes_here
-from kuprobe.crosscheck.observe import Event, Observation, Value, diff
+from kuprobe.crosscheck.observe import Observation, ObservedEvent, Value, diff
 from kuprobe.crosscheck.scenarios import Result, Scenario
 from kuprobe.crosscheck.spec import NEEDS_KPROBES
 from kuprobe.vm.guests import GUESTS
@@ -116,7 +116,7 @@ def encode_value(value: Value) -> Any:
 def decode_value(data: Any) -> Value:
     if isinstance(data, int):
         return data
-    return tuple(Event(str(e["kind"]), tuple(int(v) for v in e["values"])) for e in data)
+    return tuple(ObservedEvent(str(e["kind"]), tuple(int(v) for v in e["values"])) for e in data)
 
 
 def encode_observation(obs: Observation) -> dict[str, Any]:

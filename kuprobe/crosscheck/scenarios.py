@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from kuprobe.crosscheck._kprobes import observe_kspec
-from kuprobe.crosscheck.observe import Difference, Event, Observation, Value, diff
+from kuprobe.crosscheck.observe import Difference, Observation, ObservedEvent, Value, diff
 from kuprobe.crosscheck.sides import instruction_offsets, run_live, run_model
 from kuprobe.crosscheck.spec import DEFAULT_ARCHES, ScenarioSpec, load_dir
 from kuprobe.crosscheck.target import target_path
@@ -25,8 +25,8 @@ __all__ = [
     "SCENARIOS",
     "SCENARIO_DIR",
     "Difference",
-    "Event",
     "Observation",
+    "ObservedEvent",
     "Result",
     "Scenario",
     "Value",

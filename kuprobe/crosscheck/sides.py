@@ -2,8 +2,8 @@
 
 Each side gets fresh probe objects of the scenario's description (an object is registered with
 one backend at a time), registers them all, makes the scenario's calls in one process, and
-leaves nothing registered behind, whatever fails. Handlers append ``Event``s to one list per
-side, so the order across probes is compared too.
+leaves nothing registered behind, whatever fails. Handlers append ``ObservedEvent``s to one
+list per side, so the order across probes is compared too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from kuprobe.backend import Backend
-from kuprobe.crosscheck.observe import Event, Observation
+from kuprobe.crosscheck.observe import Observation, ObservedEvent
 from kuprobe.crosscheck.spec import CallSpec, ScenarioError, ScenarioProbe, ScenarioSpec
 from kuprobe.crosscheck.target import WaitingTarget
 from kuprobe.elf import ElfImage
@@ -76,7 +76,7 @@ class ProbeSet(Generic[P]):
     and makes its probe at one offset (``_probe``): uprobes here, kprobes in _kprobes.py."""
 
     spec: ScenarioSpec
-    events: list[Event] = field(default_factory=list, kw_only=True)
+    events: list[ObservedEvent] = field(default_factory=list, kw_only=True)
     probes: list[tuple[str, ScenarioProbe, P]] = field(default_factory=list, kw_only=True)
     refused: dict[str, int] = field(default_factory=dict, kw_only=True)  # name -> the errno
 
@@ -128,11 +128,11 @@ class Side(ProbeSet[Uprobe]):
         def entry(_uc: UprobeConsumer, regs: PtRegs) -> int:
             values = tuple(user_arg(regs, i) for i in range(p.args))
             values += tuple(word(regs, int(getattr(regs, r))) for r in p.registers)
-            events.append(Event(name, values))
+            events.append(ObservedEvent(name, values))
             return 0
 
         def ret(_uc: UprobeConsumer, _func: int, regs: PtRegs) -> int:
-            events.append(Event(f"{name} return", (word(regs, regs_return_value(regs)),)))
+            events.append(ObservedEvent(f"{name} return", (word(regs, regs_return_value(regs)),)))
             return 0
 
         def accept(_uc: UprobeConsumer, _task: Task) -> bool:

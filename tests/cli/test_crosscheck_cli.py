@@ -19,7 +19,7 @@ from rich.console import Console
 
 from kuprobe.cli.crosscheck import run
 from kuprobe.cli.main import build_parser, main
-from kuprobe.crosscheck import SCENARIOS, Event, Observation, Scenario
+from kuprobe.crosscheck import SCENARIOS, Observation, ObservedEvent, Scenario
 from kuprobe.crosscheck._kprobes import kprobes_here
 from kuprobe.crosscheck.runs import HOST_ARCHES, decode_observation, why_not
 from kuprobe.crosscheck.spec import NEEDS_KPROBES
@@ -148,7 +148,12 @@ def fake(monkeypatch: pytest.MonkeyPatch, model: Observation, live: Observation)
 def test_a_disagreement_is_shown_and_exits_1(
     targets: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    e = [Event("entry", (1,)), Event("entry", (2,)), Event("entry", (3,)), Event("return", (9,))]
+    e = [
+        ObservedEvent("entry", (1,)),
+        ObservedEvent("entry", (2,)),
+        ObservedEvent("entry", (3,)),
+        ObservedEvent("return", (9,)),
+    ]
     model: Observation = {
         "f(1..3): sum of results": 6,
         "f+0x0 hits": 3,
@@ -202,7 +207,7 @@ def json_lines(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int
 def test_json_says_what_disagrees(
     targets: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    e = [Event("add", (1, 2)), Event("add return", (3,))]
+    e = [ObservedEvent("add", (1, 2)), ObservedEvent("add return", (3,))]
     model: Observation = {
         "call 1: add(1, 2)": 3,
         "add hits": 1,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kuprobe.crosscheck import SCENARIOS, Event, Result
+from kuprobe.crosscheck import SCENARIOS, ObservedEvent, Result
 from kuprobe.crosscheck.runs import plan
 from kuprobe.crosscheck.scenarios import instruction_offsets
 
@@ -81,9 +81,9 @@ def test_uretprobe_nesting_limit(live: Path, arch: str) -> None:
 def test_arguments_and_return_values(live: Path, arch: str) -> None:
     """add(a, 2a): the ABI's arguments at entry (signed, i386 from the stack), then a + 2a."""
     result = run("args", arch)
-    expected: list[Event] = []
+    expected: list[ObservedEvent] = []
     for a in range(-2, 4):
-        expected += [Event("add", (a, 2 * a)), Event("add return", (3 * a,))]
+        expected += [ObservedEvent("add", (a, 2 * a)), ObservedEvent("add return", (3 * a,))]
     assert result.live["handler events, in order"] == tuple(expected)
 
 

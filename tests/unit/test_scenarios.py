@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kuprobe.crosscheck import SCENARIOS, Event, Observation, diff
+from kuprobe.crosscheck import SCENARIOS, Observation, ObservedEvent, diff
 from kuprobe.crosscheck.scenarios import SCENARIO_DIR
 from kuprobe.crosscheck.sides import probe_offsets
 from kuprobe.crosscheck.spec import ScenarioError, load, parse
@@ -103,7 +103,7 @@ def test_a_file_that_is_not_toml(tmp_path: Path) -> None:
 
 # --- the differ -------------------------------------------------------------------------------
 
-E = (Event("f", (1,)), Event("f return", (2,)), Event("g", (3,)))
+E = (ObservedEvent("f", (1,)), ObservedEvent("f return", (2,)), ObservedEvent("g", (3,)))
 BASE: Observation = {"call 1: f(1)": 2, "f hits": 1, "handler events, in order": E}
 
 
@@ -112,7 +112,7 @@ BASE: Observation = {"call 1: f(1)": 2, "f hits": 1, "handler events, in order":
     [
         ({**BASE, "f hits": 2}, "f hits", "model 1, kernel 2"),
         (
-            {**BASE, "handler events, in order": (E[0], E[1], Event("g", (4,)))},
+            {**BASE, "handler events, in order": (E[0], E[1], ObservedEvent("g", (4,)))},
             "handler events, in order",
             "event 3: model g(3), kernel g(4) (3 events in the model, 3 from the kernel)",
         ),
@@ -127,7 +127,7 @@ BASE: Observation = {"call 1: f(1)": 2, "f hits": 1, "handler events, in order":
             "event 1: model f(1), kernel f return(2) (3 events in the model, 3 from the kernel)",
         ),
         (
-            {**BASE, "handler events, in order": (*E, Event("g", (3,)))},
+            {**BASE, "handler events, in order": (*E, ObservedEvent("g", (3,)))},
             "handler events, in order",
             "event 4: model nothing, kernel g(3) (3 events in the model, 4 from the kernel)",
         ),

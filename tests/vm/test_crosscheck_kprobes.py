@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kuprobe.crosscheck import SCENARIOS, Event
+from kuprobe.crosscheck import SCENARIOS, ObservedEvent
 from kuprobe.crosscheck._kmod import call
 from kuprobe.crosscheck._kprobes import kmod_target, kprobe_acceptance
 from kuprobe.crosscheck.spec import NEEDS_KPROBES
@@ -57,7 +57,10 @@ def test_maxactive_counts_nmissed() -> None:
     assert result.live["kk_rec nmissed"] == 4
     events = result.live["handler events, in order"]
     assert isinstance(events, tuple)
-    assert events[:2] == (Event("kk_rec return", (10,)), Event("kk_rec return", (15,)))
+    assert events[:2] == (
+        ObservedEvent("kk_rec return", (10,)),
+        ObservedEvent("kk_rec return", (15,)),
+    )
 
 
 def test_sleeping_tasks_miss_as_nested_calls_do() -> None:
