@@ -28,7 +28,14 @@ from rich.text import Text
 from kuprobe.arch import ARCHES
 from kuprobe.cli._common import make_console
 from kuprobe.crosscheck.runs import SIDES, Planned, Run, markdown_table, plan, run_json
-from kuprobe.crosscheck.scenarios import SCENARIO_DIR, SCENARIOS, ObservedEvent, Result, Value, diff
+from kuprobe.crosscheck.scenarios import (
+    SCENARIO_DIR,
+    SCENARIOS,
+    ObservedEvent,
+    ObservedValue,
+    Result,
+    diff,
+)
 from kuprobe.crosscheck.spec import NEEDS_KPROBES
 
 ARCH_CHOICES = tuple(ARCHES)  # --arch: every arch kuprobe knows (or "all")
@@ -309,7 +316,7 @@ def rows(result: Result) -> Iterator[tuple[str, str, str, str]]:
         i = j
 
 
-def show(value: Value | None) -> str:
+def show(value: ObservedValue | None) -> str:
     """A value as a reader wants it: events in order, runs of like events shortened."""
     if value is None:
         return "-"

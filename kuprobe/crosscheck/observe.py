@@ -23,8 +23,8 @@ class ObservedEvent:
         return f"{self.kind}({', '.join(map(str, self.values))})"
 
 
-Value = int | tuple[ObservedEvent, ...]
-Observation = dict[str, Value]  # fact -> value, in the order a reader should see them
+ObservedValue = int | tuple[ObservedEvent, ...]  # a fact: a count, a result, or the events in order
+Observation = dict[str, ObservedValue]  # fact -> value, in the order a reader should see them
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class Difference:
     """One fact on which the model and the kernel disagree (None: that side lacks it)."""
 
     fact: str
-    model: Value | None
-    live: Value | None
+    model: ObservedValue | None
+    live: ObservedValue | None
     why: str
 
 

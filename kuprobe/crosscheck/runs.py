@@ -16,7 +16,7 @@ from typing import Any
 
 from kuprobe.arch import ARM64, I386, X86_64, host_arch
 from kuprobe.crosscheck._kprobes import kprobes_here
-from kuprobe.crosscheck.observe import Observation, ObservedEvent, Value, diff
+from kuprobe.crosscheck.observe import Observation, ObservedEvent, ObservedValue, diff
 from kuprobe.crosscheck.scenarios import Result, Scenario
 from kuprobe.crosscheck.spec import NEEDS_KPROBES
 from kuprobe.vm.guests import GUESTS
@@ -106,14 +106,14 @@ class Run:
 # --- JSON ---------------------------------------------------------------------------------
 
 
-def encode_value(value: Value) -> Any:
+def encode_value(value: ObservedValue) -> Any:
     """An int, or a list of ``{"kind": ..., "values": [...]}`` events."""
     if isinstance(value, int):
         return value
     return [{"kind": e.kind, "values": list(e.values)} for e in value]
 
 
-def decode_value(data: Any) -> Value:
+def decode_value(data: Any) -> ObservedValue:
     if isinstance(data, int):
         return data
     return tuple(ObservedEvent(str(e["kind"]), tuple(int(v) for v in e["values"])) for e in data)

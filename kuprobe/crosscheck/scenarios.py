@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from kuprobe.crosscheck._kprobes import observe_kspec
-from kuprobe.crosscheck.observe import Difference, Observation, ObservedEvent, Value, diff
+from kuprobe.crosscheck.observe import Difference, Observation, ObservedEvent, ObservedValue, diff
 from kuprobe.crosscheck.sides import instruction_offsets, run_live, run_model
 from kuprobe.crosscheck.spec import DEFAULT_ARCHES, ScenarioSpec, load_dir
 from kuprobe.crosscheck.target import target_path
@@ -27,9 +27,9 @@ __all__ = [
     "Difference",
     "Observation",
     "ObservedEvent",
+    "ObservedValue",
     "Result",
     "Scenario",
-    "Value",
     "diff",
     "instruction_offsets",
 ]
