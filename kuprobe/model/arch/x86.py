@@ -42,7 +42,7 @@ from kuprobe.model.arch.x86_insn import (
     insn_undecoded,
     skip_prefixes,
 )
-from kuprobe.model.arch.x86_kprobe import kprobe_refuses, prepare_emulation
+from kuprobe.model.arch.x86_kprobe import X86_EFLAGS_IF, kprobe_refuses, prepare_emulation
 from kuprobe.model.arch.x86_uprobe_emulate import uprobe_emulation
 from kuprobe.regs import PtRegs
 
@@ -62,9 +62,8 @@ __all__ = [
     "uprobe_refuses",
 ]  # fmt: skip
 
-# arch/x86/include/asm/processor-flags.h
+# arch/x86/include/asm/processor-flags.h (X86_EFLAGS_IF: with the others, in x86_kprobe.py)
 X86_EFLAGS_TF = 0x100
-X86_EFLAGS_IF = 0x200
 # arch/x86/kernel/uprobes.c: UPROBE_TRAP_NR (trap_nr while an xol step is in flight)
 UPROBE_TRAP_NR = 0xFFFFFFFF
 # arch/x86/kernel/uprobes.c: the fix-ups post_xol applies (resume_execution() uses the same)
