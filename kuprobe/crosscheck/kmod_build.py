@@ -28,8 +28,8 @@ from kuprobe.targets.kmod import (
     INSN_SYMBOL,
     INSNS,
     MODULE,
+    MODULE_SOURCES,
     SOURCE_FILES,
-    SOURCES,
 )
 from kuprobe.vm.guests import guest
 from kuprobe.vm.image import cache_dir, resolve_inputs
@@ -103,7 +103,7 @@ def build(out: Path = DEFAULT_OUT, *, force: bool = False) -> Path:
     release, version = guest_kernel()
     ko = out / f"{MODULE}.ko"
     stamp = out / f"{MODULE}.kernel"
-    sources = [SOURCES / f for f in (*SOURCE_FILES, "__init__.py")]
+    sources = [MODULE_SOURCES / f for f in (*SOURCE_FILES, "__init__.py")]
     sources += [Path(acceptance.__file__), Path(__file__)]
     fresh = (
         ko.is_file()
@@ -118,7 +118,7 @@ def build(out: Path = DEFAULT_OUT, *, force: bool = False) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for name in SOURCE_FILES:
-        shutil.copy2(SOURCES / name, work / name)
+        shutil.copy2(MODULE_SOURCES / name, work / name)
     (work / INSNS).write_text(insns_source())
     say(f"building {MODULE}.ko for {release} ({version})")
     _run(["make", "-C", str(tree), f"M={work}", "modules"])
