@@ -39,6 +39,7 @@ from kuprobe.regs import STACK_WORDS, PtRegs, model_regs, regs_class, set_stack
 from kuprobe.task import Task
 
 DEFAULT_MAX_INSNS = 200_000_000
+# A handler whose fault_handler claims every fault but never fixes it would retry forever.
 MAX_FAULT_RETRIES = 16
 _pids = itertools.count(1000)
 

@@ -44,11 +44,6 @@ PENDING: dict[str, tuple[tuple[str, ...], str]] = {
         "two concepts (trace: events waiting to be printed; closer: links not closed yet): "
         "to rename once the edits under way in cli/trace.py and live/ have landed",
     ),
-    "MAX_FAULT_RETRIES": (
-        ("kuprobe.model.machine", "kuprobe.model.core.kprobes"),
-        "one concept; model/core/kprobes.py's copy is unused: to remove once the edits "
-        "under way in model/core/ have landed",
-    ),
 }
 
 TYPEVARS = frozenset({"TypeVar", "ParamSpec", "TypeVarTuple"})

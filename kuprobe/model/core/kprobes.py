@@ -39,8 +39,6 @@ STATUS_NAMES = {
     KPROBE_HIT_SSDONE: "HIT_SSDONE",
     KPROBE_HIT_FAULT: "HIT_FAULT",
 }
-# A handler whose fault_handler claims every fault but never fixes it would retry forever.
-MAX_FAULT_RETRIES = 16
 INSN_SLOT_SIZE = 16  # kernel/kprobes.c: one slot is MAX_INSN_SIZE bytes
 SLOTS_PER_PAGE = 0x1000 // INSN_SLOT_SIZE
 RELOCATED_INSN_PAGES_BELOW = 0x1000000  # the model's: 16 MiB below an ET_DYN's load address
