@@ -5,14 +5,15 @@ user-space calling conventions, syscall numbers, the host names ``uname -m`` pri
 capstone and Unicorn modes. Code elsewhere reads these records instead of branching on an arch
 name; a new arch is one record here (and, for the model, one module under kuprobe/model/arch/).
 
-Importing this module imports neither capstone nor Unicorn: their modes are looked up on first
-use, so ``import kuprobe`` works on any host.
+This module imports neither capstone nor Unicorn: it names their modes, and their one importer
+each looks them up (kuprobe/insn.py, kuprobe/model/emu.py), so ``import kuprobe`` works on any
+host.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -52,38 +53,14 @@ class ArchInfo:
     runs: tuple[str, ...]
     # The syscalls the live backend makes itself, by number (the C library wraps neither).
     syscalls: Mapping[str, int]
-    _capstone: Callable[[], tuple[int, int]]
-    _unicorn: Callable[[], tuple[int, int]]
+    # capstone's and Unicorn's (arch, mode) constants by name, looked up by their one
+    # importer each (kuprobe/insn.py, kuprobe/model/emu.py)
+    capstone: tuple[str, str]
+    unicorn: tuple[str, str]
 
     @property
     def word_bytes(self) -> int:
         return self.bits // 8
-
-    def capstone_mode(self) -> tuple[int, int]:
-        """(CS_ARCH_*, CS_MODE_*) for capstone.Cs()."""
-        return self._capstone()
-
-    def unicorn_mode(self) -> tuple[int, int]:
-        """(UC_ARCH_*, UC_MODE_*) for unicorn.Uc()."""
-        return self._unicorn()
-
-
-def _cs(arch: str, mode: str) -> Callable[[], tuple[int, int]]:
-    def get() -> tuple[int, int]:
-        import capstone
-
-        return int(getattr(capstone, arch)), int(getattr(capstone, mode))
-
-    return get
-
-
-def _uc(arch: str, mode: str) -> Callable[[], tuple[int, int]]:
-    def get() -> tuple[int, int]:
-        import unicorn
-
-        return int(getattr(unicorn, arch)), int(getattr(unicorn, mode))
-
-    return get
 
 
 def _syscalls(**numbers: int) -> Mapping[str, int]:
@@ -113,8 +90,8 @@ X86_64 = ArchInfo(
     runs=("x86_64", "i386"),
     # arch/x86/entry/syscalls/syscall_64.tbl
     syscalls=_syscalls(perf_event_open=298, bpf=321, membarrier=324),
-    _capstone=_cs("CS_ARCH_X86", "CS_MODE_64"),
-    _unicorn=_uc("UC_ARCH_X86", "UC_MODE_64"),
+    capstone=("CS_ARCH_X86", "CS_MODE_64"),
+    unicorn=("UC_ARCH_X86", "UC_MODE_64"),
 )
 
 I386 = ArchInfo(
@@ -141,8 +118,8 @@ I386 = ArchInfo(
     runs=("i386",),
     # arch/x86/entry/syscalls/syscall_32.tbl
     syscalls=_syscalls(perf_event_open=336, bpf=357, membarrier=375),
-    _capstone=_cs("CS_ARCH_X86", "CS_MODE_32"),
-    _unicorn=_uc("UC_ARCH_X86", "UC_MODE_32"),
+    capstone=("CS_ARCH_X86", "CS_MODE_32"),
+    unicorn=("UC_ARCH_X86", "UC_MODE_32"),
 )
 
 ARM64 = ArchInfo(
@@ -166,8 +143,8 @@ ARM64 = ArchInfo(
     runs=("arm64",),
     # include/uapi/asm-generic/unistd.h (arm64 uses the generic table)
     syscalls=_syscalls(perf_event_open=241, bpf=280, membarrier=283),
-    _capstone=_cs("CS_ARCH_ARM64", "CS_MODE_ARM"),
-    _unicorn=_uc("UC_ARCH_ARM64", "UC_MODE_ARM"),
+    capstone=("CS_ARCH_ARM64", "CS_MODE_ARM"),
+    unicorn=("UC_ARCH_ARM64", "UC_MODE_ARM"),
 )
 
 ARCHES: Mapping[str, ArchInfo] = MappingProxyType({a.name: a for a in (X86_64, I386, ARM64)})

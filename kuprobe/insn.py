@@ -17,7 +17,8 @@ from kuprobe.arch import arch_info
 
 def disassembler(arch: str) -> capstone.Cs:
     """A capstone decoder for ``arch`` (its mode from kuprobe.arch)."""
-    return capstone.Cs(*arch_info(arch).capstone_mode())
+    cs_arch, cs_mode = arch_info(arch).capstone
+    return capstone.Cs(getattr(capstone, cs_arch), getattr(capstone, cs_mode))
 
 
 def boundaries(arch: str, code: bytes, address: int = 0) -> Iterator[tuple[int, int]]:

@@ -103,11 +103,13 @@ def page_ceil(addr: int) -> int:
 class Emu:
     """One emulated CPU and its memory."""
 
-    def __init__(self, mode: tuple[int, int], uc_arch: str, regs: Mapping[str, str | None]) -> None:
-        """``mode``: (UC_ARCH_*, UC_MODE_*) from kuprobe.arch; ``uc_arch``: which of Unicorn's
-        register-constant modules names ``regs`` (pt_regs field -> Unicorn register name)."""
-        self.uc: Any = unicorn.Uc(*mode)
-        x86_64 = tuple(mode) == (unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    def __init__(self, mode: tuple[str, str], uc_arch: str, regs: Mapping[str, str | None]) -> None:
+        """``mode``: the names of (UC_ARCH_*, UC_MODE_*), from kuprobe.arch's record;
+        ``uc_arch``: which of Unicorn's register-constant modules names ``regs`` (pt_regs
+        field -> Unicorn register name)."""
+        uc_mode = (getattr(unicorn, mode[0]), getattr(unicorn, mode[1]))
+        self.uc: Any = unicorn.Uc(*uc_mode)
+        x86_64 = uc_mode == (unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         self._phys_mask = _x86_64_kernel_phys_mask() if x86_64 else -1
         consts = _CONST_MODULES[uc_arch]
         prefix = _REG_PREFIX[uc_arch]

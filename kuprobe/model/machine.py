@@ -92,7 +92,7 @@ class Machine(ProbeRegistration, SignalDelivery):
         h = self.hooks
         # load_elf_binary(): an ET_DYN file goes to ELF_ET_DYN_BASE (no randomisation)
         self.load_bias = h.ELF_ET_DYN_BASE if image.is_pie else 0
-        self.emu = Emu(arch_info(h.name).unicorn_mode(), h.uc_arch, h.uc_regs)
+        self.emu = Emu(arch_info(h.name).unicorn, h.uc_arch, h.uc_regs)
         self.emu.set_pc_reg(h.ip_field())
         self.emu.set_callbacks(self._on_interrupt, self._on_unmapped)
         self._setup_regs_fast_path()
