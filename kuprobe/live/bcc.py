@@ -75,6 +75,15 @@ def import_bcc() -> Any:
     return BPF
 
 
+def bcc_version() -> tuple[bool, str]:
+    """(True, BCC's version) if BCC imports in this Python, else (False, why not)."""
+    try:
+        import bcc  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as e:
+        return False, str(e)
+    return True, getattr(bcc, "__version__", "?")
+
+
 # BCC's answer file for its /proc/kallsyms question (package data beside the BPF C).
 KALLSYMS_ANSWER = Path(__file__).resolve().parent.parent / "bpf_programs" / "bcc_kallsyms"
 

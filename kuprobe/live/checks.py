@@ -1,5 +1,7 @@
-"""What this machine can run live, each missing piece with its fix (``kuprobe doctor`` shows
-them; scripts/test.sh asks ``live_uprobes_possible()`` whether live tests must run here)."""
+"""What this machine can run live, each missing piece with its fix.
+
+``kuprobe doctor`` shows them; scripts/test.sh asks ``live_uprobes_possible()`` whether live
+tests must run here."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass
 
 from kuprobe.arch import host_arch, host_machine
 from kuprobe.live import bpf, tracefs
-from kuprobe.live.bcc import kernel_build_tree, view_here
+from kuprobe.live.bcc import bcc_version, kernel_build_tree, view_here
 from kuprobe.live.events import LIVE_HOSTS
 from kuprobe.live.perf_event import pmu_type
 
@@ -19,14 +21,6 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
-
-
-def _bcc_importable() -> tuple[bool, str]:
-    try:
-        import bcc  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as e:
-        return False, str(e)
-    return True, getattr(bcc, "__version__", "?")
 
 
 def _check(name: str, ok: bool, found: str, missing: str, fix: str) -> Check:
@@ -45,7 +39,7 @@ def checks() -> list[Check]:
     hidden = tfs is None and any(
         d.is_dir() and not os.access(d, os.X_OK) for d in tracefs.TRACEFS_CANDIDATES
     )
-    bcc_ok, ver = _bcc_importable()
+    bcc_ok, ver = bcc_version()
     tree, how = kernel_build_tree()
     view = view_here()  # kuprobe/live/bcc.py: how each compile sees the file system
     return [
