@@ -1,5 +1,6 @@
-"""The context a probe handler runs in, one per thread: the task the trap was taken in and
-what the hit recorded for the handler to read.
+"""The context a probe handler runs in, one per thread.
+
+It holds the task the trap was taken in and what the hit recorded for the handler to read.
 
 The types of what it holds, and one thread-local, owned here. A backend enters it around the
 handlers of a hit and leaves it after: ``enter_task`` / ``leave_task`` the task (live: the

@@ -1,5 +1,6 @@
-"""USDT probes (systemtap's ``<sys/sdt.h>``): a ``stapsdt`` note names each site of a
-``provider:name`` probe, its semaphore and its arguments; each site is a uprobe.
+"""USDT probes (systemtap's ``<sys/sdt.h>``): each site of a ``provider:name`` probe, a uprobe.
+
+A ``stapsdt`` note names each site, its semaphore and its arguments.
 
 ``Usdt(path, provider, name, handler=...)`` reads the notes (kuprobe/elf.py) and builds one
 ``Uprobe`` per site, with ``ref_ctr_offset`` at the semaphore's file offset, so the kernel

@@ -1,6 +1,7 @@
-"""The ``kuprobe`` command: the parser, one module per subcommand, the spec language, the
-dashboard and the terminal helpers. The command imports the library (live, model, crosscheck,
-vm); the library never imports the command."""
+"""The ``kuprobe`` command: the parser, its subcommands, specs, dashboard and terminal helpers.
+
+The command imports the library (live, model, crosscheck, vm); the library never imports the
+command."""
 
 from kuprobe.cli.main import main
 

@@ -1,5 +1,6 @@
-"""The terminal side of the dashboard: single key presses, the refresh clock, and log
-messages shown inside the screen instead of scribbled over it."""
+"""The terminal side of the dashboard: key presses, the refresh clock, log messages in place.
+
+Log messages are shown inside the screen instead of scribbled over it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Probe specs as people type them: ``k:sym[+off]``, ``kr:sym``, ``u:/path:sym[+off]``,
-``u:/path:0xOFFSET``, ``ur:/path:sym``, ``usdt:/path:provider:name``, each optionally
-followed by what to print. A uprobe's or USDT's path may be a library name (``u:libc:getpid``).
+"""Probe specs as people type them, parsed and checked: ``k:sym``, ``u:/path:sym`` …
+
+The forms: ``k:sym[+off]``, ``kr:sym``, ``u:/path:sym[+off]``, ``u:/path:0xOFFSET``,
+``ur:/path:sym``, ``usdt:/path:provider:name``, each optionally followed by what to print. A
+uprobe's or USDT's path may be a library name (``u:libc:getpid``).
 
 ``parse_spec`` only reads the text (``SpecError`` on a mistake); ``check_spec`` also opens the
 ELF file of a uprobe spec, so a missing file or symbol is reported before anything attaches.

@@ -1,5 +1,4 @@
-"""``crosscheck``: scenarios run on the reference model and on the live kernel, normalised
-and diffed.
+"""``crosscheck``: scenarios run on the reference model and a live kernel, normalised, diffed.
 
 A scenario is a TOML file in corpus/ (package data; tests/scenarios/ in a checkout), read by
 ``kuprobe.crosscheck.spec``: the program, the probes and what they record, the calls.

@@ -1,5 +1,7 @@
-"""The kprobe scenarios' test module (kuprobe/targets/kmod) in the running kernel: loaded, its
-functions called from user space, and the bytes it runs, as an ELF the model loads.
+"""The kprobe scenarios' test module in the running kernel: loaded, called, read back.
+
+The module (kuprobe/targets/kmod) is loaded, its functions are called from user space, and the
+bytes it runs are read back as an ELF the model loads.
 
 The model must run the code the kernel runs. A module's text changes at load time: relocations,
 the ``call __fentry__`` at each entry made a 5-byte NOP (kernel/trace/ftrace.c:

@@ -1,5 +1,7 @@
-"""A kprobe scenario on each side: the model running the test module's code as kernel text,
-then the live kernel (the x86_64 guest, the module loaded).
+"""A kprobe scenario on each side: the model, then the live kernel, on the test module.
+
+The model runs the test module's code as kernel text, then the live kernel (the x86_64 guest,
+the module loaded) runs the module itself.
 
 Both sides get fresh ``Kprobe`` / ``Kretprobe`` objects of the scenario's description, register
 them all (or, ``one_at_a_time``, each alone), make the scenario's calls (and its

@@ -1,5 +1,6 @@
-"""Instruction acceptance: which x86 instructions may carry a uprobe, the live kernel's verdict
-against the model's (``arch_uprobe_analyze_insn()``).
+"""Which x86 instructions may carry a uprobe: the live kernel's verdict against the model's.
+
+The model's is ``arch_uprobe_analyze_insn()``'s.
 
 ``instructions(arch)`` lists the probed encodings (about 1,800 per arch): every one-byte
 opcode, every opcode of the 0f, 0f 38 and 0f 3a maps bare and with 66/f2/f3, group opcodes

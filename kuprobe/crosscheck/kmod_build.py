@@ -1,5 +1,6 @@
-"""Building the kprobe scenarios' test module (kuprobe/targets/kmod: kk_funcs.c, and
-kk_insns.S generated here) for the x86_64 guest's kernel.
+"""Building the kprobe scenarios' test module for the x86_64 guest's kernel.
+
+Its sources are kuprobe/targets/kmod's kk_funcs.c, and kk_insns.S generated here.
 
 ``build()`` makes ``<out>/kuprobe_kmod.ko`` against the guest kernel's own headers: the Debian
 packages ``linux-headers-<release>`` (+ its ``-common``) and ``linux-kbuild-<major>`` at the

@@ -1,5 +1,6 @@
-"""What a scenario observed on one side, normalised so the two sides compare with ``==``, and
-``diff``, which lists where they disagree.
+"""What a scenario observed on one side, normalised so the two sides compare with ``==``.
+
+``diff`` lists where they disagree.
 
 An ``Observation`` is named facts in the order a reader should see them: each call's result,
 each probe's hits, the handler events in order. No addresses (the model maps a PIE where the

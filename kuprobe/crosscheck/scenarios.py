@@ -1,6 +1,8 @@
-"""The scenarios: TOML files in kuprobe/crosscheck/corpus/ (package data; tests/scenarios/ in a
-checkout) read by ``kuprobe.crosscheck.spec``, each run on
-the reference model and on the live kernel with the same probes and calls.
+"""The scenarios: the TOML files of the corpus, read once, by name.
+
+They live in kuprobe/crosscheck/corpus/ (package data; tests/scenarios/ in a checkout), are
+read by ``kuprobe.crosscheck.spec``, and each runs on the reference model and on the live
+kernel with the same probes and calls.
 
 ``SCENARIOS`` maps each name (the file's stem) to a ``Scenario``; ``Scenario.run(arch)``
 observes both sides on that arch's build of the scenario's program and returns a ``Result``

@@ -1,5 +1,6 @@
-"""A scenario as data: one TOML file (read with ``tomllib``) naming the program, the probes and
-the calls; see tests/scenarios/README.md for every key.
+"""A scenario as data: one TOML file naming the program, the probes and the calls.
+
+It is read with ``tomllib``; tests/scenarios/README.md gives every key.
 
 ```toml
 description = "add(a, b): both arguments at entry (the arch's user ABI) and the return value"

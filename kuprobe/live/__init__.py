@@ -1,0 +1,1 @@
+"""The live backend: probes on the running kernel, through BPF programs BCC compiles."""

@@ -1,7 +1,8 @@
-"""The kernel's registration functions, on the live kernel (include/linux/kprobes.h,
-include/linux/uprobes.h). One backend per process, made on first use; every probe is
-unregistered on interpreter exit and on SIGINT/SIGTERM, within 2 s: events still queued then
-are counted in each probe's ``dropped`` (and logged), not handled.
+"""The kernel's registration functions, on the live kernel.
+
+They are include/linux/kprobes.h's and include/linux/uprobes.h's. One backend per process, made
+on first use; every probe is unregistered on interpreter exit and on SIGINT/SIGTERM, within 2 s:
+events still queued then are counted in each probe's ``dropped`` (and logged), not handled.
 
 ``unregister_*(…)`` returns once every event recorded for the probe has been handled, and no
 handler of it runs afterwards; ``timeout=`` bounds that wait, counting the rest in

@@ -1,5 +1,6 @@
-"""The live backend: every kind of probe over the registration steps they share (see
-kuprobe/live/register.py), with the kernel's verbs of the ``kuprobe.backend.Backend`` contract."""
+"""The live backend: the kernel's verbs of the ``kuprobe.backend.Backend`` contract.
+
+Every kind of probe goes over the registration steps they share (kuprobe/live/register.py)."""
 
 from __future__ import annotations
 

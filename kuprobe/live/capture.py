@@ -1,6 +1,8 @@
-"""Memory at the hit, live: a probe's ``Capture`` declarations as the integers of its slot's
-``kuprobe_capcfg`` entry (kuprobe/bpf_programs/probe_pool.bpf.c: kuprobe_capture()), and a
-handler wrapper that hands the captured bytes of each event to kuprobe/uaccess.py."""
+"""Memory at the hit, live: what a probe's ``Capture``s read, configured and handed over.
+
+A probe's ``Capture`` declarations become the integers of its slot's ``kuprobe_capcfg`` entry
+(kuprobe/bpf_programs/probe_pool.bpf.c: kuprobe_capture()); a handler wrapper hands the
+captured bytes of each event to kuprobe/uaccess.py."""
 
 from __future__ import annotations
 

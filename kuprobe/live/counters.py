@@ -1,5 +1,6 @@
-"""A registered probe's counters, read from the pool's maps (and, for a kretprobe with its own
-maxactive, its nmissed from tracefs' kprobe_profile)."""
+"""A registered probe's counters, read from the pool's maps.
+
+A kretprobe with its own maxactive takes its nmissed from tracefs' kprobe_profile."""
 
 from __future__ import annotations
 

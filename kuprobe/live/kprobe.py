@@ -1,6 +1,8 @@
-"""Live kprobes and kretprobes (kernel/kprobes.c, kernel/trace/trace_kprobe.c): perf events
-of the kprobe PMU, a tracefs event only for a kretprobe's own maxactive, entry and return
-handlers sharing one KretprobeInstance per call."""
+"""Live kprobes and kretprobes, as perf events of the kprobe PMU.
+
+They follow kernel/kprobes.c and kernel/trace/trace_kprobe.c: perf events of the kprobe PMU, a
+tracefs event only for a kretprobe's own maxactive, entry and return handlers sharing one
+KretprobeInstance per call."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""SIGINT/SIGTERM deferred while kuprobe creates or closes a BPF link (kuprobe/live/api.py's
-handlers ask ``defer()`` first)."""
+"""SIGINT/SIGTERM deferred while kuprobe creates or closes a BPF link.
+
+kuprobe/live/api.py's handlers ask ``defer()`` first."""
 
 from __future__ import annotations
 

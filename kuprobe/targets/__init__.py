@@ -1,5 +1,6 @@
-"""The bundled probe targets: C sources shipped inside the package (the demo workload, the
-cross-check's ``target``), built on first use into a cache folder by ``build.sh`` beside them.
+"""The bundled probe targets: C sources in the package, built on first use into a cache.
+
+They are the demo workload and the cross-check's ``target``, built by ``build.sh`` beside them.
 
 ``bundled(arch, name)`` is the path of one built program (``name``: ``demo``, ``target``,
 ``target-static`` …), built if it is missing or older than its sources.

@@ -1,5 +1,7 @@
-"""The arches the model runs: ``ARCH_HOOKS``, each arch's name -> its hook class, one explicit
-registry (adding one is a module and a line). kuprobe.arch.ARCHES holds the arches' records."""
+"""The arches the model runs: ``ARCH_HOOKS``, each arch's name -> its hook class.
+
+One explicit registry: adding an arch is a module and a line. kuprobe.arch.ARCHES holds the
+arches' records."""
 
 from __future__ import annotations
 

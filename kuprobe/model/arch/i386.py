@@ -1,5 +1,6 @@
-"""i386: cdecl calls, 32-bit pt_regs (bx … ss); the path of the patch "Kprobes- robust fault
-handling for i386" (int3, TF/IF in eflags)."""
+"""i386's hooks: cdecl calls, 32-bit pt_regs (bx … ss), int3 and TF/IF in eflags.
+
+The path of the patch "Kprobes- robust fault handling for i386"."""
 
 from __future__ import annotations
 

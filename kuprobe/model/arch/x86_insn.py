@@ -1,5 +1,7 @@
-"""x86 instruction decoding as arch/x86/lib/insn.c sees it (prefixes, VEX, opcode, modrm),
-shared by the uprobe (kuprobe.model.arch.x86) and kprobe (kuprobe.model.arch.x86_kprobe) rules.
+"""x86 instruction decoding as arch/x86/lib/insn.c sees it: prefixes, VEX, opcode, modrm.
+
+It is shared by the uprobe (kuprobe.model.arch.x86) and kprobe (kuprobe.model.arch.x86_kprobe)
+rules.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""x86 uprobes: the instructions emulated instead of stepped, per kernel (the row
-uprobe_skip_sstep of kuprobe.model.semantics).
+"""x86 uprobes: the instructions emulated instead of stepped, per kernel.
+
+That is the row uprobe_skip_sstep of kuprobe.model.semantics.
 
 - "nop_pattern": the patch "uprobes/core: handle breakpoint and signal step exception" skips
   ``0x66* {0x90 | 0x0f 0x1f | 0x0f 0x19 | 0x87 0xc0}`` (ip += its length);

@@ -1,5 +1,7 @@
-"""The kprobe scenarios' test module: its sources (package data: kk_funcs.c, Kbuild) and the
-names the scenarios and its build share. kuprobe/crosscheck/kmod_build.py builds it for the
+"""The kprobe scenarios' test module: its sources, and the names its users share.
+
+The sources are package data (kk_funcs.c, Kbuild); the names are shared by the scenarios and
+the module's build. kuprobe/crosscheck/kmod_build.py builds it for the
 x86_64 guest's kernel, generating kk_insns.S (one function per encoding of
 crosscheck.acceptance); kuprobe/crosscheck/_kmod.py loads it there.
 """
