@@ -1,7 +1,10 @@
 """``kuprobe trace``: one line per event, bpftrace-style, and a summary on Ctrl-C.
 
 Handlers (on the live backend's dispatcher thread) only append the event to a deque; the
-main thread formats and writes, so a slow terminal or pipe never stalls delivery.
+main thread formats and writes, so a slow terminal or pipe never stalls delivery. Each write
+round takes only the events pending when it starts, so Ctrl-C is seen however fast events
+come; after it, what is still pending is printed for at most ``AFTER_STOP`` s (bpftrace and
+perf print nothing more), the rest counted in the summary.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections import deque
 from typing import IO, Any
@@ -21,7 +25,9 @@ from kuprobe.cli.dashboard import format_ns
 from kuprobe.cli.session import Event, Session, Watch
 
 MAX_PENDING = 100_000  # events waiting to be printed; beyond it they are counted, not kept
+AFTER_STOP = 0.5  # s of printing the events still pending after Ctrl-C; the rest are counted
 _POLL = 0.05
+_CHECK_EVERY = 64  # lines written between two looks at Ctrl-C and the clock
 
 EXAMPLES = """\
 examples:
@@ -89,7 +95,8 @@ class _Printer:
         self.out = out
         self.start_ns = start_ns
         self.pending: deque[Event] = deque()
-        self.dropped = 0
+        self.dropped = 0  # beyond MAX_PENDING: the output could not keep up
+        self.abandoned = 0  # still pending when the printing after Ctrl-C ran out of time
 
     def __call__(self, event: Event) -> None:  # dispatcher thread
         if len(self.pending) < MAX_PENDING:
@@ -100,11 +107,30 @@ class _Printer:
     def header(self) -> None:
         self.out.write(f"{'TIME(s)':>10} {'PID/TID':<15} {'COMM':<16} PROBE\n")
 
-    def flush(self) -> None:
+    def flush(self, *, stop: threading.Event | None = None, until: float | None = None) -> bool:
+        """Write the events pending now, not those that arrive meanwhile (while they come as
+        fast as they are written, "until none is left" would never end), and fewer once
+        ``stop`` is set or time.monotonic() passes ``until``. True if all were written."""
         pending, write = self.pending, self.out.write
-        while pending:
+        for i in range(len(pending)):
+            if i % _CHECK_EVERY == 0 and (
+                (stop is not None and stop.is_set())
+                or (until is not None and time.monotonic() >= until)
+            ):
+                self.out.flush()
+                return False
             write(self.line(pending.popleft()))
         self.out.flush()
+        return True
+
+    def abandon(self) -> None:
+        """Count the events still pending instead of printing them."""
+        self.abandoned += len(self.pending)
+        self.pending.clear()
+
+    @property
+    def unprinted(self) -> int:
+        return self.dropped + self.abandoned
 
     def line(self, ev: Event) -> str:
         t = (ev.ts - self.start_ns) / 1e9
@@ -141,7 +167,7 @@ class _JsonPrinter(_Printer):
         )
 
 
-def json_summary(session: Session, *, dropped: int = 0) -> str:
+def json_summary(session: Session, *, unprinted: int = 0) -> str:
     rows = []
     for w in session.watches:
         s = w.sample()
@@ -154,10 +180,10 @@ def json_summary(session: Session, *, dropped: int = 0) -> str:
                 "errors": s.handler_errors,
             }
         )
-    return json.dumps({"summary": rows, "unprinted": dropped}, separators=(",", ":")) + "\n"
+    return json.dumps({"summary": rows, "unprinted": unprinted}, separators=(",", ":")) + "\n"
 
 
-def summary(session: Session, *, dropped: int = 0) -> str:
+def summary(session: Session, *, dropped: int = 0, abandoned: int = 0) -> str:
     samples = [w.sample() for w in session.watches]
     show_dropped = any(s.dropped for s in samples)  # a column only when something was
     head = ("PROBE", "HITS", "NMISSED", "LOST", *(("DROPPED",) if show_dropped else ()), "ERRORS")
@@ -175,6 +201,10 @@ def summary(session: Session, *, dropped: int = 0) -> str:
         lines.append("DROPPED: recorded but not handled (stopped before the handlers caught up)")
     if dropped:
         lines.append(f"{dropped} events were not printed: the output could not keep up")
+    if abandoned:
+        lines.append(
+            f"{abandoned} events were not printed: still pending {AFTER_STOP:g} s after Ctrl-C"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -186,31 +216,36 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
     stack = bool(getattr(args, "stack", False))
     session = Session([Watch(spec, pid=args.pid, sink=printer, stack=stack) for spec in specs])
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    stop = threading.Event()  # replaced by stop_requested()'s, set by Ctrl-C
     try:
         session.register()
         printer.header()
         print(f"Tracing {len(specs)} probe(s); Ctrl-C to stop.", file=sys.stderr)
         with stop_requested() as stop:
             while not stop.wait(_POLL):
-                printer.flush()
+                printer.flush(stop=stop)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C while registering, or a second one
+        stop.set()
     except BrokenPipeError:  # `kuprobe trace … | head`: the reader is gone; stop, summarise
         _quiet_stdout(printer)
     finally:
+        until = time.monotonic() + AFTER_STOP if stop.is_set() else None
         session.unregister()
         try:
-            printer.flush()
+            if not printer.flush(until=until):
+                printer.abandon()
         except BrokenPipeError:
             _quiet_stdout(printer)
     if as_json:
         with contextlib.suppress(BrokenPipeError):
-            out.write(json_summary(session, dropped=printer.dropped))
+            out.write(json_summary(session, unprinted=printer.unprinted))
             out.flush()
     else:
-        sys.stderr.write("\n" + summary(session, dropped=printer.dropped))
+        sys.stderr.write(
+            "\n" + summary(session, dropped=printer.dropped, abandoned=printer.abandoned)
+        )
     return 0
 
 

@@ -7,6 +7,10 @@ set by hand, the probes unregistered); the Session test registers on a real mode
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -147,4 +151,44 @@ def test_trace_lines_and_summary() -> None:
         "PROBE                 HITS  NMISSED     LOST   ERRORS\n"
         "ur:demo:demo_hash        0        0        0        0\n"
         "2 events were not printed: the output could not keep up\n"
+    )
+
+
+class _Flooded(io.StringIO):
+    """An output whose every write brings another event, as a flood does while trace prints."""
+
+    def __init__(self, flood: Callable[[], None], more: int) -> None:
+        super().__init__()
+        self.flood, self.more = flood, more
+
+    def write(self, s: str) -> int:
+        if self.more:
+            self.more -= 1
+            self.flood()
+        return super().write(s)
+
+
+def test_trace_flush_writes_what_was_pending_and_stops_on_request() -> None:
+    printer = _Printer(io.StringIO(), start_ns=0)
+    w = Watch(parse_spec("u:/usr/bin/demo:demo_handle arg0"), sink=printer)
+    uc = w.probe.consumer
+
+    def hit() -> None:
+        call(T1, uc.handler, uc, regs("x86_64", 1_000))
+
+    printer.out = out = _Flooded(hit, more=1000)
+    hit()
+    hit()
+    done = printer.flush()  # the two pending at the call, not the ones they brought
+    assert len(out.getvalue().splitlines()) == 2 and len(printer.pending) == 2
+    assert done is True
+
+    stop = threading.Event()
+    stop.set()
+    assert printer.flush(stop=stop) is False and len(printer.pending) == 2
+    assert printer.flush(until=time.monotonic()) is False
+    printer.abandon()
+    assert (printer.pending, printer.abandoned, printer.unprinted) == (deque(), 2, 2)
+    assert summary(Session([w]), abandoned=2).endswith(
+        "2 events were not printed: still pending 0.5 s after Ctrl-C\n"
     )

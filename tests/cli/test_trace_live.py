@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
-from ..live.helpers import KUPROBE, trace, trace_until
+from ..live.helpers import (
+    EVENT_TIMEOUT,
+    KUPROBE,
+    Lines,
+    flooding,
+    start_trace,
+    trace,
+    trace_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.live
 
@@ -140,3 +154,63 @@ def test_trace_json_lines_parse(live: Path) -> None:
     assert rows["u:demo:demo_handle"]["lost"] == 0 and rows["u:demo:demo_handle"]["errors"] == 0
     same = trace("--json", f"u:{exe}:demo_handle", "-d", "0.2")
     assert same.returncode == 0 and "summary" in json.loads(same.stdout.splitlines()[-1])
+
+
+class SlowReader:
+    """A stream read as a slow terminal takes it: ``chunk`` bytes every ``pace`` s (a pace,
+    not a wait for an event), its lines counted and its first 64 KiB kept."""
+
+    def __init__(self, stream: IO[str], *, chunk: int = 4096, pace: float = 0.01) -> None:
+        self.lines = 0
+        self.head = b""
+        self._fd, self._chunk, self._pace = stream.fileno(), chunk, pace
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while data := os.read(self._fd, self._chunk):
+            self.lines += data.count(b"\n")
+            if len(self.head) < 65536:
+                self.head += data
+            time.sleep(self._pace)
+
+    def wait_end(self) -> None:
+        self._thread.join(EVENT_TIMEOUT)
+        assert not self._thread.is_alive(), f"the output did not end within {EVENT_TIMEOUT:g} s"
+
+
+def test_trace_stops_on_ctrl_c_during_a_flood(live: Path) -> None:
+    """Ctrl-C while events come faster than their lines are read: trace stops printing,
+    detaches and prints its summary while the flood goes on (it used to print until no event
+    was pending, which a flood never lets happen: it ran until the traced program ended)."""
+    exe = (live / "x86_64" / "target").resolve()
+    with flooding(exe) as floods:
+        trace = start_trace(f"u:{exe}:add arg0", probes=1)
+        assert trace.stdout is not None and trace.stderr is not None
+        out, err = SlowReader(trace.stdout), Lines(trace.stderr)
+        try:
+            wait_until(lambda: out.lines > 1000, "1000 events printed")
+            trace.send_signal(signal.SIGINT)
+            try:
+                trace.wait(timeout=EVENT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"trace still running {EVENT_TIMEOUT:g} s after Ctrl-C")
+        finally:
+            if trace.poll() is None:
+                trace.kill()
+                trace.wait()
+        alive = [f.poll() is None for f in floods]
+    assert all(alive)  # it stopped during the flood, not after it
+    summary = err.all()
+    assert trace.returncode == 0, summary
+    out.wait_end()
+    head = out.head.decode().splitlines()
+    assert head[0].split() == ["TIME(s)", "PID/TID", "COMM", "PROBE"]
+    assert " u:target:add arg0=" in head[1]
+    lines = summary.split("\nPROBE", 1)[1].splitlines()
+    row = dict(zip(["PROBE", *lines[0].split()], lines[1].split(), strict=True))
+    assert row["PROBE"] == "u:target:add" and row["ERRORS"] == "0", summary
+    unprinted = sum(int(ln.split()[0]) for ln in lines[2:] if "events were not printed" in ln)
+    # each event recorded was printed, counted as not printed, or (DROPPED) never handled
+    handled = int(row["HITS"]) - int(row["LOST"]) - int(row.get("DROPPED", 0))
+    assert out.lines - 1 + unprinted == handled, summary

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -144,6 +145,22 @@ def run(exe: Path, func: str, n: int, arg: int = 0) -> str:
         [str(exe), func, str(n), str(arg)], capture_output=True, text=True, check=True, timeout=60
     )
     return out.stdout
+
+
+@contextmanager
+def flooding(exe: Path, *, processes: int = 2) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``processes`` targets calling ``add`` in a loop without end (the target ``exe``), for
+    the block: a uprobe on it fires far faster than its events can be printed or drawn."""
+    floods = [
+        subprocess.Popen([str(exe), "add", str(10**15)], stdout=subprocess.DEVNULL)
+        for _ in range(processes)
+    ]
+    try:
+        yield floods
+    finally:
+        for f in floods:
+            f.kill()
+            f.wait()
 
 
 def symbol_value(exe: Path, name: str) -> int:
