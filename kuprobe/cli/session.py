@@ -30,6 +30,9 @@ from kuprobe.task import Task, current
 from kuprobe.usdt import Usdt, UsdtSite
 
 MAX_DEPTH = 64  # kernel/events/uprobes.c: MAX_URETPROBE_DEPTH; entries kept per thread
+# s: once the user stops (Ctrl-C, q), how long the events recorded before get to be handled
+# (and printed, by trace); the rest are counted. A flood's queue can hold ~47k events.
+AFTER_STOP = 0.5
 _STALE_THREADS = 4096  # forget entry stacks (threads that exited mid-call) beyond this
 
 
@@ -290,17 +293,27 @@ class Session:
             if p.registered:  # the backend's own SIGINT/exit hook may have been first
                 unregister_probe(backend, p)
 
-    def unregister(self) -> None:
+    def unregister(self, *, timeout: float | None = None) -> None:
         """Unregister every probe in one batch per kind (the backend's ``unregister_uprobes``
         and friends: on the live backend the kernel's grace periods run side by side, one wait
         for all instead of one per probe); afterwards no handler runs and counters are final.
+        With ``timeout`` (s), the live backend counts the events still queued then in each
+        probe's ``dropped`` instead of handling them (the model runs each handler at its hit:
+        nothing is queued there).
         """
         if self.backend is None:
             return
         backend = self.backend
         done, self._registered = list(reversed(self._registered)), []
-        live = [p for w in done for p in w.probes if p.registered]  # the backend's own exit hook
-        ups = [p for p in live if isinstance(p, Uprobe)]  # may have been first
+        # those still registered: the backend's own exit hook may have been first
+        live = [p for w in done for p in w.probes if p.registered]
+        if timeout is not None:
+            from kuprobe.live.backend import LiveBackend
+
+            if isinstance(backend, LiveBackend):  # every kind in one batch, one deadline
+                backend.unregister_many(live, timeout=timeout)
+                return
+        ups = [p for p in live if isinstance(p, Uprobe)]
         kps = [p for p in live if isinstance(p, Kprobe)]
         rps = [p for p in live if isinstance(p, Kretprobe)]
         try:
@@ -315,12 +328,13 @@ class Session:
                     backend.unregister_kretprobes(rps)
 
     @contextmanager
-    def active(self) -> Iterator[Session]:
+    def active(self, *, timeout: float | None = None) -> Iterator[Session]:
+        """Registered for the block; ``timeout``: ``unregister``'s at its end."""
         self.register()
         try:
             yield self
         finally:
-            self.unregister()
+            self.unregister(timeout=timeout)
 
     def sample(self) -> Sample:
         tasks: dict[tuple[int, str], int] = {}

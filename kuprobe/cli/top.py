@@ -14,7 +14,7 @@ from kuprobe.cli._common import (
     positive,
 )
 from kuprobe.cli._signals import stop_requested
-from kuprobe.cli.session import Session, Watch
+from kuprobe.cli.session import AFTER_STOP, Session, Watch
 
 EXAMPLES = """\
 examples:
@@ -62,9 +62,10 @@ def add_display_options(parser: argparse.ArgumentParser) -> None:
 
 
 def show(session: Session, args: argparse.Namespace, *, title: str) -> int:
-    """Register the session's probes, run the dashboard on them, unregister."""
+    """Register the session's probes, run the dashboard on them, unregister (the events
+    still queued get ``AFTER_STOP`` s to be handled; the rest show in DROPPED)."""
     console = make_console()
-    with session.active(), stop_requested() as stop:
+    with session.active(timeout=AFTER_STOP), stop_requested() as stop:
         state = dashboard.run(
             session,
             console=console,

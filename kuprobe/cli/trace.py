@@ -3,8 +3,8 @@
 Handlers (on the live backend's dispatcher thread) only append the event to a deque; the
 main thread formats and writes, so a slow terminal or pipe never stalls delivery. Each write
 round takes only the events pending when it starts, so Ctrl-C is seen however fast events
-come; after it, what is still pending is printed for at most ``AFTER_STOP`` s (bpftrace and
-perf print nothing more), the rest counted in the summary.
+come; after it, the events recorded before are handled and printed for at most
+``AFTER_STOP`` s (bpftrace and perf print nothing more), the rest counted in the summary.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from typing import IO, Any
 from kuprobe.cli._common import SPEC_HELP, add_probe_options, checked
 from kuprobe.cli._signals import stop_requested
 from kuprobe.cli.dashboard import format_ns
-from kuprobe.cli.session import Event, Session, Watch
+from kuprobe.cli.session import AFTER_STOP, Event, Session, Watch
 
 MAX_PENDING = 100_000  # events waiting to be printed; beyond it they are counted, not kept
-AFTER_STOP = 0.5  # s of printing the events still pending after Ctrl-C; the rest are counted
 _POLL = 0.05
 _CHECK_EVERY = 64  # lines written between two looks at Ctrl-C and the clock
 
@@ -231,8 +230,9 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
     except BrokenPipeError:  # `kuprobe trace … | head`: the reader is gone; stop, summarise
         _quiet_stdout(printer)
     finally:
-        until = time.monotonic() + AFTER_STOP if stop.is_set() else None
-        session.unregister()
+        budget = AFTER_STOP if stop.is_set() else None  # handling and printing, from Ctrl-C
+        until = None if budget is None else time.monotonic() + budget
+        session.unregister(timeout=budget)
         try:
             if not printer.flush(until=until):
                 printer.abandon()
