@@ -53,7 +53,8 @@ def ticks(
     refresh: float, duration: float | None, keys: Keys, stop: threading.Event | None
 ) -> Iterator[str | None]:
     """Yields None at each refresh and every key pressed, until ``duration`` passes or
-    ``stop`` is set."""
+    ``stop`` is set. A key pressed comes before a refresh that is due: when each refresh
+    takes longer than ``refresh`` (a slow machine, a flood), one is always due."""
     start = time.monotonic()
     next_tick = start
     while not (stop is not None and stop.is_set()):
@@ -61,6 +62,10 @@ def ticks(
         if duration is not None and now - start >= duration:
             return
         if now >= next_tick:
+            key = keys.read(0.0, stop)
+            if key is not None:
+                yield key
+                continue
             next_tick = max(next_tick + refresh, now)
             yield None
             continue

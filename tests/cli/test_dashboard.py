@@ -9,13 +9,15 @@ trailing spaces, which editors strip from the expected text.
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console, RenderableType
 
-from kuprobe.cli import dashboard
+from kuprobe.cli import _terminal, dashboard
 from kuprobe.cli.dashboard import (
     LATENCY_BUCKETS,
     DashboardState,
@@ -205,6 +207,24 @@ def test_run_without_a_terminal_prints_summaries() -> None:
     dashboard.print_final(state, sample(2.0, 4), console)
     final = console.file.getvalue().split("\n\n")[-2]  # type: ignore[attr-defined]
     assert "u:demo32:rec                                   12,000   6,000" in final  # average
+
+
+class _Pressed(_terminal.Keys):
+    """A terminal on which ``q`` has been pressed."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def read(self, timeout: float, stop: threading.Event | None = None) -> str | None:
+        return "q"
+
+
+def test_keys_are_read_when_each_refresh_overruns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When drawing takes longer than --refresh (a slow guest, a flood), a refresh is always
+    due; the key pressed must still come (q used to be never read)."""
+    clock = itertools.count(0.0, 1.0)  # each look at the clock a second later than the last
+    monkeypatch.setattr(_terminal, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    assert "q" in itertools.islice(_terminal.ticks(0.5, None, _Pressed(), None), 3)
 
 
 WIDE = """\

@@ -19,7 +19,7 @@ import pytest
 
 from kuprobe.elf import ElfImage
 
-from ..live.helpers import wait_until
+from ..live.helpers import flooding, wait_until
 
 pytestmark = pytest.mark.live
 KUPROBE = Path(sys.executable).with_name("kuprobe")
@@ -124,3 +124,29 @@ def test_top_in_tmux(live: Path, tmux_session: str, tmp_path: Path) -> None:
     finally:
         demo.kill()
         demo.wait()
+
+
+def test_top_quits_on_q_during_a_flood(live: Path, tmux_session: str, tmp_path: Path) -> None:
+    """q while a flood runs and every redraw takes longer than --refresh (1 ms here; a slow
+    guest under a flood at the default 0.5 s): top quits, detaches and prints its summary
+    while the flood goes on (a key used to be read only when a redraw left time to spare)."""
+    exe = (live / "x86_64" / "target").resolve()
+    with flooding(exe) as floods:
+        status = tmp_path / "status"
+        command = f"{KUPROBE} top 'u:{exe}:add' --refresh 0.001; echo $? > {status}"
+        tmux("new-session", "-d", "-s", tmux_session, "-x", "120", "-y", "40", command)
+        tmux("set-option", "-t", tmux_session, "remain-on-exit", "on")  # to read the summary
+
+        def screen() -> str:
+            return tmux("capture-pane", "-p", "-t", tmux_session)
+
+        wait_until(lambda: hits(screen(), "u:target:add"), "hits on the screen")
+        tmux("send-keys", "-t", tmux_session, "q")
+        code = wait_until(
+            lambda: status.exists() and status.read_text().strip(), "kuprobe top quit on q"
+        )
+        alive = [f.poll() is None for f in floods]
+        final = screen()
+    assert code == "0"
+    assert all(alive)  # it quit during the flood, not after it
+    assert "Top tasks" in final and (hits(final, "u:target:add") or 0) > 0, final  # summary
