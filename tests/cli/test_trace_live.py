@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -96,7 +97,8 @@ def test_demo_without_a_terminal(live: Path) -> None:
     }
     for label, row in rows.items():
         assert int(row[1].replace(",", "")) > 0, (label, final)
-    assert "µs" in rows["ur:x86_64/demo:demo_hash"][-1]  # a latency
+    # a latency, as the dashboard writes one (a slow guest's may be in ms)
+    assert re.fullmatch(r"≤?\d+(\.\d)?(ns|µs|ms|s)", rows["ur:x86_64/demo:demo_hash"][-1])
 
 
 def _mid(rows: dict[str, list[str]]) -> str:
