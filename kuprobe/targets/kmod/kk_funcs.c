@@ -13,6 +13,9 @@
  * User space calls them through /proc/kuprobe_kmod: write "FUNC A B …" (decimal, at most six
  * arguments), then read the same open file: "RESULT\n" (signed decimal). Each open file keeps
  * its own last result, so several tasks may call at once (kk_sleep sleeps in msleep()).
+ *
+ * kk_probes.c puts the kernel's own kprobe consumers on these functions
+ * (/proc/kuprobe_kmod_probes).
  */
 #include <linux/delay.h>
 #include <linux/kernel.h>
@@ -21,6 +24,8 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+
+#include "kk.h"
 
 #define KK noinline __attribute__((noipa))
 
@@ -131,17 +136,22 @@ KK long kk_sleep(long ms)
 	return ms;
 }
 
-struct kk_func {
-	const char *name;
-	long (*fn)(long, long, long, long, long, long);
-};
-
 /* Called with six arguments whatever it takes (the kernel ABI ignores the extra ones). */
 #define F(f) { #f, (long (*)(long, long, long, long, long, long))(void (*)(void))f }
 static const struct kk_func kk_funcs[] = {
 	F(kk_add), F(kk_args6), F(kk_neg), F(kk_rec), F(kk_regs), F(kk_riprel), F(kk_nops),
 	F(kk_push), F(kk_caller), F(kk_jt), F(kk_loop), F(kk_sleep),
 };
+
+const struct kk_func *kk_find(const char *name)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(kk_funcs); i++)
+		if (name && !strcmp(name, kk_funcs[i].name))
+			return &kk_funcs[i];
+	return NULL;
+}
 
 struct kk_file {
 	long result;
@@ -165,8 +175,8 @@ static ssize_t kk_write(struct file *file, const char __user *ubuf, size_t len, 
 	struct kk_file *kf = file->private_data;
 	char buf[256], *p = buf, *word;
 	long args[6] = { 0 };
-	const struct kk_func *f = NULL;
-	int i, n = 0, err;
+	const struct kk_func *f;
+	int n = 0, err;
 
 	if (len >= sizeof(buf))
 		return -E2BIG;
@@ -174,9 +184,7 @@ static ssize_t kk_write(struct file *file, const char __user *ubuf, size_t len, 
 		return -EFAULT;
 	buf[len] = '\0';
 	word = strsep(&p, " \n");
-	for (i = 0; i < ARRAY_SIZE(kk_funcs); i++)
-		if (word && !strcmp(word, kk_funcs[i].name))
-			f = &kk_funcs[i];
+	f = kk_find(word);
 	if (!f)
 		return -ENOENT;
 	while ((word = strsep(&p, " \n")) != NULL) {
@@ -217,12 +225,20 @@ static struct proc_dir_entry *kk_entry;
 
 static int __init kk_init(void)
 {
+	int err;
+
 	kk_entry = proc_create("kuprobe_kmod", 0600, NULL, &kk_proc_ops);
-	return kk_entry ? 0 : -ENOMEM;
+	if (!kk_entry)
+		return -ENOMEM;
+	err = kk_probes_init();
+	if (err)
+		proc_remove(kk_entry);
+	return err;
 }
 
 static void __exit kk_exit(void)
 {
+	kk_probes_exit();
 	proc_remove(kk_entry);
 }
 
