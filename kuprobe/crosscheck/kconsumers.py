@@ -15,7 +15,7 @@ path, -EFAULT both once the fault is fixed up); ``call:FUNC`` (record, then FUNC
 0, 0) from inside the handler: a probe on FUNC is hit while this one runs). ``fault_record``
 on a kprobe is a fault_handler that records trapnr (refused from 5.14 on, both sides).
 
-The scenarios are the table ``SCENARIOS`` (the TOML spec has no handler actions).
+The scenarios are the table ``KCONSUMER_SCENARIOS`` (the TOML spec has no handler actions).
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from typing import Any
 
 from kuprobe.crosscheck import _kmod
 from kuprobe.crosscheck._kprobes import ARCH, KmodTarget, kmod_target
+from kuprobe.crosscheck.spec import ScenarioError
 from kuprobe.errors import ProbeError
 from kuprobe.insn import disassembler
 from kuprobe.probes import Kprobe, Kretprobe, KretprobeInstance
 from kuprobe.regs import PtRegs, regs_get_kernel_argument, regs_return_value, signed
 from kuprobe.targets.kmod import MODULE
 
-PROC = Path("/proc") / f"{MODULE}_probes"
+PROBES_PROC = Path("/proc") / f"{MODULE}_probes"
 # kk_probes.c: KK_BAD_USER (below vm.mmap_min_addr) and the arguments of "call:FUNC"
 BAD_USER = 8
 CALL_ARGS = (3, 4, 0, 0, 0, 0)
@@ -128,7 +129,7 @@ class RawRecord:
     trapnr: int = 0
 
 
-Observation = dict[str, Any]
+KObservation = dict[str, Any]  # a kernel-consumer run, fact by fact
 
 
 def place(target: KmodTarget, c: KConsumer) -> int:
@@ -139,7 +140,7 @@ def place(target: KmodTarget, c: KConsumer) -> int:
     found = [int(i.address) - addr for i in disassembler(ARCH).disasm(code, addr)
              if i.mnemonic == c.insn]  # fmt: skip
     if len(found) <= c.nth:
-        raise ValueError(f"{c.symbol} has {len(found)} {c.insn!r}, no number {c.nth}")
+        raise ScenarioError(f"{c.symbol} has {len(found)} {c.insn!r}, no number {c.nth}")
     return found[c.nth]
 
 
@@ -162,8 +163,8 @@ def normalise(target: KmodTarget, raw: Sequence[RawRecord]) -> tuple[Record, ...
 
 def observation(target: KmodTarget, s: KScenario, results: Sequence[int],
                 refused: dict[int, int], nmissed: dict[int, int],
-                raw: Sequence[RawRecord]) -> Observation:  # fmt: skip
-    obs: Observation = {}
+                raw: Sequence[RawRecord]) -> KObservation:  # fmt: skip
+    obs: KObservation = {}
     for i, ((func, args), r) in enumerate(zip(s.calls, results, strict=True)):
         obs[f"call {i + 1}: {func}{args}"] = r
     for i, c in enumerate(s.consumers):
@@ -180,7 +181,7 @@ def observation(target: KmodTarget, s: KScenario, results: Sequence[int],
 
 
 def _command(line: str) -> None:
-    fd = os.open(PROC, os.O_WRONLY)
+    fd = os.open(PROBES_PROC, os.O_WRONLY)
     try:
         os.write(fd, line.encode())
     finally:
@@ -210,7 +211,7 @@ def parse(text: str) -> tuple[list[RawRecord], dict[int, int], int]:
     return records, nmissed, lost
 
 
-def run_live(s: KScenario, target: KmodTarget | None = None) -> Observation:
+def run_live(s: KScenario, target: KmodTarget | None = None) -> KObservation:
     """``s`` with kk_probes.c's consumers in this (the guest's) kernel."""
     target = target or kmod_target()
     refused: dict[int, int] = {}
@@ -225,11 +226,11 @@ def run_live(s: KScenario, target: KmodTarget | None = None) -> Observation:
             else:
                 live_ids[len(live_ids)] = i
         results = [_kmod.call(f, *args, *(0,) * (NARGS - len(args))) for f, args in s.calls]
-        raw, missed, lost = parse(PROC.read_text())
+        raw, missed, lost = parse(PROBES_PROC.read_text())
     finally:
         _command("clear")
     if lost:
-        raise RuntimeError(f"{s.name}: {lost} records did not fit kk_probes.c's array")
+        raise ScenarioError(f"{s.name}: {lost} records did not fit kk_probes.c's array")
     # kk_probes.c numbers the registered ones only
     raw = [replace(r, probe=live_ids[r.probe]) for r in raw]
     nmissed = {live_ids[k]: v for k, v in missed.items()}
@@ -318,7 +319,7 @@ class _ModelSide:
 
 
 def run_model(s: KScenario, target: KmodTarget | None = None,
-              semantics: str | None = None) -> Observation:  # fmt: skip
+              semantics: str | None = None) -> KObservation:  # fmt: skip
     """``s`` on a Machine of the module's running image, with the running kernel's rules."""
     from kuprobe.model import Machine
 
@@ -350,7 +351,7 @@ def run_model(s: KScenario, target: KmodTarget | None = None,
     return observation(target, s, results, refused, nmissed, side.records)
 
 
-def differences(model: Observation, live: Observation) -> list[str]:
+def differences(model: KObservation, live: KObservation) -> list[str]:
     """Each fact that differs, and each record that differs, in words."""
     out = []
     for key in sorted(set(model) | set(live)):
@@ -368,7 +369,7 @@ def differences(model: Observation, live: Observation) -> list[str]:
 
 
 K = KConsumer
-SCENARIOS: dict[str, KScenario] = {
+KCONSUMER_SCENARIOS: dict[str, KScenario] = {
     s.name: s
     for s in (
         KScenario(

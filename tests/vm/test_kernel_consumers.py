@@ -9,7 +9,13 @@ import errno
 
 import pytest
 
-from kuprobe.crosscheck.kconsumers import SCENARIOS, Record, differences, run_live, run_model
+from kuprobe.crosscheck.kconsumers import (
+    KCONSUMER_SCENARIOS,
+    Record,
+    differences,
+    run_live,
+    run_model,
+)
 
 pytestmark = [
     pytest.mark.vm,
@@ -19,7 +25,7 @@ pytestmark = [
 
 
 def _both(name: str) -> tuple[dict[str, object], dict[str, object]]:
-    s = SCENARIOS[name]
+    s = KCONSUMER_SCENARIOS[name]
     live = run_live(s)
     model = run_model(s)
     assert differences(model, live) == []
@@ -33,7 +39,7 @@ def _records(obs: dict[str, object]) -> tuple[Record, ...]:
     return records
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", sorted(KCONSUMER_SCENARIOS))
 def test_kernel_consumers_agree(name: str) -> None:
     _model, live = _both(name)
     assert _records(live), "no handler ran"
