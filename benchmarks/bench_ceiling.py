@@ -189,11 +189,11 @@ class RawBcc:
 
 
 def top_at(rate: float, seconds: float) -> None:
-    """``kuprobe top``'s dashboard (the same Session and dashboard.run) on the probe at
+    """``kuprobe top``'s dashboard (the same Session and dashboard_loop.run) on the probe at
     ``rate``: refresh lateness and the exactness of its hit count."""
     from rich.console import Console
 
-    from kuprobe.cli import dashboard
+    from kuprobe.cli import dashboard_loop
     from kuprobe.cli.session import Session, Watch
     from kuprobe.cli.spec import parse_spec
 
@@ -202,7 +202,7 @@ def top_at(rate: float, seconds: float) -> None:
     prod = Producer(rate, seconds)
     with session.active():
         threading.Timer(0.5, prod.go).start()
-        state = dashboard.run(
+        state = dashboard_loop.run(
             session,
             console=console,
             refresh=REFRESH,

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kuprobe.backend import Backend, register_all_or_none, register_probe, unregister_probe
-from kuprobe.cli.dashboard import LATENCY_BOUNDS, LATENCY_BUCKETS, ProbeSample, Sample
+from kuprobe.cli.latency import LATENCY_BOUNDS, LATENCY_BUCKETS
+from kuprobe.cli.sample import ProbeSample, Sample
 from kuprobe.cli.spec import (
     ProbeSpec,
     Value,

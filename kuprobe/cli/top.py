@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kuprobe.cli import dashboard
+from kuprobe.cli import dashboard_loop
 from kuprobe.cli._common import (
     SPEC_HELP,
     add_probe_options,
@@ -66,7 +66,7 @@ def show(session: Session, args: argparse.Namespace, *, title: str) -> int:
     still queued get ``AFTER_STOP`` s to be handled; the rest show in DROPPED)."""
     console = make_console()
     with session.active(timeout=AFTER_STOP), stop_requested() as stop:
-        state = dashboard.run(
+        state = dashboard_loop.run(
             session,
             console=console,
             title=title,
@@ -75,7 +75,7 @@ def show(session: Session, args: argparse.Namespace, *, title: str) -> int:
             duration=args.duration,
             stop=stop,
         )
-    dashboard.print_final(state, session.sample(), console)
+    dashboard_loop.print_final(state, session.sample(), console)
     return 0
 
 

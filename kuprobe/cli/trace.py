@@ -21,8 +21,8 @@ from typing import IO, Any
 
 from kuprobe.cli._common import SPEC_HELP, add_probe_options, checked
 from kuprobe.cli._signals import stop_requested
-from kuprobe.cli.dashboard import format_ns
 from kuprobe.cli.session import AFTER_STOP, Event, Session, Watch
+from kuprobe.cli.units import format_ns
 
 MAX_PENDING = 100_000  # events waiting to be printed; beyond it they are counted, not kept
 _POLL = 0.05

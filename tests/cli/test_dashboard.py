@@ -17,20 +17,12 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console, RenderableType
 
-from kuprobe.cli import _terminal, dashboard
-from kuprobe.cli.dashboard import (
-    LATENCY_BUCKETS,
-    DashboardState,
-    ProbeSample,
-    Sample,
-    bar,
-    compact,
-    format_ns,
-    percentile,
-    render,
-    sparkline,
-    summary,
-)
+from kuprobe.cli import _terminal, dashboard_loop
+from kuprobe.cli.dashboard import bar, render, sparkline, summary
+from kuprobe.cli.dashboard_state import SORT_KEYS, DashboardState
+from kuprobe.cli.latency import LATENCY_BUCKETS, percentile
+from kuprobe.cli.sample import ProbeSample, Sample
+from kuprobe.cli.units import compact, format_ns
 
 
 def hist(**buckets: int) -> tuple[int, ...]:
@@ -120,7 +112,7 @@ def test_rates_and_trend_come_from_successive_samples() -> None:
 def test_sort_orders() -> None:
     state = state_after(3)
     orders = {}
-    for _ in dashboard.SORT_KEYS:
+    for _ in SORT_KEYS:
         orders[state.sort] = [r.sample.label for r in state.sorted_rows()]
         state.next_sort()
     assert state.sort == "hits"
@@ -200,11 +192,11 @@ def test_run_without_a_terminal_prints_summaries() -> None:
     console = Console(file=io.StringIO(), width=100, color_system=None, _environ={})
     stop = threading.Event()
     source = StoppingSource([sample(0.5 * k, k) for k in range(4)], stop)
-    state = dashboard.run(source, console=console, interval=0.05, stop=stop)
+    state = dashboard_loop.run(source, console=console, interval=0.05, stop=stop)
     printed = console.file.getvalue()  # type: ignore[attr-defined]
     assert printed.count("kuprobe top  ·  4 probes") == 3  # one per interval after the first
     assert state.rows[0].sample.hits == 3900  # the last sample, k = 3
-    dashboard.print_final(state, sample(2.0, 4), console)
+    dashboard_loop.print_final(state, sample(2.0, 4), console)
     final = console.file.getvalue().split("\n\n")[-2]  # type: ignore[attr-defined]
     assert "u:demo32:rec                                   12,000   6,000" in final  # average
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kuprobe import context
-from kuprobe.cli.dashboard import LATENCY_BOUNDS
+from kuprobe.cli.latency import LATENCY_BOUNDS
 from kuprobe.cli.session import Event, Session, Watch
 from kuprobe.cli.spec import parse_spec
 from kuprobe.cli.trace import _Printer, summary
