@@ -24,7 +24,7 @@ from kuprobe.cli._signals import stop_requested
 from kuprobe.cli.session import AFTER_STOP, Event, Session, Watch
 from kuprobe.cli.units import format_ns
 
-MAX_PENDING = 100_000  # events waiting to be printed; beyond it they are counted, not kept
+MAX_UNPRINTED = 100_000  # events waiting to be printed; beyond it they are counted, not kept
 _POLL = 0.05
 _CHECK_EVERY = 64  # lines written between two looks at Ctrl-C and the clock
 
@@ -94,11 +94,11 @@ class _Printer:
         self.out = out
         self.start_ns = start_ns
         self.pending: deque[Event] = deque()
-        self.dropped = 0  # beyond MAX_PENDING: the output could not keep up
+        self.dropped = 0  # beyond MAX_UNPRINTED: the output could not keep up
         self.abandoned = 0  # still pending when the printing after Ctrl-C ran out of time
 
     def __call__(self, event: Event) -> None:  # dispatcher thread
-        if len(self.pending) < MAX_PENDING:
+        if len(self.pending) < MAX_UNPRINTED:
             self.pending.append(event)
         else:
             self.dropped += 1

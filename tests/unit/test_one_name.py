@@ -38,13 +38,7 @@ ALLOWED: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 # Two definitions left for now, each with why; remove the entry when it is fixed.
-PENDING: dict[str, tuple[tuple[str, ...], str]] = {
-    "MAX_PENDING": (
-        ("kuprobe.cli.trace", "kuprobe.live.closer"),
-        "two concepts (trace: events waiting to be printed; closer: links not closed yet): "
-        "to rename once the edits under way in cli/trace.py and live/ have landed",
-    ),
-}
+PENDING: dict[str, tuple[tuple[str, ...], str]] = {}
 
 TYPEVARS = frozenset({"TypeVar", "ParamSpec", "TypeVarTuple"})
 
