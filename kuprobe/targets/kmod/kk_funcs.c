@@ -223,26 +223,13 @@ static const struct proc_ops kk_proc_ops = {
 
 static struct proc_dir_entry *kk_entry;
 
-static int __init kk_init(void)
+int kk_funcs_init(void)
 {
-	int err;
-
 	kk_entry = proc_create("kuprobe_kmod", 0600, NULL, &kk_proc_ops);
-	if (!kk_entry)
-		return -ENOMEM;
-	err = kk_probes_init();
-	if (err)
-		proc_remove(kk_entry);
-	return err;
+	return kk_entry ? 0 : -ENOMEM;
 }
 
-static void __exit kk_exit(void)
+void kk_funcs_exit(void)
 {
-	kk_probes_exit();
 	proc_remove(kk_entry);
 }
-
-module_init(kk_init);
-module_exit(kk_exit);
-MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("kuprobe's kprobe scenario targets");
