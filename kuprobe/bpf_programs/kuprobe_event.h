@@ -13,6 +13,9 @@
 #define KUPROBE_CFG_OFF       0x10 /* being unregistered: count and record nothing */
 #define KUPROBE_CFG_CAPTURE   0x20 /* read memory at the hit (kuprobe_capcfg): a captured event */
 #define KUPROBE_CFG_STACK     0x40 /* record the stack (kuprobe_stacks): a captured event */
+/* A uretprobe's func where bpf_get_func_ip() gives 0 for uprobes (before Linux 6.6): the
+ * entry slot records bp_vaddr in kuprobe_funcs, the return slot reads it back (func_id). */
+#define KUPROBE_CFG_FUNC      0x80
 
 /* struct kuprobe_event.flags */
 #define KUPROBE_EV_RET     0x1 /* a return event */
@@ -52,7 +55,9 @@ struct kuprobe_slot_captures {
 
 struct kuprobe_slot_cfg {
 	__u32 flags;
-	__u32 tgid; /* 0: every process */
+	__u32 tgid;    /* 0: every process */
+	__u32 func_id; /* KUPROBE_CFG_FUNC: the registration's key in kuprobe_funcs */
+	__u32 pad;
 };
 
 struct kuprobe_counts {
@@ -65,11 +70,17 @@ struct kuprobe_removed_key {
 	__u32 tgid;
 };
 
+/* kuprobe_funcs: where a uprobe's entry was hit in a process (KUPROBE_CFG_FUNC) */
+struct kuprobe_func_key {
+	__u32 func_id;
+	__u32 tgid;
+};
+
 struct kuprobe_event {
 	__u32 slot;
 	__u32 flags;
 	__u64 ts;       /* bpf_ktime_get_ns() */
-	__u64 func_ip;  /* bpf_get_func_ip(): the probed address (uretprobe: the function) */
+	__u64 func_ip;  /* the probed address (uretprobe: the function, see KUPROBE_CFG_FUNC) */
 	__u64 pid_tgid; /* bpf_get_current_pid_tgid() */
 	char comm[16];
 	__u64 regs[KUPROBE_NREGS]; /* struct pt_regs of the trapped context */

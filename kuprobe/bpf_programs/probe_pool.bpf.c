@@ -4,11 +4,12 @@
  * entry says what to do. Registering a probe costs an attach, never a compile.
  *
  * Parameters (compile-time -D, integers only, filled by kuprobe/live/codegen.py):
- *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS, KUPROBE_REG_SP
+ *   KUPROBE_NSLOTS, KUPROBE_RINGBUF_PAGES, KUPROBE_NREGS, KUPROBE_REG_SP, KUPROBE_REG_IP
  *
  * struct pt_regs stays incomplete here: the program copies it whole (KUPROBE_NREGS words) and
- * takes the stack pointer from the copy (word KUPROBE_REG_SP), so no kernel header defines
- * it: <uapi/linux/ptrace.h> alone was a third of the compile. */
+ * takes the stack pointer from the copy (word KUPROBE_REG_SP), and the instruction pointer
+ * from ctx (word KUPROBE_REG_IP), so no kernel header defines it: <uapi/linux/ptrace.h> alone
+ * was a third of the compile. */
 #include "kuprobe_event.h"
 
 BPF_ARRAY(kuprobe_cfg, struct kuprobe_slot_cfg, KUPROBE_NSLOTS);
@@ -21,6 +22,10 @@ BPF_RINGBUF_OUTPUT(kuprobe_events, KUPROBE_RINGBUF_PAGES);
  * disables migration around it). Unregistering sets KUPROBE_CFG_OFF, then waits for the
  * slot's sum to reach 0: every run that missed the flag has then finished its event. */
 BPF_PERCPU_ARRAY(kuprobe_inflight, __s64, KUPROBE_NSLOTS);
+/* Where a uprobe with a uretprobe was hit, per registration and process (KUPROBE_CFG_FUNC):
+ * the uretprobe's func on kernels whose bpf_get_func_ip() gives 0 for uprobes (before 6.6).
+ * A process evicted or never seen here leaves it 0, and Python reads its mappings instead. */
+BPF_TABLE("lru_hash", struct kuprobe_func_key, __u64, kuprobe_funcs, 16384);
 
 /* The probe-read helpers under our own names. BCC's front end (0.26) looks each call it sees
  * to bpf_probe_read_{kernel,user}[_str] up in /proc/kallsyms (check_bpf_probe_read_user()),
@@ -37,14 +42,39 @@ static long (*kuprobe_read_kernel_str)(void *dst, __u32 size, const void *src) =
 static long (*kuprobe_read_user_str)(void *dst, __u32 size, const void *src) =
 	(void *)BPF_FUNC_probe_read_user_str;
 
+/* A uretprobe's handlers get func: kernel/events/uprobes.c's ri->func, the bp_vaddr of the
+ * function's entry, which bpf_get_func_ip() reads only since Linux 6.6 ("bpf: Add
+ * bpf_get_func_ip support for uprobe link"); before, it gives 0 for every uprobe. So the
+ * entry slot of a probe with a uretprobe (KUPROBE_CFG_FUNC) notes bp_vaddr where it gives 0:
+ * handle_swbp() has set the ip to bp_vaddr before handler_chain() runs the consumers (on
+ * every arch, and so does the uprobe syscall of x86's optimised uprobes), and the consumers
+ * run before prepare_uretprobe() takes the return address, so a return of a call entered
+ * while the probe was registered follows a run of its entry slot in that process. (A call
+ * entered before finds nothing, func_id being this registration's: Python's fallback.) */
+static __always_inline void kuprobe_note_func(struct pt_regs *ctx, __u32 flags, __u32 func_id)
+{
+	if (bpf_get_func_ip(ctx))
+		return; /* the return run reads it itself */
+	struct kuprobe_func_key key = {.func_id = func_id,
+				       .tgid = bpf_get_current_pid_tgid() >> 32};
+	__u64 ip = ((__u64 *)ctx)[KUPROBE_REG_IP];
+	kuprobe_funcs.update(&key, &ip);
+}
+
 static __always_inline void kuprobe_fill(struct pt_regs *ctx, struct kuprobe_event *e,
-					 __u32 slot, __u32 flags)
+					 __u32 slot, __u32 flags, __u32 func_id)
 {
 	e->slot = slot;
 	e->flags = (flags & KUPROBE_CFG_RET) ? KUPROBE_EV_RET : 0;
 	e->ts = bpf_ktime_get_ns();
 	e->func_ip = bpf_get_func_ip(ctx);
 	e->pid_tgid = bpf_get_current_pid_tgid();
+	if (!e->func_ip && (flags & KUPROBE_CFG_FUNC)) {
+		struct kuprobe_func_key key = {.func_id = func_id, .tgid = e->pid_tgid >> 32};
+		__u64 *func = kuprobe_funcs.lookup(&key);
+		if (func)
+			e->func_ip = *func;
+	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	kuprobe_read_kernel(e->regs, sizeof(e->regs), ctx);
 	void *sp = (void *)e->regs[KUPROBE_REG_SP];
@@ -127,6 +157,8 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 	if (!c)
 		return 0;
 	c->hits++;
+	if ((flags & (KUPROBE_CFG_FUNC | KUPROBE_CFG_RET)) == KUPROBE_CFG_FUNC)
+		kuprobe_note_func(ctx, flags, cfg->func_id);
 	if (!(flags & KUPROBE_CFG_STREAM))
 		return 0;
 	if (flags & (KUPROBE_CFG_CAPTURE | KUPROBE_CFG_STACK)) {
@@ -138,7 +170,7 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 			c->lost++;
 			return 0;
 		}
-		kuprobe_fill(ctx, &ec->ev, slot, flags);
+		kuprobe_fill(ctx, &ec->ev, slot, flags, cfg->func_id);
 		ec->ev.flags |= KUPROBE_EV_CAPTURED;
 		kuprobe_capture(&ec->ev, &ec->cap, sc);
 		ec->cap.user_stack = -1;
@@ -157,7 +189,7 @@ static __always_inline int kuprobe_fire(struct pt_regs *ctx, __u32 slot)
 		c->lost++;
 		return 0;
 	}
-	kuprobe_fill(ctx, e, slot, flags);
+	kuprobe_fill(ctx, e, slot, flags, cfg->func_id);
 	kuprobe_events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }

@@ -40,15 +40,19 @@ def _checked_int(name: str, value: object, lo: int, hi: int) -> int:
     return value
 
 
-def render_pool(*, nslots: int, ringbuf_pages: int, nregs: int, sp_index: int) -> PoolSource:
+def render_pool(
+    *, nslots: int, ringbuf_pages: int, nregs: int, sp_index: int, ip_index: int
+) -> PoolSource:
     """The module for ``nslots`` slots and a ring buffer of ``ringbuf_pages`` pages; struct
-    pt_regs is ``nregs`` words, the stack pointer word number ``sp_index``."""
+    pt_regs is ``nregs`` words, the stack pointer word number ``sp_index``, the instruction
+    pointer word number ``ip_index``."""
     nslots = _checked_int("nslots", nslots, 1, MAX_SLOTS)
     ringbuf_pages = _checked_int("ringbuf_pages", ringbuf_pages, 1, 1 << 16)
     if ringbuf_pages & (ringbuf_pages - 1):
         raise KuprobeValueError(f"ringbuf_pages={ringbuf_pages} must be a power of two")
     nregs = _checked_int("nregs", nregs, 1, 64)
     sp_index = _checked_int("sp_index", sp_index, 0, nregs - 1)
+    ip_index = _checked_int("ip_index", ip_index, 0, nregs - 1)
     bpf_dir = _bpf_dir()
     text = (bpf_dir / POOL_TEMPLATE).read_text()
     cflags = (
@@ -57,5 +61,6 @@ def render_pool(*, nslots: int, ringbuf_pages: int, nregs: int, sp_index: int) -
         f"-DKUPROBE_RINGBUF_PAGES={ringbuf_pages}",
         f"-DKUPROBE_NREGS={nregs}",
         f"-DKUPROBE_REG_SP={sp_index}",
+        f"-DKUPROBE_REG_IP={ip_index}",
     )
     return PoolSource(text=text, cflags=cflags, nslots=nslots)

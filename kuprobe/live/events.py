@@ -26,6 +26,7 @@ KUPROBE_EV_RET = 0x1
 KUPROBE_EV_NOSTACK = 0x2
 KUPROBE_CFG_CAPTURE = 0x20
 KUPROBE_CFG_STACK = 0x40
+KUPROBE_CFG_FUNC = 0x80
 KUPROBE_EV_CAPTURED = 0x4
 KUPROBE_CAPTURES = 4
 KUPROBE_CAPTURE_BYTES = 256
@@ -63,6 +64,12 @@ def host_sp_index() -> int:
     """The stack pointer's word number in the host kernel's struct pt_regs."""
     regs = live_host().regs
     return regs.fields.index(regs.sp)
+
+
+def host_ip_index() -> int:
+    """The instruction pointer's word number in the host kernel's struct pt_regs."""
+    regs = live_host().regs
+    return regs.fields.index(regs.ip)
 
 
 # The layout the event has on this host; elsewhere x86_64's (live_host() refuses such a host

@@ -19,7 +19,7 @@ from kuprobe.errors import ProbeError
 from kuprobe.live import bcc
 from kuprobe.live.bpf import BPF_MAP_TYPE_RINGBUF, bpf_map_works
 from kuprobe.live.codegen import PROGRAM, PoolSource, render_pool
-from kuprobe.live.events import KUPROBE_CFG_OFF, host_nregs, host_sp_index
+from kuprobe.live.events import KUPROBE_CFG_OFF, host_ip_index, host_nregs, host_sp_index
 from kuprobe.live.ringbuf import RingBufReader
 from kuprobe.live.uprobe_multi import BPF_TRACE_UPROBE_MULTI, uprobe_multi_works
 
@@ -39,7 +39,11 @@ class ProbePool:
                 hint="run on a newer kernel, or in kuprobe's VM (`kuprobe vm run`)",
             )
         src: PoolSource = render_pool(
-            nslots=nslots, ringbuf_pages=ringbuf_pages, nregs=host_nregs(), sp_index=host_sp_index()
+            nslots=nslots,
+            ringbuf_pages=ringbuf_pages,
+            nregs=host_nregs(),
+            sp_index=host_sp_index(),
+            ip_index=host_ip_index(),
         )
         self.nslots = nslots
         self.bpf: Any = bcc.compile_module(src.text, list(src.cflags))
@@ -52,6 +56,7 @@ class ProbePool:
         rb = self.bpf[b"kuprobe_events"]
         self.ring = RingBufReader(rb.map_fd, ringbuf_pages * mmap.PAGESIZE)
         self._free = list(range(nslots - 1, -1, -1))
+        self._func_ids = 0  # the last func_id given (KUPROBE_CFG_FUNC)
         self._prog_fds: dict[bool, int] = {}
         self._uprobe_multi: bool | None = None
         self._baseline: dict[int, tuple[int, int]] = {}
@@ -61,14 +66,21 @@ class ProbePool:
     def free_slots(self) -> int:
         return len(self._free)
 
-    def acquire(self, *, flags: int, tgid: int) -> int:
+    def new_func_id(self) -> int:
+        """A key of kuprobe_funcs no registration of this pool has used: an entry slot and
+        its return slot share it (KUPROBE_CFG_FUNC), and a key left in the LRU map by an
+        earlier registration, or a slot reused, never answers for another function."""
+        self._func_ids = self._func_ids % 0xFFFFFFFF + 1
+        return self._func_ids
+
+    def acquire(self, *, flags: int, tgid: int, func_id: int = 0) -> int:
         """Take a slot, configure it, and load its program; returns the slot number."""
         if not self._free:
             raise ProbeError(errno.ENOSPC, "probe pool is full")
         slot = self._free.pop()
         try:
             self._baseline[slot] = self._read_counts(slot)
-            self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, tgid)
+            self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, tgid, func_id)
         except BaseException:
             self._free.append(slot)
             raise
@@ -106,8 +118,8 @@ class ProbePool:
     def set_off(self, slot: int, off: bool) -> None:
         """KUPROBE_CFG_OFF: the slot's program counts and records nothing while set."""
         cfg = self._cfg[ctypes.c_int(slot)]
-        flags = cfg.flags | KUPROBE_CFG_OFF if off else cfg.flags & ~KUPROBE_CFG_OFF
-        self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(flags, cfg.tgid)
+        cfg.flags = cfg.flags | KUPROBE_CFG_OFF if off else cfg.flags & ~KUPROBE_CFG_OFF
+        self._cfg[ctypes.c_int(slot)] = cfg
 
     def inflight(self, slot: int) -> int:
         """Runs of the program for ``slot`` in progress now, over every CPU."""
@@ -128,7 +140,7 @@ class ProbePool:
         return [int(a) for a in self._stacks.walk(stack_id)]
 
     def release(self, slot: int) -> None:
-        self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf(0, 0)
+        self._cfg[ctypes.c_int(slot)] = self._cfg.Leaf()
         self._capcfg[ctypes.c_int(slot)] = self._capcfg.Leaf()
         self._free.append(slot)
 

@@ -115,11 +115,13 @@ class RegisterOps(TeardownOps):
         attach: Callable[[int, int], tuple[int, int]],
         uprobe_multi: bool = False,
         captures: Sequence[tuple[int, ...]] = (),
+        func_id: int = 0,
     ) -> Attach:
         """Take a slot, configure it (and its ``captures``: kuprobe/live/capture.py), and
         attach the program with ``attach(prog_fd, slot)`` (the slot is the link's cookie),
-        which returns (link fd, perf event fd or -1)."""
-        slot = pool.acquire(flags=flags, tgid=tgid)
+        which returns (link fd, perf event fd or -1). ``func_id``: the slot's key in
+        kuprobe_funcs (KUPROBE_CFG_FUNC, kuprobe/live/uprobe.py)."""
+        slot = pool.acquire(flags=flags, tgid=tgid, func_id=func_id)
         att = Attach(pool, slot, bool(flags & KUPROBE_CFG_RET))
         reg.attaches.append(att)
         if captures:  # before the link: no event of the slot goes without them

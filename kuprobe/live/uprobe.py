@@ -17,6 +17,7 @@ from kuprobe.live.capture import capture_cfg, captured_for
 from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
+    KUPROBE_CFG_FUNC,
     KUPROBE_CFG_REMOVABLE,
     KUPROBE_CFG_RET,
     KUPROBE_CFG_STACK,
@@ -114,11 +115,18 @@ class UprobeOps(RegisterOps):
                     slot,
                 )
 
+            # A uretprobe's func (kernel/events/uprobes.c: ri->func): where bpf_get_func_ip()
+            # gives 0 (before 6.6), the entry slot notes it per process and the return slot
+            # reads it back, so a process gone before its events are handled still has it.
+            func_flag, func_id = 0, 0
+            if ret_handler:
+                func_flag, func_id = KUPROBE_CFG_FUNC, pool.new_func_id()
+
             with self.signals:  # a signal now would leave a link nobody owns
                 try:
                     entry_flags = (
                         (KUPROBE_CFG_STREAM | KUPROBE_CFG_REMOVABLE | cap_flag) if handler else 0
-                    )
+                    ) | func_flag
                     entry = self._attach_slot(
                         reg,
                         pool,
@@ -130,6 +138,7 @@ class UprobeOps(RegisterOps):
                         attach=open_uprobe(False),
                         uprobe_multi=multi,
                         captures=cfgs if handler else (),
+                        func_id=func_id,
                     )
                     if ret_handler:
                         self._attach_slot(
@@ -138,12 +147,14 @@ class UprobeOps(RegisterOps):
                             flags=KUPROBE_CFG_STREAM
                             | KUPROBE_CFG_RET
                             | KUPROBE_CFG_REMOVABLE
-                            | cap_flag,
+                            | cap_flag
+                            | func_flag,
                             tgid=pid,
                             handler=self._uretprobe_handler(up, make_regs, pool),
                             attach=open_uprobe(True),
                             uprobe_multi=multi,
                             captures=cfgs,
+                            func_id=func_id,
                         )
                     del entry
                 except OSError as e:
@@ -208,7 +219,8 @@ class UprobeOps(RegisterOps):
         ret_handler, filt = captured_for(up, uc.ret_handler, pool.stack), uc.filter
         report = self._reporter(up)
 
-        funcs: dict[int, int] = {}  # tgid -> the function's address there (kernels < 6.6)
+        # tgid -> the function's address there, for the events the kernel left without it
+        funcs: dict[int, int] = {}
 
         def on_ret(chunk: memoryview, off: int, ts: int, func_ip: int, task: Task) -> None:
             try:
@@ -231,8 +243,10 @@ def func_vaddr(tgid: int, inode: tuple[int, int] | None, file_offset: int | None
     """Where (inode, file_offset) is mapped in process ``tgid``: a uretprobe's ``func``, the
     probed function's address (kernel/events/uprobes.c: ``ri->func``, the bp_vaddr of its
     entry). A BPF program reads it with bpf_get_func_ip() only since Linux 6.6 ("bpf: Add
-    bpf_get_func_ip support for uprobe link"): before, it gets 0, and this reads the
-    process's mappings instead (0 if the process has gone)."""
+    bpf_get_func_ip support for uprobe link"); before, the probe's entry slot notes it
+    (KUPROBE_CFG_FUNC, kuprobe/bpf_programs/probe_pool.bpf.c). This is the last resort for
+    an event left without it (a call entered before the probe was registered, a process
+    evicted from the note's LRU map): the process's mappings, 0 if it has gone."""
     if inode is None or file_offset is None:
         return 0
     try:

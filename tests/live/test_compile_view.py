@@ -17,14 +17,20 @@ import pytest
 
 from kuprobe.live import bcc
 from kuprobe.live.codegen import PROGRAM, render_pool
-from kuprobe.live.events import host_nregs, host_sp_index
+from kuprobe.live.events import host_ip_index, host_nregs, host_sp_index
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def pool_source() -> tuple[str, list[str]]:
-    src = render_pool(nslots=16, ringbuf_pages=1, nregs=host_nregs(), sp_index=host_sp_index())
+    src = render_pool(
+        nslots=16,
+        ringbuf_pages=1,
+        nregs=host_nregs(),
+        sp_index=host_sp_index(),
+        ip_index=host_ip_index(),
+    )
     return src.text, list(src.cflags)
 
 
@@ -111,9 +117,9 @@ def test_without_cap_sys_admin_the_compile_reads_kallsyms(live: Path) -> None:
         sys.path.insert(0, {str(ROOT)!r})
         from kuprobe.live import bcc
         from kuprobe.live.codegen import render_pool
-        from kuprobe.live.events import host_nregs, host_sp_index
+        from kuprobe.live.events import host_ip_index, host_nregs, host_sp_index
         src = render_pool(nslots=16, ringbuf_pages=1, nregs=host_nregs(),
-                          sp_index=host_sp_index())
+                          sp_index=host_sp_index(), ip_index=host_ip_index())
         m = bcc.compile_module(src.text, list(src.cflags))
         print(bcc.last_view)
         from kuprobe.live.checks import checks

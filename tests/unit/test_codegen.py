@@ -14,23 +14,29 @@ from kuprobe.validate import check_symbol_name
 
 
 def test_integers_in_flags_are_the_only_parameters() -> None:
-    src = render_pool(nslots=3, ringbuf_pages=8, nregs=21, sp_index=19)
+    src = render_pool(nslots=3, ringbuf_pages=8, nregs=21, sp_index=19, ip_index=16)
     assert src.text == (BPF_DIR / "probe_pool.bpf.c").read_text()  # the C is not edited
     assert src.cflags[1:] == (
         "-DKUPROBE_NSLOTS=3",
         "-DKUPROBE_RINGBUF_PAGES=8",
         "-DKUPROBE_NREGS=21",
         "-DKUPROBE_REG_SP=19",
+        "-DKUPROBE_REG_IP=16",
     )
+
+
+# x86_64's struct pt_regs: 21 words, sp word 19, ip word 16
+GOOD = {"nslots": 2, "ringbuf_pages": 4, "nregs": 21, "sp_index": 19, "ip_index": 16}
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"nslots": "1); evil(", "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
-        {"nslots": 2, "ringbuf_pages": "4 }", "nregs": 21, "sp_index": 19},
-        {"nslots": 2, "ringbuf_pages": 4, "nregs": 21.0, "sp_index": 19},
-        {"nslots": True, "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
+        {**GOOD, "nslots": "1); evil("},
+        {**GOOD, "ringbuf_pages": "4 }"},
+        {**GOOD, "nregs": 21.0},
+        {**GOOD, "nslots": True},
+        {**GOOD, "ip_index": "16]; evil"},
     ],
 )
 def test_parameters_must_be_ints(kwargs: dict[str, object]) -> None:
@@ -41,11 +47,12 @@ def test_parameters_must_be_ints(kwargs: dict[str, object]) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"nslots": 0, "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
-        {"nslots": 70000, "ringbuf_pages": 4, "nregs": 21, "sp_index": 19},
-        {"nslots": 2, "ringbuf_pages": 3, "nregs": 21, "sp_index": 19},  # not a power of two
-        {"nslots": 2, "ringbuf_pages": -4, "nregs": 21, "sp_index": 19},
-        {"nslots": 2, "ringbuf_pages": 4, "nregs": 21, "sp_index": 21},  # past pt_regs
+        {**GOOD, "nslots": 0},
+        {**GOOD, "nslots": 70000},
+        {**GOOD, "ringbuf_pages": 3},  # not a power of two
+        {**GOOD, "ringbuf_pages": -4},
+        {**GOOD, "sp_index": 21},  # past pt_regs
+        {**GOOD, "ip_index": 21},
     ],
 )
 def test_parameters_are_range_checked(kwargs: dict[str, int]) -> None:
