@@ -16,6 +16,8 @@
 /* A uretprobe's func where bpf_get_func_ip() gives 0 for uprobes (before Linux 6.6): the
  * entry slot records bp_vaddr in kuprobe_funcs, the return slot reads it back (func_id). */
 #define KUPROBE_CFG_FUNC      0x80
+/* For tests: behave as if bpf_get_func_ip() gave 0 (kernels before 6.6) */
+#define KUPROBE_CFG_NO_FUNC_IP 0x100
 
 /* struct kuprobe_event.flags */
 #define KUPROBE_EV_RET     0x1 /* a return event */

@@ -51,9 +51,14 @@ static long (*kuprobe_read_user_str)(void *dst, __u32 size, const void *src) =
  * run before prepare_uretprobe() takes the return address, so a return of a call entered
  * while the probe was registered follows a run of its entry slot in that process. (A call
  * entered before finds nothing, func_id being this registration's: Python's fallback.) */
+static __always_inline __u64 kuprobe_func_ip(struct pt_regs *ctx, __u32 flags)
+{
+	return (flags & KUPROBE_CFG_NO_FUNC_IP) ? 0 : bpf_get_func_ip(ctx);
+}
+
 static __always_inline void kuprobe_note_func(struct pt_regs *ctx, __u32 flags, __u32 func_id)
 {
-	if (bpf_get_func_ip(ctx))
+	if (kuprobe_func_ip(ctx, flags))
 		return; /* the return run reads it itself */
 	struct kuprobe_func_key key = {.func_id = func_id,
 				       .tgid = bpf_get_current_pid_tgid() >> 32};
@@ -67,7 +72,7 @@ static __always_inline void kuprobe_fill(struct pt_regs *ctx, struct kuprobe_eve
 	e->slot = slot;
 	e->flags = (flags & KUPROBE_CFG_RET) ? KUPROBE_EV_RET : 0;
 	e->ts = bpf_ktime_get_ns();
-	e->func_ip = bpf_get_func_ip(ctx);
+	e->func_ip = kuprobe_func_ip(ctx, flags);
 	e->pid_tgid = bpf_get_current_pid_tgid();
 	if (!e->func_ip && (flags & KUPROBE_CFG_FUNC)) {
 		struct kuprobe_func_key key = {.func_id = func_id, .tgid = e->pid_tgid >> 32};

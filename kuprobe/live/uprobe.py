@@ -18,6 +18,7 @@ from kuprobe.live.dispatch import SlotHandler
 from kuprobe.live.events import (
     KUPROBE_CFG_CAPTURE,
     KUPROBE_CFG_FUNC,
+    KUPROBE_CFG_NO_FUNC_IP,
     KUPROBE_CFG_REMOVABLE,
     KUPROBE_CFG_RET,
     KUPROBE_CFG_STACK,
@@ -41,6 +42,10 @@ from kuprobe.probes import (
 from kuprobe.task import Task
 
 log = logging.getLogger("kuprobe")
+# For tests only: "1" makes the uretprobes registered afterwards take the path of kernels whose
+# bpf_get_func_ip() gives 0 for uprobes (before Linux 6.6), on any kernel: ``func`` then comes
+# from the entry slot's note (KUPROBE_CFG_FUNC) or from the process's mappings.
+NO_FUNC_IP_ENV = "KUPROBE_TEST_NO_FUNC_IP"
 
 
 class UprobeOps(RegisterOps):
@@ -121,6 +126,8 @@ class UprobeOps(RegisterOps):
             func_flag, func_id = 0, 0
             if ret_handler:
                 func_flag, func_id = KUPROBE_CFG_FUNC, pool.new_func_id()
+                if os.environ.get(NO_FUNC_IP_ENV) == "1":
+                    func_flag |= KUPROBE_CFG_NO_FUNC_IP
 
             with self.signals:  # a signal now would leave a link nobody owns
                 try:

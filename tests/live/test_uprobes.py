@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,12 @@ from kuprobe import (
     regs_return_value,
     unregister_uprobe,
 )
+from kuprobe.live.uprobe import NO_FUNC_IP_ENV
 from kuprobe.probes import UPROBE_HANDLER_REMOVE, UprobeHandler
 from kuprobe.regs import PtRegs, signed
 from kuprobe.task import Task
 
-from .helpers import Target, file_offset_of, run, symbol_value
+from .helpers import EVENT_TIMEOUT, Target, file_offset_of, run, symbol_value
 
 pytestmark = pytest.mark.live
 ARCHES = ["x86_64", "i386"]
@@ -81,6 +84,49 @@ def test_uretprobe_return_values_in_order(live: Path, arch: str) -> None:
     assert up.hits == 12 and up.ret_hits == 12
     # func is the probed function's runtime address (bp_vaddr), the same on every return
     assert funcs == {sw_address}
+
+
+@pytest.mark.parametrize("pid_filter", [False, True], ids=["all", "pid"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_uretprobe_func_of_a_process_gone_before_dispatch(
+    live: Path, arch: str, pid_filter: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """func where bpf_get_func_ip() gives 0 for uprobes (kernels before 6.6; forced here),
+    for a process that exited and was reaped before any of its return events was handled:
+    its mappings are gone, and func is still the function's address (the entry slot's note)."""
+    monkeypatch.setenv(NO_FUNC_IP_ENV, "1")
+    exe = live / arch / "target"
+    reaped = threading.Event()
+    funcs: list[int] = []
+
+    def handler(uc: UprobeConsumer, regs: PtRegs) -> int:
+        # The dispatcher waits here at the first call's entry event, which the ring holds
+        # before every return event of the process.
+        reaped.wait(EVENT_TIMEOUT)
+        return 0
+
+    def ret_handler(uc: UprobeConsumer, func: int, regs: PtRegs) -> int:
+        funcs.append(func)
+        return 0
+
+    t = Target(exe, "sw", 12, -2)
+    sw_address = t.runtime_address("sw")  # the ELF symbol and where the process mapped it
+    up = Uprobe(
+        str(exe),
+        symbol_name="sw",
+        pid=t.pid if pid_filter else None,
+        consumer=UprobeConsumer(handler=handler, ret_handler=ret_handler),
+    )
+    register_uprobe(up)
+    try:
+        t.go()  # it ran, exited and was reaped
+        assert not os.path.exists(f"/proc/{t.pid}")
+    finally:
+        t.kill()
+        reaped.set()
+        unregister_uprobe(up)
+    assert up.hits == 12 and up.ret_hits == 12 and up.handler_errors == 0
+    assert funcs == [sw_address] * 12
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -37,7 +37,8 @@ int main(void) {
            KUPROBE_CAP_AUTO, KUPROBE_SRC_REG, KUPROBE_SRC_STACK64, KUPROBE_SRC_STACK32,
            KUPROBE_CFG_STACK);
     printf("cfg %zu %zu\n", sizeof(struct kuprobe_slot_cfg), sizeof(struct kuprobe_counts));
-    printf("funcconsts %d %zu\n", KUPROBE_CFG_FUNC, offsetof(struct kuprobe_slot_cfg, func_id));
+    printf("funcconsts %d %d %zu\n", KUPROBE_CFG_FUNC, KUPROBE_CFG_NO_FUNC_IP,
+           offsetof(struct kuprobe_slot_cfg, func_id));
     printf("consts %d %d %d %d %d %d %d %d\n", KUPROBE_CFG_STREAM, KUPROBE_CFG_RET,
            KUPROBE_CFG_KERNEL, KUPROBE_CFG_REMOVABLE, KUPROBE_CFG_OFF, KUPROBE_EV_RET,
            KUPROBE_EV_NOSTACK, KUPROBE_STACK_BYTES);
@@ -115,7 +116,7 @@ def test_constants_match_header(tmp_path: Path) -> None:
     )
     assert c["cfg"] == (16, 16)
     # pool.py's kuprobe_cfg Leaf(flags, tgid, func_id) comes from BCC, which reads the C
-    assert c["funcconsts"] == (events.KUPROBE_CFG_FUNC, 8)
+    assert c["funcconsts"] == (events.KUPROBE_CFG_FUNC, events.KUPROBE_CFG_NO_FUNC_IP, 8)
 
 
 def test_i386_view_of_a_64bit_frame() -> None:
