@@ -1,7 +1,8 @@
 """The guests the VM runner builds and boots, one record per architecture.
 
 Everything that differs between the x86_64 and the arm64 guest is in `GUESTS`; the builder
-(`image`) and the booter (`boot`) read it and name no arch themselves.
+(`image`) and the booter (`boot`) read it and name no arch themselves. `MINIMAL_GUESTS` are
+arches booted only as minimal guests (`minimal`: a kernel of the matrix, no Debian root).
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ class Guest:
     # own decompressor); "image" is the arm64 Image (already uncompressed, or gzip).
     kernel_form: str
     uname_machine: str
+    # A full guest (Debian root, BCC: `kuprobe vm build`); otherwise only minimal guests
+    # (`--kernel`: kernel, initramfs, busybox) are made for this arch.
+    full: bool = True
+
+    @property
+    def flavour(self) -> str:
+        """Debian's kernel flavour: amd64, arm64, 686-pae."""
+        return self.kernel_meta.removeprefix("linux-image-")
 
     @property
     def foreign(self) -> bool:
@@ -73,11 +82,30 @@ GUESTS: dict[str, Guest] = {
 }
 
 
+# Arches with minimal guests only (`kuprobe vm run --kernel`): Debian's 686-pae kernel.
+MINIMAL_GUESTS: dict[str, Guest] = {
+    "i386": Guest(
+        arch="i386",
+        deb_arch="i386",
+        kernel_meta="linux-image-686-pae",
+        qemu="qemu-system-i386",
+        machine_args=("-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"),
+        console="ttyS0",
+        wheel_platforms=(),
+        # The bzImage as it is: a 32-bit kernel has no PVH entry to boot a vmlinux through.
+        kernel_form="bzimage",
+        uname_machine="i686",
+        full=False,
+    ),
+}
+ALL_GUESTS: dict[str, Guest] = {**GUESTS, **MINIMAL_GUESTS}
+
+
 def guest(arch: str | None) -> Guest:
     """The record for `arch` (x86_64 when None); aarch64 is accepted for arm64."""
     name = DEFAULT_ARCH if arch is None else ("arm64" if arch == "aarch64" else arch)
     try:
-        return GUESTS[name]
+        return ALL_GUESTS[name]
     except KeyError:
-        known = ", ".join(GUESTS)
+        known = ", ".join(ALL_GUESTS)
         raise KuprobeValueError(f"no VM guest for arch {arch!r} (known: {known})") from None

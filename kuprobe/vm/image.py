@@ -89,7 +89,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _host_sources() -> Path:
+def host_sources() -> Path:
+    """The host's apt sources file (the guests' roots and the kernel matrix start from it)."""
     for path in SOURCES_FILES:
         if path.is_file() and path.read_text().strip():
             return path
@@ -99,6 +100,8 @@ def _host_sources() -> Path:
 def resolve_inputs(arch: str = DEFAULT_ARCH) -> ImageInputs:
     """The inputs of the image to use now, from the host's apt lists (no network)."""
     g = guest(arch)
+    if not g.full:
+        raise VmError(f"no full {g.arch} guest, only minimal ones: pick a kernel (--kernel)")
     require_tool("apt-cache")
     meta = g.kernel_meta + g.apt_suffix
     try:
@@ -131,7 +134,7 @@ def resolve_inputs(arch: str = DEFAULT_ARCH) -> ImageInputs:
         kernel_release=release,
         kernel_version=version,
         suite=SUITE,
-        sources=_host_sources().read_text(),
+        sources=host_sources().read_text(),
         provision_sha256=_sha256(PROVISION.read_bytes()),
         init_sha256=_sha256(_initramfs.INIT_SCRIPT.encode()),
         arch=g.arch,
