@@ -27,18 +27,22 @@ JOB_TAG = "kuprobe_job"
 JOB_DIR = "/run/kuprobe"
 NINEP_OPTS = "trans=virtio,version=9p2000.L,msize=262144"
 
-INIT_SCRIPT = f"""#!/bin/busybox sh
-# kuprobe VM initramfs: load the root's modules, mount root (ro ext4 + tmpfs overlay), hand over.
-/bin/busybox --install -s /bin
+# The start of every guest's /init: busybox's applets, /proc, /sys, /dev, `fail`, and the
+# modules of /modules.order loaded in order (also the minimal guests': minimal.MINIMAL_INIT).
+LOAD_MODULES = """/bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-fail() {{ echo "kuprobe-init: $*"; echo o >/proc/sysrq-trigger; sleep 5; }}
+fail() { echo "kuprobe-init: $*"; echo o >/proc/sysrq-trigger; sleep 5; }
 for m in $(cat /modules.order); do
     insmod "$m" || fail "insmod $m"
 done
-i=0
+"""
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+# kuprobe VM initramfs: load the root's modules, mount root (ro ext4 + tmpfs overlay), hand over.
+{LOAD_MODULES}i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
 mkdir -p /lower /upper /newroot
 mount -t ext4 -o ro /dev/vda /lower || fail "mount root"

@@ -24,6 +24,10 @@ from pathlib import Path
 from kuprobe.vm._initramfs import JOB_DIR, JOB_TAG, NINEP_OPTS
 from kuprobe.vm.host import Stopwatch, VmError, require_tool, say
 from kuprobe.vm.image import PROJECT_ROOT, Image
+from kuprobe.vm.minimal import MinimalImage
+
+# A full guest (Debian root on a disk) or a minimal one (the initramfs is its root).
+Bootable = Image | MinimalImage
 
 MARKER = "@@kuprobe-vm: command starts"
 END_MARKER = "@@kuprobe-vm: command ended"
@@ -88,8 +92,9 @@ def stage2_script(
     return "\n".join(lines) + "\n"
 
 
-def qemu_argv(image: Image, job: Path, shares: Sequence[Path], timeout: float) -> list[str]:
-    """`timeout` + qemu: the image's kernel, initramfs and read-only root, no network."""
+def qemu_argv(image: Bootable, job: Path, shares: Sequence[Path], timeout: float) -> list[str]:
+    """`timeout` + qemu: the image's kernel, initramfs and read-only root (a full guest's),
+    no network."""
     g = image.guest
     argv = [
         require_tool("timeout"), "--kill-after=10", f"{int(timeout)}",
@@ -97,9 +102,10 @@ def qemu_argv(image: Image, job: Path, shares: Sequence[Path], timeout: float) -
         "-display", "none", "-serial", "stdio", "-nic", "none", "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
         "-append", KERNEL_CMDLINE.format(console=g.console),
-        "-drive", f"file={image.root},if=virtio,format=raw,readonly=on",
-        "-virtfs", f"local,path={job},mount_tag={JOB_TAG},security_model=none",
     ]  # fmt: skip
+    if image.root is not None:
+        argv += ["-drive", f"file={image.root},if=virtio,format=raw,readonly=on"]
+    argv += ["-virtfs", f"local,path={job},mount_tag={JOB_TAG},security_model=none"]
     for i, path in enumerate(shares):
         argv += ["-virtfs", f"local,path={path},mount_tag=share{i},security_model=none"]
     return argv
@@ -113,7 +119,7 @@ def _pick_cwd(shares: Sequence[Path], cwd: Path | None) -> Path:
 
 
 def run_in_guest(
-    image: Image,
+    image: Bootable,
     command: Sequence[str],
     *,
     shares: Sequence[Path] = (),

@@ -142,8 +142,9 @@ def resolve_inputs(arch: str = DEFAULT_ARCH) -> ImageInputs:
 
 
 @dataclass(frozen=True)
-class Image:
-    """A built image's files."""
+class GuestFiles:
+    """What qemu boots of a built guest, full (`Image`) or minimal (`minimal.MinimalImage`):
+    its kernel and initramfs."""
 
     path: Path
     kernel_release: str
@@ -162,6 +163,11 @@ class Image:
     @property
     def initrd(self) -> Path:
         return self.path / "initrd.cpio"
+
+
+@dataclass(frozen=True)
+class Image(GuestFiles):
+    """A built image's files: also its root file system."""
 
     @property
     def root(self) -> Path:
