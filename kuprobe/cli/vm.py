@@ -12,10 +12,12 @@ from typing import Any
 from kuprobe.arch import host_arch
 from kuprobe.errors import KuprobeError
 from kuprobe.targets import TargetError
-from kuprobe.vm.boot import run_in_guest
-from kuprobe.vm.guests import DEFAULT_ARCH, GUESTS
+from kuprobe.vm.boot import Bootable, run_in_guest
+from kuprobe.vm.guests import ALL_GUESTS, DEFAULT_ARCH
 from kuprobe.vm.host import Stopwatch, VmError, say
 from kuprobe.vm.image import PROJECT_ROOT, Image, cache_dir, ensure_image
+from kuprobe.vm.kernels import SERIES
+from kuprobe.vm.minimal import ensure_minimal
 
 DEFAULT_TIMEOUT = 600
 DEFAULT_JUNIT = PROJECT_ROOT / "build" / "vm" / "junit.xml"  # junit-arm64.xml for arm64
@@ -41,6 +43,7 @@ def add_parser(subparsers: Any) -> None:
     build = sub.add_parser("build", help="build the guest image (nothing to do when cached)")
     build.add_argument("--rebuild", action="store_true", help="build even if cached")
     _arch_option(build)
+    _kernel_option(build)
     build.set_defaults(func=_build)
 
     test = sub.add_parser(
@@ -87,6 +90,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="DIR",
         help="also share DIR, at the same path (repeatable)",
     )
+    _kernel_option(run)
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
     run.set_defaults(func=_run)
 
@@ -94,10 +98,29 @@ def add_parser(subparsers: Any) -> None:
 def _arch_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--arch",
-        choices=sorted(GUESTS),
+        choices=sorted(ALL_GUESTS),
         default=DEFAULT_ARCH,
-        help="the guest's architecture (default: %(default)s)",
+        help="the guest's architecture (default: %(default)s; i386 with --kernel only)",
     )
+
+
+def _kernel_option(parser: argparse.ArgumentParser) -> None:
+    suites = ", ".join(f"{series}: {suite}" for series, suite in SERIES.items())
+    parser.add_argument(
+        "--kernel",
+        choices=list(SERIES),
+        default=None,
+        metavar="SERIES",
+        help=f"a minimal guest (kernel, initramfs, busybox; no Debian root, no BCC) booting "
+        f"the newest Debian kernel of SERIES ({suites}); default: the full guest",
+    )
+
+
+def _guest_image(args: argparse.Namespace, *, rebuild: bool = False) -> Bootable:
+    """The full guest of --arch, or its minimal guest of --kernel."""
+    if args.kernel is not None:
+        return ensure_minimal(args.arch, args.kernel, cache=cache_dir(), rebuild=rebuild)
+    return ensure_image(rebuild=rebuild, arch=args.arch)
 
 
 def _boot_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +148,7 @@ def _guarded(body: Any) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     def body() -> int:
-        image = ensure_image(rebuild=args.rebuild, arch=args.arch)
+        image = _guest_image(args, rebuild=args.rebuild)
         print(image.path)
         return 0
 
@@ -139,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     def body() -> int:
-        image = ensure_image(arch=args.arch)
+        image = _guest_image(args)
         result = run_in_guest(
             image, command, shares=args.share, timeout=args.timeout, verbose=args.verbose
         )
