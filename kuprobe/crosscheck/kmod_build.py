@@ -11,10 +11,20 @@ is bookworm's, the compiler those headers were made with. Idempotent: nothing is
 
 ``python -m kuprobe.crosscheck.kmod_build [OUT]`` builds it (tests/targets/build.sh does, into
 tests/targets/build/kmod/, which the guest sees over 9p and loads with insmod).
+
+With a kernel series (``build(out, kernel="5.10", arch=...)``, ``python -m
+kuprobe.crosscheck.kmod_build --kernel 5.10 [--arch i386] OUT``) it is built instead for that
+kernel of the matrix (``kuprobe.vm.kernels``: the newest of the series' Debian suite, from the
+project's own apt lists), the one its minimal guest boots: the headers debs of that kernel,
+kbuild's host tools from the host arch's ``linux-kbuild`` of the same version, the host's gcc
+(``-m32`` through ARCH=i386 for 686-pae; ``aarch64-linux-gnu-`` for arm64), unpacked under
+``<cache>/kmod-matrix/<release>/``.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -32,8 +42,18 @@ from kuprobe.targets.kmod import (
     MODULE_SOURCES,
     SOURCE_FILES,
 )
+from kuprobe.vm import kernels
 from kuprobe.vm.guests import guest
+from kuprobe.vm.host import VmError
 from kuprobe.vm.image import cache_dir, resolve_inputs
+
+HOST_DEB_ARCH = "amd64"  # kbuild's host tools (fixdep, modpost) run here
+# make's variables per guest arch for a matrix kernel: the kernel's ARCH and compiler (CC last).
+MAKE_VARS: dict[str, tuple[str, ...]] = {
+    "x86_64": ("ARCH=x86", "CC=gcc"),
+    "i386": ("ARCH=i386", "CC=gcc"),
+    "arm64": ("ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "CC=aarch64-linux-gnu-gcc"),
+}
 
 
 def say(message: str) -> None:
@@ -93,15 +113,133 @@ def headers_tree(release: str, version: str) -> Path:
     return build
 
 
+def matrix_headers_tree(kernel: kernels.Kernel) -> Path:
+    """The build tree of a matrix kernel (its headers, the -common ones, and the host's
+    kbuild of the same version), unpacked once under ``<cache>/kmod-matrix/<release>``."""
+    cache = cache_dir()
+    apt = kernels.apt(cache)
+    root = cache / "kmod-matrix" / kernel.release
+    build = root / "usr" / "src" / f"linux-headers-{kernel.release}"
+    stamp = root / ".unpacked"
+    if stamp.is_file() and stamp.read_text() == kernel.version:
+        return build
+    debs = [
+        apt.download(kernel.headers_package, kernel.version, kernel.deb_arch, cache / "debs"),
+        apt.download(kernel.headers_common, kernel.version, "all", cache / "debs"),
+        apt.download(kernel.kbuild, kernel.version, HOST_DEB_ARCH, cache / "debs"),
+    ]
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for deb in debs:
+        say(f"unpacking {deb.name}")
+        _run(["dpkg-deb", "-x", str(deb), str(root)])
+    makefile = build / "Makefile"
+    if not makefile.is_file():
+        raise TargetError(f"{build}: no Makefile after unpacking the headers")
+    # Its `include /usr/src/linux-headers-<abi>-common/Makefile` is the host's path once
+    # installed: here the -common tree is the one unpacked beside it.
+    makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
+    _run_with_suite_libc(kernel, root, apt, cache / "debs")
+    stamp.write_text(kernel.version)
+    return build
+
+
+GLIBC_NEEDED = re.compile(rb"GLIBC_2\.([0-9]+)\x00")
+LIBC_DIR = "lib/x86_64-linux-gnu"  # the host arch's (HOST_DEB_ARCH) multiarch directory
+
+
+def glibc_minor_needed(elf: bytes) -> int:
+    """The highest GLIBC_2.N version an ELF's dynamic strings name (0 for none)."""
+    return max((int(m) for m in GLIBC_NEEDED.findall(elf)), default=0)
+
+
+def _host_glibc_minor() -> int:
+    version = os.confstr("CS_GNU_LIBC_VERSION") or "glibc 2.0"  # "glibc 2.36"
+    return int(version.split(".")[1])
+
+
+def _run_with_suite_libc(kernel: kernels.Kernel, root: Path, apt: kernels.Apt, debs: Path) -> None:
+    """kbuild's host tools of a newer suite (trixie's objtool and modpost need glibc 2.38,
+    bookworm has 2.36) run under that suite's own libc6, unpacked beside them: each such
+    binary is renamed ``*.bin`` and replaced by a script calling the suite's dynamic linker."""
+    tools = root / "usr" / "lib" / kernel.kbuild
+    host = _host_glibc_minor()
+    newer = []
+    for path in sorted(tools.rglob("*")):
+        if path.is_file() and not path.is_symlink() and os.access(path, os.X_OK):
+            data = path.read_bytes()
+            if data.startswith(b"\x7fELF") and glibc_minor_needed(data) > host:
+                newer.append(path)
+    if not newer:
+        return
+    lists = apt.ensure_lists()
+    version = kernels.package_version(lists, kernel.suite, HOST_DEB_ARCH, "libc6")
+    libc = root / "suite-libc"
+    _run(["dpkg-deb", "-x", str(apt.download("libc6", version, HOST_DEB_ARCH, debs)), str(libc)])
+    loader = next(libc.glob("usr/lib64/ld-linux-x86-64.so.2"), None) or next(
+        libc.glob(f"**/{LIBC_DIR}/ld-linux-x86-64.so.2")
+    )
+    libdirs = ":".join(str(d) for d in libc.glob(f"**/{LIBC_DIR}") if d.is_dir())
+    for path in newer:
+        say(f"{path.name} needs a newer glibc than the host's: run with {kernel.suite}'s libc6")
+        real = path.with_name(path.name + ".bin")
+        path.rename(real)
+        path.write_text(f'#!/bin/sh\nexec "{loader}" --library-path "{libdirs}" "{real}" "$@"\n')
+        path.chmod(0o755)
+
+
+def _cc_accepts(cc: str, flag: str) -> bool:
+    done = subprocess.run(
+        [cc, flag, "-x", "c", "-c", "-o", "/dev/null", "/dev/null"],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+# Flags a kernel's config chose for its own (newer) gcc, each with the config symbol that
+# chose it; make's command line clears a symbol the host's gcc lacks the flag of, so kbuild
+# falls back to the older flag (-fmin-function-alignment=N: gcc 14; else -falign-functions=N).
+NEWER_GCC_FLAGS = (("CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT", "-fmin-function-alignment=16"),)
+
+
+def compat_vars(tree: Path, kernel: kernels.Kernel) -> list[str]:
+    """make variables that let the host's gcc build against `kernel`'s config."""
+    config = (tree / ".config").read_text().splitlines()
+    cc = MAKE_VARS[kernel.arch][-1].split("=", 1)[1]
+    out = []
+    for symbol, flag in NEWER_GCC_FLAGS:
+        if f"{symbol}=y" in config and not _cc_accepts(cc, flag):
+            say(f"{cc} lacks {flag}: building with {symbol} unset")
+            out.append(f"{symbol}=")
+    # The module's BTF (for BPF programs' types; kprobes need none) takes pahole.
+    if "CONFIG_DEBUG_INFO_BTF_MODULES=y" in config and shutil.which("pahole") is None:
+        say("no pahole on this host: building without the module's BTF")
+        out.append("CONFIG_DEBUG_INFO_BTF_MODULES=")
+    return out
+
+
 def guest_kernel() -> tuple[str, str]:
     """(release, Debian version) of the x86_64 guest's kernel, from the apt lists."""
     inputs = resolve_inputs(GUEST_ARCH)
     return inputs.kernel_release, inputs.kernel_version
 
 
-def build(out: Path = DEFAULT_OUT, *, force: bool = False) -> Path:
-    """``<out>/kuprobe_kmod.ko`` for the guest's kernel, built if missing or stale."""
-    release, version = guest_kernel()
+def build(
+    out: Path = DEFAULT_OUT,
+    *,
+    force: bool = False,
+    kernel: str | None = None,
+    arch: str = GUEST_ARCH,
+) -> Path:
+    """``<out>/kuprobe_kmod.ko`` for the guest's kernel, built if missing or stale; with
+    `kernel` (a series of ``kuprobe.vm.kernels.SERIES``), for that kernel of `arch`."""
+    matrix = None
+    if kernel is None:
+        release, version = guest_kernel()
+    else:
+        matrix = kernels.resolve_kernel(guest(arch).arch, kernel, cache_dir())
+        release, version = matrix.release, matrix.version
     ko = out / f"{MODULE}.ko"
     stamp = out / f"{MODULE}.kernel"
     sources = [MODULE_SOURCES / f for f in (*SOURCE_FILES, "__init__.py")]
@@ -114,15 +252,18 @@ def build(out: Path = DEFAULT_OUT, *, force: bool = False) -> Path:
     )
     if fresh and not force:
         return ko
-    tree = headers_tree(release, version)
+    tree = headers_tree(release, version) if matrix is None else matrix_headers_tree(matrix)
     work = out / "src"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for name in SOURCE_FILES:
         shutil.copy2(MODULE_SOURCES / name, work / name)
-    (work / INSNS).write_text(insns_source())
+    # The acceptance encodings are x86_64's (and their __mcount_loc entries 8 bytes).
+    native = matrix is None or matrix.arch == GUEST_ARCH
+    (work / INSNS).write_text(insns_source() if native else "\t.text\n")
     say(f"building {MODULE}.ko for {release} ({version})")
-    _run(["make", "-C", str(tree), f"M={work}", "modules"])
+    make_vars = () if matrix is None else (*MAKE_VARS[matrix.arch], *compat_vars(tree, matrix))
+    _run(["make", "-C", str(tree), f"M={work}", *make_vars, "modules"])
     shutil.copy2(work / f"{MODULE}.ko", ko)
     stamp.write_text(f"{release} {version}")
     say(f"built {ko}")
@@ -156,10 +297,21 @@ def insns_source() -> str:
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[0]).resolve() if argv else DEFAULT_OUT  # make -C runs in the headers
+    parser = argparse.ArgumentParser(prog="python -m kuprobe.crosscheck.kmod_build")
+    parser.add_argument("out", nargs="?", type=Path, default=None)
+    parser.add_argument(
+        "--kernel",
+        choices=list(kernels.SERIES),
+        default=None,
+        help="a kernel series of the matrix (default: the x86_64 guest's)",
+    )
+    parser.add_argument("--arch", choices=sorted(MAKE_VARS), default=GUEST_ARCH)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    out = args.out.resolve() if args.out else DEFAULT_OUT  # make -C runs in the headers
     try:
-        build(out)
-    except TargetError as e:
+        build(out, force=args.force, kernel=args.kernel, arch=args.arch)
+    except (TargetError, VmError) as e:  # VmError: the matrix's apt lists or a download
         print(f"kuprobe_kmod: error: {e}", file=sys.stderr)
         return 1
     return 0
