@@ -31,6 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kuprobe.arch import ArchInfo, host_arch
 from kuprobe.crosscheck import acceptance
 from kuprobe.targets import TargetError
 from kuprobe.targets.kmod import (
@@ -43,17 +44,21 @@ from kuprobe.targets.kmod import (
     SOURCE_FILES,
 )
 from kuprobe.vm import kernels
-from kuprobe.vm.guests import guest
+from kuprobe.vm.guests import ALL_GUESTS, guest
 from kuprobe.vm.host import VmError
 from kuprobe.vm.image import cache_dir, resolve_inputs
 
-HOST_DEB_ARCH = "amd64"  # kbuild's host tools (fixdep, modpost) run here
-# make's variables per guest arch for a matrix kernel: the kernel's ARCH and compiler (CC last).
-MAKE_VARS: dict[str, tuple[str, ...]] = {
-    "x86_64": ("ARCH=x86", "CC=gcc"),
-    "i386": ("ARCH=i386", "CC=gcc"),
-    "arm64": ("ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "CC=aarch64-linux-gnu-gcc"),
-}
+
+def _host() -> ArchInfo:
+    host = host_arch()
+    if host is None:
+        raise TargetError(f"no kbuild host tools for this host ({os.uname().machine})")
+    return host
+
+
+def host_deb_arch() -> str:
+    """Debian's name of this host's arch: kbuild's host tools (fixdep, modpost) run here."""
+    return guest(_host().name).deb_arch
 
 
 def say(message: str) -> None:
@@ -126,7 +131,7 @@ def matrix_headers_tree(kernel: kernels.Kernel) -> Path:
     debs = [
         apt.download(kernel.headers_package, kernel.version, kernel.deb_arch, cache / "debs"),
         apt.download(kernel.headers_common, kernel.version, "all", cache / "debs"),
-        apt.download(kernel.kbuild, kernel.version, HOST_DEB_ARCH, cache / "debs"),
+        apt.download(kernel.kbuild, kernel.version, host_deb_arch(), cache / "debs"),
     ]
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -145,7 +150,11 @@ def matrix_headers_tree(kernel: kernels.Kernel) -> Path:
 
 
 GLIBC_NEEDED = re.compile(rb"GLIBC_2\.([0-9]+)\x00")
-LIBC_DIR = "lib/x86_64-linux-gnu"  # the host arch's (HOST_DEB_ARCH) multiarch directory
+
+
+def libc_dir() -> str:
+    """The host arch's multiarch library directory, in a Debian root."""
+    return f"lib/{_host().triplet}"
 
 
 def glibc_minor_needed(elf: bytes) -> int:
@@ -173,13 +182,13 @@ def _run_with_suite_libc(kernel: kernels.Kernel, root: Path, apt: kernels.Apt, d
     if not newer:
         return
     lists = apt.ensure_lists()
-    version = kernels.package_version(lists, kernel.suite, HOST_DEB_ARCH, "libc6")
+    version = kernels.package_version(lists, kernel.suite, host_deb_arch(), "libc6")
     libc = root / "suite-libc"
-    _run(["dpkg-deb", "-x", str(apt.download("libc6", version, HOST_DEB_ARCH, debs)), str(libc)])
+    _run(["dpkg-deb", "-x", str(apt.download("libc6", version, host_deb_arch(), debs)), str(libc)])
     loader = next(libc.glob("usr/lib64/ld-linux-x86-64.so.2"), None) or next(
-        libc.glob(f"**/{LIBC_DIR}/ld-linux-x86-64.so.2")
+        libc.glob(f"**/{libc_dir()}/ld-linux-x86-64.so.2")
     )
-    libdirs = ":".join(str(d) for d in libc.glob(f"**/{LIBC_DIR}") if d.is_dir())
+    libdirs = ":".join(str(d) for d in libc.glob(f"**/{libc_dir()}") if d.is_dir())
     for path in newer:
         say(f"{path.name} needs a newer glibc than the host's: run with {kernel.suite}'s libc6")
         real = path.with_name(path.name + ".bin")
@@ -206,7 +215,7 @@ NEWER_GCC_FLAGS = (("CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT", "-fmin-function-alig
 def compat_vars(tree: Path, kernel: kernels.Kernel) -> list[str]:
     """make variables that let the host's gcc build against `kernel`'s config."""
     config = (tree / ".config").read_text().splitlines()
-    cc = MAKE_VARS[kernel.arch][-1].split("=", 1)[1]
+    cc = guest(kernel.arch).kbuild[-1].split("=", 1)[1]
     out = []
     for symbol, flag in NEWER_GCC_FLAGS:
         if f"{symbol}=y" in config and not _cc_accepts(cc, flag):
@@ -262,7 +271,7 @@ def build(
     native = matrix is None or matrix.arch == GUEST_ARCH
     (work / INSNS).write_text(insns_source() if native else "\t.text\n")
     say(f"building {MODULE}.ko for {release} ({version})")
-    make_vars = () if matrix is None else (*MAKE_VARS[matrix.arch], *compat_vars(tree, matrix))
+    make_vars = () if matrix is None else (*guest(matrix.arch).kbuild, *compat_vars(tree, matrix))
     _run(["make", "-C", str(tree), f"M={work}", *make_vars, "modules"])
     shutil.copy2(work / f"{MODULE}.ko", ko)
     stamp.write_text(f"{release} {version}")
@@ -305,7 +314,7 @@ def main(argv: list[str]) -> int:
         default=None,
         help="a kernel series of the matrix (default: the x86_64 guest's)",
     )
-    parser.add_argument("--arch", choices=sorted(MAKE_VARS), default=GUEST_ARCH)
+    parser.add_argument("--arch", choices=sorted(ALL_GUESTS), default=GUEST_ARCH)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     out = args.out.resolve() if args.out else DEFAULT_OUT  # make -C runs in the headers

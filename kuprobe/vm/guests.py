@@ -30,6 +30,9 @@ class Guest:
     # own decompressor); "image" is the arm64 Image (already uncompressed, or gzip).
     kernel_form: str
     uname_machine: str
+    # make's variables to build a module for this arch's kernel on the host: the kernel's ARCH
+    # and the compiler (CC last), kuprobe/crosscheck/kmod_build.py
+    kbuild: tuple[str, ...]
     # A full guest (Debian root, BCC: `kuprobe vm build`); otherwise only minimal guests
     # (`--kernel`: kernel, initramfs, busybox) are made for this arch.
     full: bool = True
@@ -62,6 +65,7 @@ GUESTS: dict[str, Guest] = {
         wheel_platforms=("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux1_x86_64"),
         kernel_form="vmlinux",
         uname_machine="x86_64",
+        kbuild=("ARCH=x86", "CC=gcc"),
     ),
     "arm64": Guest(
         arch="arm64",
@@ -78,6 +82,7 @@ GUESTS: dict[str, Guest] = {
         wheel_platforms=("manylinux2014_aarch64", "manylinux_2_17_aarch64"),
         kernel_form="image",
         uname_machine="aarch64",
+        kbuild=("ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-", "CC=aarch64-linux-gnu-gcc"),
     ),
 }
 
@@ -95,6 +100,7 @@ MINIMAL_GUESTS: dict[str, Guest] = {
         # The bzImage as it is: a 32-bit kernel has no PVH entry to boot a vmlinux through.
         kernel_form="bzimage",
         uname_machine="i686",
+        kbuild=("ARCH=i386", "CC=gcc"),
         full=False,
     ),
 }
