@@ -126,6 +126,8 @@ class Emu:
             *(ctypes.addressof(self._c_vals) + 8 * i for i in range(n))
         )
         self._c_n = ctypes.c_int(n)
+        self._c_val = ctypes.c_uint64()  # one register's value, written by write_regs()
+        self._c_val_ref = ctypes.byref(self._c_val)
         self._unpack = struct.Struct(f"<{n}Q").unpack_from
         self._on_interrupt: InterruptCallback | None = None
         self._on_unmapped: UnmappedCallback | None = None
@@ -241,7 +243,9 @@ class Emu:
                 continue
             if _UCLIB is None:
                 self.uc.reg_write(rid, v)
-            elif _UCLIB.uc_reg_write(self.uc._uch, rid, ctypes.byref(ctypes.c_uint64(v))):
+                continue
+            self._c_val.value = v
+            if _UCLIB.uc_reg_write(self.uc._uch, rid, self._c_val_ref):
                 raise EmuError(f"writing register {name} failed", pc=0)
 
     def context_save(self) -> Any:

@@ -15,6 +15,8 @@ import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import ne
 from typing import Any
 
 from kuprobe.arch import arch_info
@@ -291,9 +293,10 @@ class Machine(ProbeRegistration, SignalDelivery):
         if before is None:
             self.emu.write_regs(dict(zip(fields, vals, strict=True)))
             return
-        changed = {f: v for f, v, b in zip(fields, vals, before, strict=True) if v != b}
-        if changed:
-            self.emu.write_regs(changed)
+        if vals == before:  # most traps change two registers; the rest is compared in C
+            return
+        changed = compress(range(len(vals)), map(ne, vals, before))
+        self.emu.write_regs({fields[i]: vals[i] for i in changed})
 
     # --- trace -------------------------------------------------------------------------------
 
