@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kuprobe import context
-from kuprobe.model.core.common import ProcessSignalled
+from kuprobe.model.core.common import Detail, ProcessSignalled
 from kuprobe.regs import PtRegs
 from kuprobe.task import Task
 
@@ -34,7 +34,7 @@ class SignalDelivery:
     _signal_why: str
 
     def record(
-        self, kind: str, addr: int, status: str = "", probe: Any = None, detail: str = ""
+        self, kind: str, addr: int, status: str = "", probe: Any = None, detail: Detail = ""
     ) -> None:
         raise NotImplementedError
 

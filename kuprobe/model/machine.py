@@ -27,6 +27,7 @@ from kuprobe.model._signals import SignalDelivery, SignalHandler
 from kuprobe.model.arch import get_arch
 from kuprobe.model.arch.base import TRAP_BREAKPOINT, TRAP_SINGLESTEP
 from kuprobe.model.core.common import (
+    Detail,
     HandlerAbandoned,
     ModelError,
     Restart,
@@ -301,7 +302,7 @@ class Machine(ProbeRegistration, SignalDelivery):
     # --- trace -------------------------------------------------------------------------------
 
     def record(
-        self, kind: str, addr: int, status: str = "", probe: Any = None, detail: str = ""
+        self, kind: str, addr: int, status: str = "", probe: Any = None, detail: Detail = ""
     ) -> None:
         if self.trace_enabled:
             self.trace.add(kind, addr, status, probe, detail)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import ne
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from kuprobe import context
@@ -68,6 +70,22 @@ class TraceEvent:
         return " ".join(parts)
 
 
+# The registers an arch hook changed, kept as they were recorded (field names, values before,
+# values after, a prefix) and written as ``name old->new`` only when the trace is read (it is
+# on for every hit, and read for few). Tuples of str and int: the GC stops tracking them.
+RegsChange = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], str]
+Detail = str | RegsChange  # an event's detail as recorded
+
+
+def regs_changed(
+    names: Sequence[str], before: Sequence[int], after: Sequence[int], prefix: str = ""
+) -> str:
+    """For the trace: the registers that differ between ``before`` and ``after`` (values in
+    pt_regs order), ``name old->new`` each."""
+    changed = compress(range(len(after)), map(ne, before, after))  # compared in C
+    return prefix + " ".join(f"{names[i]} {before[i]:#x}->{after[i]:#x}" for i in changed)
+
+
 class Trace(Sequence[TraceEvent]):
     """``Machine.trace``: kept as plain tuples while running, TraceEvents when read.
 
@@ -78,10 +96,10 @@ class Trace(Sequence[TraceEvent]):
     __slots__ = ("_base", "_raw")
 
     def __init__(self) -> None:
-        self._raw: list[tuple[str, int, str, Any, str]] = []
+        self._raw: list[tuple[str, int, str, Any, Detail]] = []
         self._base = 0
 
-    def add(self, kind: str, addr: int, status: str, probe: Any, detail: str) -> None:
+    def add(self, kind: str, addr: int, status: str, probe: Any, detail: Detail) -> None:
         self._raw.append((kind, addr, status, probe, detail))
 
     def clear(self) -> None:
@@ -105,7 +123,10 @@ class Trace(Sequence[TraceEvent]):
         return self._event(index)
 
     def _event(self, i: int) -> TraceEvent:
-        return TraceEvent(self._base + i + 1, *self._raw[i])
+        kind, addr, status, probe, detail = self._raw[i]
+        if not isinstance(detail, str):
+            detail = regs_changed(*detail)
+        return TraceEvent(self._base + i + 1, kind, addr, status, probe, detail)
 
     def __repr__(self) -> str:
         return f"<Trace of {len(self._raw)} events>"
@@ -129,7 +150,7 @@ class MachineLike(Protocol):
     def read(self, addr: int, size: int) -> bytes: ...
     def write(self, addr: int, data: bytes) -> None: ...
     def record(
-        self, kind: str, addr: int, status: str = "", probe: Any = None, detail: str = ""
+        self, kind: str, addr: int, status: str = "", probe: Any = None, detail: Detail = ""
     ) -> None: ...
     def handler_error(self, probe: Any, exc: BaseException) -> None: ...
     def force_sig(self, signo: int, why: str = "") -> None: ...

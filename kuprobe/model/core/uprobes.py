@@ -15,8 +15,6 @@ import errno
 import signal
 import weakref
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import ne
 
 from kuprobe.elf import ElfImage
 from kuprobe.errors import ProbeError
@@ -28,7 +26,7 @@ from kuprobe.model.arch.base import (
     ArchSpecificInsn,
     ArchUprobeTask,
 )
-from kuprobe.model.core.common import MachineLike, ModelError, call_handler
+from kuprobe.model.core.common import MachineLike, ModelError, RegsChange, call_handler
 from kuprobe.model.semantics import TODAY, Semantics
 from kuprobe.probes import (
     UPROBE_HANDLER_REMOVE,
@@ -232,13 +230,10 @@ class UprobeRegistry:
 REGISTRY = UprobeRegistry()
 
 
-def regs_changed(before: list[int], regs: PtRegs) -> str:
-    """For the trace: the registers an arch hook changed, ``name old->new`` each
-    (``before`` is ``regs.values()`` from before the hook)."""
-    names = regs.layout.fields
-    after = regs.values()
-    changed = compress(range(len(after)), map(ne, before, after))  # compared in C
-    return " ".join(f"{names[i]} {before[i]:#x}->{after[i]:#x}" for i in changed)
+def changed_detail(before: list[int], regs: PtRegs, prefix: str = "") -> RegsChange:
+    """For the trace: the registers an arch hook changed (``before`` is ``regs.values()`` from
+    before the hook), written as text when the trace is read (core/common.py)."""
+    return (regs.layout.fields, tuple(before), tuple(regs.values()), prefix)
 
 
 def pid_wants(up: Uprobe, task: Task) -> bool:
@@ -363,7 +358,7 @@ class UprobeMm:
         before = regs.values() if m.trace_enabled else None
         arch.arch_uprobe_pre_xol(entry.arch, regs, self)
         if before is not None:
-            m.record("pre_xol", bp_vaddr, detail=regs_changed(before, regs))
+            m.record("pre_xol", bp_vaddr, detail=changed_detail(before, regs))
         utask.active_uprobe = entry
         self.set_state(UTASK_SSTEP, bp_vaddr)
         return True
@@ -426,12 +421,12 @@ class UprobeMm:
             if not ok:  # the step trapped: restart the probed insn
                 setattr(regs, m.hooks.ip_field(), utask.vaddr)
             if before is not None:
-                m.record("post_xol", utask.vaddr, detail=regs_changed(before, regs))
+                m.record("post_xol", utask.vaddr, detail=changed_detail(before, regs))
         elif utask.state == UTASK_SSTEP_TRAPPED:
             m.hooks.arch_uprobe_abort_xol(entry.arch, regs, self)
             if before is not None:
-                changed = regs_changed(before, regs)
-                m.record("abort_xol", utask.vaddr, detail=f"ip back to the probe: {changed}")
+                detail = changed_detail(before, regs, "ip back to the probe: ")
+                m.record("abort_xol", utask.vaddr, detail=detail)
         assert self.xol is not None
         self.xol.free_slot(utask.xol_vaddr)
         utask.active_uprobe = None
