@@ -121,6 +121,8 @@ class Emu:
         self._batch_ids = [r for r in self.reg_ids.values() if r is not None]
         n = len(self._batch_ids)
         self._c_ids = (ctypes.c_int * n)(*self._batch_ids)
+        # Zeroed once: Unicorn writes each register at its own width, always the same one in
+        # the same slot, so the bytes above a narrow register (i386's) stay 0 from here on
         self._c_vals = (ctypes.c_uint64 * n)()
         self._c_ptrs = (ctypes.c_void_p * n)(
             *(ctypes.addressof(self._c_vals) + 8 * i for i in range(n))
@@ -200,7 +202,6 @@ class Emu:
         if _UCLIB is None:
             vals = self._reg_read_batch()
             return dict(zip(self._batch_names, vals, strict=True))
-        ctypes.memset(self._c_vals, 0, ctypes.sizeof(self._c_vals))
         if _UCLIB.uc_reg_read_batch(self.uc._uch, self._c_ids, self._c_ptrs, self._c_n):
             raise EmuError("reading the registers failed", pc=0)
         return dict(zip(self._batch_names, self._unpack(self._c_vals), strict=True))
@@ -209,7 +210,6 @@ class Emu:
         """Every register with an id, in the order the arch named them (fast path)."""
         if _UCLIB is None:
             return self._reg_read_batch()
-        ctypes.memset(self._c_vals, 0, ctypes.sizeof(self._c_vals))
         if _UCLIB.uc_reg_read_batch(self.uc._uch, self._c_ids, self._c_ptrs, self._c_n):
             raise EmuError("reading the registers failed", pc=0)
         return self._unpack(self._c_vals)
