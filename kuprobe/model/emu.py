@@ -33,6 +33,8 @@ except ImportError:  # another binding layout: the (slower) public API still wor
     _UCLIB = None
 
 PAGE_SIZE = 0x1000
+# Reads up to this size (an instruction, the stack words of a hit) go through one buffer
+_SCRATCH_BYTES = 256
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 PROT_ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 
@@ -131,6 +133,7 @@ class Emu:
         self._c_val = ctypes.c_uint64()  # one register's value, written by write_regs()
         self._c_val_ref = ctypes.byref(self._c_val)
         self._unpack = struct.Struct(f"<{n}Q").unpack_from
+        self._scratch = ctypes.create_string_buffer(_SCRATCH_BYTES)
         self._on_interrupt: InterruptCallback | None = None
         self._on_unmapped: UnmappedCallback | None = None
         self._pending: BaseException | None = None
@@ -270,6 +273,10 @@ class Emu:
         self.uc.mem_map(addr & self._phys_mask, size, perms)
 
     def read(self, addr: int, size: int) -> bytes:
+        if _UCLIB is not None and size <= _SCRATCH_BYTES:  # a trap's reads: no new buffer
+            buf = self._scratch
+            if not _UCLIB.uc_mem_read(self.uc._uch, addr & self._phys_mask, buf, size):
+                return buf.raw[:size]
         try:
             return bytes(self.uc.mem_read(addr & self._phys_mask, size))
         except unicorn.UcError as e:
