@@ -70,10 +70,10 @@ class TraceEvent:
         return " ".join(parts)
 
 
-# The registers an arch hook changed, kept as they were recorded (field names, values before,
-# values after, a prefix) and written as ``name old->new`` only when the trace is read (it is
-# on for every hit, and read for few). Tuples of str and int: the GC stops tracking them.
-RegsChange = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], str]
+# The registers an arch hook changed, as recorded (field names, values before, values after,
+# a prefix), written as ``name old->new`` only when the trace is read (it is on for every
+# hit, and read for few)
+RegsChange = tuple[tuple[str, ...], Sequence[int], Sequence[int], str]
 Detail = str | RegsChange  # an event's detail as recorded
 
 
@@ -93,18 +93,35 @@ class Trace(Sequence[TraceEvent]):
     numbers go on from where they were.
     """
 
-    __slots__ = ("_base", "_raw")
+    __slots__ = ("_base", "_probe_index", "_probes", "_raw")
 
     def __init__(self) -> None:
-        self._raw: list[tuple[str, int, str, Any, Detail]] = []
+        # An event is one flat tuple of str and int, which the GC stops tracking (a trace of
+        # millions of events then costs the full collections nothing): its probe is its
+        # index in _probes (-1: none), a RegsChange is spread into it (a tuple inside a
+        # tuple keeps the GC tracking both)
+        self._raw: list[tuple[Any, ...]] = []
+        self._probes: list[Any] = []
+        self._probe_index: dict[int, int] = {}  # id(probe) -> its index (_probes keeps it)
         self._base = 0
 
     def add(self, kind: str, addr: int, status: str, probe: Any, detail: Detail) -> None:
-        self._raw.append((kind, addr, status, probe, detail))
+        ref = -1
+        if probe is not None:
+            ref = self._probe_index.setdefault(id(probe), len(self._probes))
+            if ref == len(self._probes):
+                self._probes.append(probe)
+        if isinstance(detail, str):
+            self._raw.append((kind, addr, status, ref, detail))
+        else:
+            names, before, after, prefix = detail
+            self._raw.append((kind, addr, status, ref, prefix, names, *before, *after))
 
     def clear(self) -> None:
         self._base += len(self._raw)
         self._raw.clear()
+        self._probes.clear()
+        self._probe_index.clear()
 
     def __len__(self) -> int:
         return len(self._raw)
@@ -123,9 +140,11 @@ class Trace(Sequence[TraceEvent]):
         return self._event(index)
 
     def _event(self, i: int) -> TraceEvent:
-        kind, addr, status, probe, detail = self._raw[i]
-        if not isinstance(detail, str):
-            detail = regs_changed(*detail)
+        kind, addr, status, ref, detail, *change = self._raw[i]
+        if change:  # a RegsChange: the names, then the values before and after
+            names, n = change[0], len(change[0])
+            detail = regs_changed(names, change[1 : n + 1], change[n + 1 :], detail)
+        probe = self._probes[ref] if ref >= 0 else None
         return TraceEvent(self._base + i + 1, kind, addr, status, probe, detail)
 
     def __repr__(self) -> str:

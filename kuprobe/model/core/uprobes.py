@@ -233,7 +233,7 @@ REGISTRY = UprobeRegistry()
 def changed_detail(before: list[int], regs: PtRegs, prefix: str = "") -> RegsChange:
     """For the trace: the registers an arch hook changed (``before`` is ``regs.values()`` from
     before the hook), written as text when the trace is read (core/common.py)."""
-    return (regs.layout.fields, tuple(before), tuple(regs.values()), prefix)
+    return (regs.layout.fields, before, regs.values(), prefix)
 
 
 def pid_wants(up: Uprobe, task: Task) -> bool:
